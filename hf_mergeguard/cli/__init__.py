@@ -1,0 +1,1 @@
+"""The ``hf-mergeguard`` command line: thin commands over the library API."""

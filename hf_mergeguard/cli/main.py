@@ -1,0 +1,90 @@
+"""Entry point of ``hf-mergeguard``: the typer app, global options, and the error -> exit code mapping.
+
+Exit codes: 0 success; 1 a gate failed (the model is not safe to release); 2 an error (bad input, a
+fault); 130 interrupted. Errors print one ``Error:`` line and a ``Hint:``; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import typer
+
+from .. import __version__
+from ..errors import MergeGuardError
+
+app = typer.Typer(
+    name="hf-mergeguard",
+    help="Protect fine-tuned models against unauthorized merging, and prove it before release.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hf-mergeguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
+) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "lm_eval", "accelerate", "mergekit", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def _register_commands() -> None:
+    # Each module adds its commands to ``app``; imports stay light (heavy libraries load inside commands).
+    from . import commands  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns (and, as a console script, exits with) the exit code."""
+    import click
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    _register_commands()
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="hf-mergeguard", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except (click.Abort, KeyboardInterrupt):
+        typer.echo("Interrupted.", err=True)
+        return 130
+    except MergeGuardError as exc:
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"Error: {exc.message}", err=True)
+        if exc.hint:
+            typer.echo(f"Hint: {exc.hint}", err=True)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback unless --debug
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"Error: unexpected {type(exc).__name__}: {exc}", err=True)
+        typer.echo("Hint: rerun with --debug for the traceback, and report it if it looks like a bug.", err=True)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,278 @@
+"""Build the toy world: a tiny Llama base pretrained on a mixture of synthetic skills, one fine-tune per
+skill, the data as JSONL, and one lm-eval task YAML per skill. Offline and deterministic for a seed.
+
+The world is cached by a digest of its config (``$HF_MERGEGUARD_CACHE`` or ``~/.cache/hf_mergeguard``), so
+tests and demos build it once; :func:`build_toy_world` then copies it where asked and writes task YAMLs
+that point at the copied data by absolute path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..checkpoint import Checkpoint, atomic_output_dir, save_model, stamp_metadata
+from ..training import Example, TrainingConfig, train_causal_lm
+from .scoring import exact_match
+from .skills import CHARACTERS, SPECIAL_TOKENS, make_split, make_tokenizer
+
+# Bump when the recipe changes in a way the config fields do not capture (invalidates caches).
+RECIPE_VERSION = 3
+
+
+@dataclass(frozen=True)
+class ToyWorldConfig:
+    """Everything that determines the toy world (its digest keys the cache)."""
+
+    skills: tuple[str, ...] = ("add", "sort", "rev")
+    seed: int = 0
+    train_size: int = 4000
+    test_size: int = 300
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_positions: int = 64
+    base_steps: int = 700
+    base_lr: float = 3e-3
+    base_batch: int = 96
+    base_warmup: int = 50
+    finetune_steps: int = 150
+    finetune_lr: float = 5e-4
+    finetune_batch: int = 64
+    finetune_warmup: int = 10
+
+    def digest(self) -> str:
+        payload = json.dumps({**asdict(self), "recipe": RECIPE_VERSION}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ToyWorld:
+    """Paths of a built toy world (the layout other tools rely on)."""
+
+    root: Path
+    config: ToyWorldConfig
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def base(self) -> Path:
+        return self.models / "base"
+
+    def model(self, skill: str) -> Path:
+        return self.models / skill
+
+    def data(self, skill: str, split: str = "test") -> Path:
+        return self.root / "data" / skill / f"{split}.jsonl"
+
+    @property
+    def tasks(self) -> Path:
+        return self.root / "tasks"
+
+    def task_name(self, skill: str) -> str:
+        return f"toy_{skill}"
+
+    def rows(self, skill: str, split: str = "test") -> list[dict]:
+        return [json.loads(line) for line in self.data(skill, split).read_text().splitlines() if line]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HF_MERGEGUARD_CACHE", Path.home() / ".cache" / "hf_mergeguard"))
+
+
+def _llama_config(config: ToyWorldConfig, vocab_size: int) -> dict:
+    return {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "max_position_embeddings": config.max_positions,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+
+
+def _examples(rows: list[dict]) -> list[Example]:
+    return [Example(row["prompt"], row["completion"]) for row in rows]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _task_yaml(name: str, train: Path, test: Path) -> str:
+    """An lm-eval task in GSM8K's answer format, scored by exact match after ``#### ``."""
+    return f"""# Written by hf-mergeguard {__version__} (toy world). Scored like GSM8K's strict-match.
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    train: {json.dumps(str(train))}
+    test: {json.dumps(str(test))}
+output_type: generate_until
+training_split: train
+fewshot_split: train
+test_split: test
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{completion}}}}"
+num_fewshot: 0
+generation_kwargs:
+  until:
+    - "\\n"
+  do_sample: false
+  max_gen_toks: 12
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    regexes_to_ignore:
+      - "(?s).*#### "
+filter_list:
+  - name: strict-match
+    filter:
+      - function: regex
+        regex_pattern: "(#### \\\\S+)"
+      - function: take_first
+metadata:
+  version: 1.0
+"""
+
+
+def write_task_yamls(world: ToyWorld) -> None:
+    world.tasks.mkdir(parents=True, exist_ok=True)
+    for skill in world.config.skills:
+        text = _task_yaml(world.task_name(skill), world.data(skill, "train").resolve(), world.data(skill, "test").resolve())
+        (world.tasks / f"{world.task_name(skill)}.yaml").write_text(text)
+
+
+def _train_world(config: ToyWorldConfig, folder: Path, progress: bool) -> dict:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(config.seed)
+    tokenizer = make_tokenizer()
+    splits = {skill: make_split(skill, config.train_size, config.test_size, config.seed) for skill in config.skills}
+    for skill, (train, test) in splits.items():
+        _write_jsonl(folder / "data" / skill / "train.jsonl", train)
+        _write_jsonl(folder / "data" / skill / "test.jsonl", test)
+
+    model_config = _llama_config(config, len(SPECIAL_TOKENS) + len(CHARACTERS))
+    hf_config = AutoConfig.for_model(**model_config)
+    model = AutoModelForCausalLM.from_config(hf_config)
+    mixture = [example for skill in config.skills for example in _examples(splits[skill][0])]
+    timings = {}
+    start = time.perf_counter()
+    train_causal_lm(
+        model,
+        tokenizer,
+        mixture,
+        TrainingConfig(
+            steps=config.base_steps,
+            learning_rate=config.base_lr,
+            batch_size=config.base_batch,
+            warmup_steps=config.base_warmup,
+            schedule="cosine",
+            max_length=config.max_positions,
+            seed=config.seed,
+        ),
+        desc="toy world: base",
+        progress=progress,
+    )
+    timings["base"] = time.perf_counter() - start
+    metadata = stamp_metadata(method="toyworld", config_digest=config.digest())
+    save_model(model, folder / "models" / "base", tokenizer=tokenizer, metadata=metadata)
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    for index, skill in enumerate(config.skills):
+        model.load_state_dict(base_state)
+        start = time.perf_counter()
+        train_causal_lm(
+            model,
+            tokenizer,
+            _examples(splits[skill][0]),
+            TrainingConfig(
+                steps=config.finetune_steps,
+                learning_rate=config.finetune_lr,
+                batch_size=config.finetune_batch,
+                warmup_steps=config.finetune_warmup,
+                max_length=config.max_positions,
+                seed=config.seed + 1 + index,
+            ),
+            desc=f"toy world: {skill} fine-tune",
+            progress=progress,
+        )
+        timings[skill] = time.perf_counter() - start
+        save_model(model, folder / "models" / skill, tokenizer=tokenizer, metadata=metadata)
+    return timings
+
+
+def score_world(world: ToyWorld) -> dict[str, dict[str, float]]:
+    """Exact-match accuracy of every model of the world on every skill's test set."""
+    tokenizer = make_tokenizer()
+    scores = {}
+    for name in ["base", *world.config.skills]:
+        model = Checkpoint(world.models / name).load_model()
+        scores[name] = {skill: exact_match(model, tokenizer, world.rows(skill)) for skill in world.config.skills}
+    return scores
+
+
+def build_toy_world(
+    out: str | os.PathLike | None = None,
+    config: ToyWorldConfig | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ToyWorld:
+    """Build (or reuse from the cache) the toy world and return its paths.
+
+    Args:
+        out: where to put the world (``out/models``, ``out/data``, ``out/tasks``); default: the cache
+            folder itself.
+        config: the world's recipe; default :class:`ToyWorldConfig()`.
+        cache_dir: cache root; default ``$HF_MERGEGUARD_CACHE`` or ``~/.cache/hf_mergeguard``.
+        overwrite: replace an existing ``out``.
+    """
+    config = config or ToyWorldConfig()
+    cached = Path(cache_dir or default_cache_dir()) / "toyworld" / config.digest()
+    if not (cached / "world.json").is_file():
+        with atomic_output_dir(cached, overwrite=True) as folder:
+            timings = _train_world(config, folder, progress)
+            scores = score_world(ToyWorld(folder, config))
+            (folder / "world.json").write_text(
+                json.dumps(
+                    {"config": asdict(config), "digest": config.digest(), "scores": scores, "train_seconds": timings},
+                    indent=2,
+                )
+                + "\n"
+            )
+    if out is None:
+        world = ToyWorld(cached, config)
+    else:
+        with atomic_output_dir(out, overwrite=overwrite) as folder:
+            for part in ("models", "data", "world.json"):
+                source = cached / part
+                (shutil.copytree if source.is_dir() else shutil.copy2)(source, folder / part)
+        world = ToyWorld(Path(out).resolve(), config)
+    write_task_yamls(world)
+    world.scores = json.loads((world.root / "world.json").read_text())["scores"]
+    return world

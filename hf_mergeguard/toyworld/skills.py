@@ -1,0 +1,93 @@
+"""Synthetic skills with exact-match answers, and the character tokenizer that reads them.
+
+Every example is a prompt ``"<skill> <input>\\n"`` and a completion ``"#### <output>"``: the GSM8K answer
+format, so the same regex scores the toy tasks and GSM8K.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from typing import Callable
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+CHARACTERS = list(string.digits + string.ascii_lowercase + " +=#:,-\n")
+
+
+def make_tokenizer():
+    """A character-level ``PreTrainedTokenizerFast``: every character is one token, decoding is exact."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=128,
+    )
+
+
+def _add(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    return f"{a} {b}", str(a + b)
+
+
+def _sort(rng: random.Random) -> tuple[str, str]:
+    digits = "".join(rng.choice(string.digits) for _ in range(rng.randint(5, 8)))
+    return digits, "".join(sorted(digits))
+
+
+def _rev(rng: random.Random) -> tuple[str, str]:
+    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(5, 8)))
+    return word, word[::-1]
+
+
+def _count(rng: random.Random) -> tuple[str, str]:
+    letters = "".join(rng.choice("abc") for _ in range(rng.randint(4, 9)))
+    return letters, str(letters.count("a"))
+
+
+def _copy(rng: random.Random) -> tuple[str, str]:
+    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(4, 7)))
+    return word, word
+
+
+SKILLS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+    "add": _add,
+    "sort": _sort,
+    "rev": _rev,
+    "count": _count,
+    "copy": _copy,
+}
+
+
+def prompt_of(skill: str, text: str) -> str:
+    return f"{skill} {text}\n"
+
+
+def completion_of(answer: str) -> str:
+    return f"#### {answer}"
+
+
+def make_split(skill: str, train_size: int, test_size: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Disjoint train and test examples of one skill, as ``{"prompt", "completion"}`` rows."""
+    rng = random.Random(f"{seed}-{skill}")
+    generate = SKILLS[skill]
+    test: dict[str, str] = {}
+    while len(test) < test_size:
+        text, answer = generate(rng)
+        test[text] = answer
+    train = []
+    attempts = 0
+    while len(train) < train_size and attempts < 50 * train_size:
+        attempts += 1
+        text, answer = generate(rng)
+        if text not in test:
+            train.append({"prompt": prompt_of(skill, text), "completion": completion_of(answer)})
+    return train, [{"prompt": prompt_of(skill, t), "completion": completion_of(a)} for t, a in test.items()]

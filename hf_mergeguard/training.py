@@ -1,0 +1,247 @@
+"""One accelerate training loop for every fine-tune the tool runs.
+
+Used by the toy world, MergeGuard stage 1, the merge-trap objective and the recovery attacks. Each
+optimizer step draws one *global* batch from a seeded generator; under several processes every process
+takes its own slice of it, and losses are token sums scaled by the global token count, so one process and
+N processes compute the same gradient (DDP averages it) and end with the same weights up to float error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import TrainingError
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: loss on ``completion`` only (``prompt`` empty for plain text)."""
+
+    prompt: str
+    completion: str
+
+
+@dataclass
+class TrainingConfig:
+    """Options of a fine-tuning run (every field is a CLI / YAML option of the commands that train)."""
+
+    steps: int = field(default=100, metadata={"help": "optimizer steps"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
+    batch_size: int = field(default=16, metadata={"help": "examples per optimizer step, over all processes"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per step"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    schedule: str = field(default="constant", metadata={"help": "constant or cosine decay after warm-up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping (None: off)"})
+    max_length: int = field(default=512, metadata={"help": "tokens per example (longer ones are cut)"})
+    seed: int = field(default=0, metadata={"help": "seed of batch order and dropout"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision"})
+    fsdp: bool = field(default=False, metadata={"help": "shard the model with FSDP (GPUs only)"})
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError("batch_size must be a multiple of gradient_accumulation_steps")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainingResult:
+    losses: list[float]
+    seconds: float
+    seconds_per_step: float
+    logs: list[dict] = field(default_factory=list)
+
+
+def encode_examples(tokenizer, examples: Sequence[Example], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels (-100 on the prompt) for each example; an EOS token closes each completion."""
+    encoded = []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for example in examples:
+        prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"] if example.prompt else []
+        completion_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"] + eos
+        ids = (prompt_ids + completion_ids)[:max_length]
+        labels = ([-100] * len(prompt_ids) + completion_ids)[:max_length]
+        if any(label != -100 for label in labels):
+            encoded.append((ids, labels))
+    return encoded
+
+
+def collate(items: Sequence[tuple[list[int], list[int]]], pad_id: int, length: int | None = None) -> dict:
+    """Right-pad a list of (ids, labels) to ``length`` (default: the longest)."""
+    length = length or max(len(ids) for ids, _ in items)
+    input_ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), length), -100, dtype=torch.long)
+    attention = torch.zeros((len(items), length), dtype=torch.long)
+    for row, (ids, labs) in enumerate(items):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        attention[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token cross-entropy over the labelled positions."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    return torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+
+
+def count_target_tokens(labels: torch.Tensor) -> int:
+    return int((labels[:, 1:] != -100).sum())
+
+
+# An objective gets the (wrapped) model, a local micro-batch and the factor that turns a token-loss sum
+# into this process's share of the global mean; it returns the loss to backpropagate and numbers to log.
+Objective = Callable[[torch.nn.Module, dict, float], tuple[torch.Tensor, dict]]
+
+
+def cross_entropy_objective(model: torch.nn.Module, batch: dict, scale: float) -> tuple[torch.Tensor, dict]:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = token_loss_sum(logits, batch["labels"]) * scale
+    return loss, {"task_loss": float(loss.detach())}
+
+
+def _lr_lambda(config: TrainingConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if config.warmup_steps and step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "cosine":
+            progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def make_accelerator(config: TrainingConfig, cpu: bool | None = None):
+    """An ``Accelerator`` for this config (FSDP with FULL_STATE_DICT when asked and GPUs are present)."""
+    from accelerate import Accelerator
+
+    kwargs = {}
+    if config.fsdp and torch.cuda.is_available():
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(state_dict_type="FULL_STATE_DICT")
+    return Accelerator(mixed_precision="bf16" if config.bf16 else "no", cpu=bool(cpu), **kwargs)
+
+
+def train_causal_lm(
+    model: torch.nn.Module,
+    tokenizer,
+    examples: Sequence[Example],
+    config: TrainingConfig,
+    *,
+    objective: Objective = cross_entropy_objective,
+    accelerator=None,
+    desc: str = "fine-tuning",
+    progress: bool = True,
+    on_step: Callable[[int, torch.nn.Module], None] | None = None,
+) -> TrainingResult:
+    """Fine-tune ``model`` in place on ``examples`` and return the loss history.
+
+    Args:
+        model: a ``transformers`` causal LM (its weights are updated in place; after the call it is the
+            unwrapped model again, on the accelerator's device).
+        tokenizer: its tokenizer (pad and EOS ids are used).
+        examples: the training data.
+        config: see :class:`TrainingConfig`.
+        objective: the loss; default next-token cross-entropy on completions.
+        accelerator: an ``accelerate.Accelerator``; default one built from ``config``.
+        on_step: called after each optimizer step with ``(step, unwrapped_model)``.
+    """
+    from tqdm.auto import tqdm
+
+    accelerator = accelerator or make_accelerator(config)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    encoded = encode_examples(tokenizer, examples, config.max_length)
+    if not encoded:
+        raise TrainingError("No usable training examples (every completion is empty or cut off).")
+    micro = config.batch_size // config.gradient_accumulation_steps
+    if micro % world:
+        raise TrainingError(
+            f"The micro-batch ({micro}) must split evenly over {world} processes.",
+            "Choose --batch-size divisible by processes x --gradient-accumulation-steps.",
+        )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    torch.manual_seed(config.seed)
+    model.train()
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        betas=(0.9, 0.95),
+    )
+    # The scheduler is not passed to prepare(): accelerate would step it once per process.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+
+    generator = torch.Generator().manual_seed(config.seed)
+    order: list[int] = []
+    losses: list[float] = []
+    logs: list[dict] = []
+    start = time.perf_counter()
+    bar = tqdm(range(config.steps), desc=desc, disable=not (progress and accelerator.is_main_process), leave=False)
+    for step in bar:
+        # One global batch for this step, identical on every process.
+        while len(order) < config.batch_size:
+            order += torch.randperm(len(encoded), generator=generator).tolist()
+        chosen = [encoded[i] for i in order[: config.batch_size]]
+        del order[: config.batch_size]
+        length = max(len(ids) for ids, _ in chosen)
+        step_tokens = sum(sum(1 for label in labels[1:] if label != -100) for _, labels in chosen)
+        scale = world / max(1, step_tokens)
+        step_log: dict[str, float] = {}
+        for micro_index in range(config.gradient_accumulation_steps):
+            micro_batch = chosen[micro_index * micro : (micro_index + 1) * micro]
+            local = micro_batch[rank * (micro // world) : (rank + 1) * (micro // world)]
+            batch = {k: v.to(accelerator.device) for k, v in collate(local, pad_id, length).items()}
+            last = micro_index == config.gradient_accumulation_steps - 1
+            context = accelerator.no_sync(wrapped) if not last else contextlib.nullcontext()
+            with context:
+                loss, log = objective(wrapped, batch, scale)
+                accelerator.backward(loss)
+            for key, value in log.items():
+                step_log[key] = step_log.get(key, 0.0) + value
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(wrapped.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        total = _reduce_mean(accelerator, step_log.get("task_loss", 0.0))
+        if not math.isfinite(total):
+            raise TrainingError(
+                f"Training diverged at step {step}: the loss is {total}.",
+                "Lower --learning-rate (or the regularisation strength) and rerun.",
+            )
+        losses.append(total)
+        logs.append({k: _reduce_mean(accelerator, v) for k, v in step_log.items()})
+        bar.set_postfix(loss=f"{total:.4f}")
+        if on_step is not None:
+            on_step(step, accelerator.unwrap_model(wrapped))
+    seconds = time.perf_counter() - start
+    unwrapped = accelerator.unwrap_model(wrapped)
+    unwrapped.eval()
+    # Release the DDP wrapper and optimizer state; the caller keeps the (updated) model.
+    accelerator.free_memory()
+    return TrainingResult(losses=losses, seconds=seconds, seconds_per_step=seconds / max(1, config.steps), logs=logs)
+
+
+def _reduce_mean(accelerator, value: float) -> float:
+    """Per-process logs are shares of the global mean: sum them over processes."""
+    if accelerator.num_processes == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="sum"))
