@@ -1,0 +1,1 @@
+"""What a free-rider does: merges (mergekit) and adaptive attacks on a defense."""

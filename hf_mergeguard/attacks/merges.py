@@ -1,0 +1,271 @@
+"""Merge attacks: what a free-rider does with mergekit, with the coefficients a free-rider would try.
+
+The math is mergekit 0.1.5's (``merge_state_dicts``), called one tensor at a time so that a merge never
+holds more than the merged model plus one tensor per input; random methods (DARE, DELLA) are seeded per
+tensor, so a merge is deterministic whatever the order or the number of processes. The on-disk path
+(:func:`run_mergekit_config`) runs mergekit's own ``run_merge`` on the same YAML mergekit accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from ..errors import ConfigError, UnknownNameError
+from ..registry import Registry
+from ..sources import TensorSource
+
+DEFENDER = "defender"
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """One merge method as a free-rider uses it.
+
+    Args:
+        name: our name (= mergekit's method name).
+        coefficient: the parameter the attacker sweeps.
+        grid: the values swept by default (``thorough_grid`` with ``--thorough``).
+        fixed: other mergekit parameters, the same for every input.
+        uses_base: the pretrained base is an input (task-vector methods, model_stock).
+        random: the method samples (DARE, DELLA): seeded per tensor.
+        per_model: ``coefficient`` is given per input model (weight, density) rather than shared (lambda, t).
+    """
+
+    name: str
+    coefficient: str | None
+    grid: tuple[float, ...]
+    thorough_grid: tuple[float, ...] = ()
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    uses_base: bool = True
+    random: bool = False
+    per_model: bool = False
+    description: str = ""
+
+    def values(self, thorough: bool = False) -> tuple[float | None, ...]:
+        if self.coefficient is None:
+            return (None,)
+        return self.thorough_grid if thorough and self.thorough_grid else self.grid
+
+    def parameters(self, value: float | None, others: Sequence[str]) -> dict[str, Any]:
+        """mergekit parameters for one grid point (``others``: ids of the free-rider inputs)."""
+        params = dict(self.fixed)
+        if self.coefficient is None or value is None:
+            return params
+        if self.name == "linear":
+            # Weight averaging: the defender gets `value`, the free-riders share the rest.
+            share = (1.0 - value) / max(1, len(others))
+            params["weight"] = {DEFENDER: value, **{other: share for other in others}}
+        elif self.per_model:
+            params[self.coefficient] = {DEFENDER: value, **{other: value for other in others}}
+        else:
+            params[self.coefficient] = value
+        if "weight" not in params and self.name not in ("slerp", "model_stock"):
+            params["weight"] = {DEFENDER: 1.0, **{other: 1.0 for other in others}}
+        return params
+
+
+MERGE_METHODS: Registry[MergeMethod] = Registry("merge method")
+
+for _method in (
+    MergeMethod(
+        "task_arithmetic",
+        "lambda",
+        grid=(0.3, 0.5, 0.7, 0.8, 1.0, 1.2),
+        thorough_grid=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
+        description="theta_pre + lambda * (tau_def + tau_fr)",
+    ),
+    MergeMethod(
+        "ties",
+        "density",
+        grid=(0.2, 0.5, 0.8),
+        thorough_grid=(0.1, 0.2, 0.3, 0.5, 0.7, 0.9),
+        per_model=True,
+        description="trim to top-density |tau|, elect signs, disjoint mean (normalize on)",
+    ),
+    MergeMethod(
+        "dare_ties",
+        "density",
+        grid=(0.1, 0.3, 0.5),
+        thorough_grid=(0.1, 0.2, 0.3, 0.5, 0.7, 0.9),
+        per_model=True,
+        random=True,
+        description="random drop with L1 rescale, then TIES sign election",
+    ),
+    MergeMethod(
+        "dare_linear",
+        "density",
+        grid=(0.1, 0.3, 0.5),
+        thorough_grid=(0.1, 0.2, 0.3, 0.5, 0.7, 0.9),
+        per_model=True,
+        random=True,
+        description="random drop with L1 rescale, then task arithmetic",
+    ),
+    MergeMethod(
+        "breadcrumbs",
+        "density",
+        grid=(0.5, 0.8, 0.9),
+        thorough_grid=(0.3, 0.5, 0.7, 0.8, 0.9),
+        per_model=True,
+        fixed={"gamma": 0.01},
+        description="drop the largest 1% and smallest |tau|, then task arithmetic",
+    ),
+    MergeMethod(
+        "della",
+        "density",
+        grid=(0.3, 0.5, 0.7),
+        thorough_grid=(0.2, 0.3, 0.5, 0.7, 0.8),
+        per_model=True,
+        random=True,
+        fixed={"epsilon": 0.1},
+        description="magnitude-ranked random drop with rescale, then TIES",
+    ),
+    MergeMethod(
+        "linear",
+        "weight",
+        grid=(0.3, 0.5, 0.7),
+        thorough_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+        uses_base=False,
+        description="weight averaging of the fine-tunes (model soup)",
+    ),
+    MergeMethod(
+        "model_stock",
+        None,
+        grid=(),
+        description="interpolate the fine-tunes' average toward the base by their angle",
+    ),
+    MergeMethod(
+        "slerp",
+        "t",
+        grid=(0.3, 0.5, 0.7),
+        thorough_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+        uses_base=False,
+        description="spherical interpolation from the defender (t=0) to the free-rider (t=1)",
+    ),
+):
+    MERGE_METHODS.add(_method.name, _method)
+
+
+def get_merge_method(name: str) -> MergeMethod:
+    return MERGE_METHODS.get(name)
+
+
+def parse_methods(names: str | Sequence[str] | None) -> list[MergeMethod]:
+    """``"ties,dare_ties"`` / ``["ties"]`` / ``None`` (= all) -> methods (typos get "did you mean")."""
+    if names is None or names == "all":
+        return [MERGE_METHODS.get(n) for n in MERGE_METHODS.names()]
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    return [MERGE_METHODS.get(name) for name in names]
+
+
+def _tensor_seed(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def merge_tensors(
+    method: MergeMethod,
+    value: float | None,
+    *,
+    base: TensorSource,
+    defender: TensorSource,
+    freeriders: Sequence[TensorSource],
+    seed: int = 0,
+    names: Sequence[str] | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield the merged model one tensor at a time (mergekit's math on one tensor group per call).
+
+    Args:
+        method: the merge method.
+        value: its swept coefficient at this grid point (``None`` for methods without one).
+        base: the pretrained model the fine-tunes share.
+        defender: the (protected or original) defender model.
+        freeriders: the free-rider fine-tunes merged with it.
+        seed: seed of random methods (DARE, DELLA), combined with each tensor's name.
+    """
+    from mergekit.merge_methods import merge_state_dicts
+
+    if method.name == "slerp" and len(freeriders) != 1:
+        raise ConfigError("SLERP merges exactly two models: give one free-rider.")
+    if method.name == "model_stock" and not freeriders:
+        raise ConfigError("model_stock needs at least one free-rider beside the defender.")
+    others = [f"freerider{i}" for i in range(len(freeriders))]
+    params = method.parameters(value, others)
+    inputs: dict[str, TensorSource] = {}
+    if method.uses_base:
+        inputs[BASE] = base
+    inputs[DEFENDER] = defender
+    inputs.update(zip(others, freeriders))
+    merge_base = BASE if method.uses_base else (DEFENDER if method.name == "slerp" else None)
+    for name in names if names is not None else defender.tensor_names:
+        tensors = {key: {name: source.get(name)} for key, source in inputs.items()}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_tensor_seed(seed, name))
+            with torch.no_grad():
+                merged = merge_state_dicts(tensors, method.name, base=merge_base, parameters=params)
+        yield name, merged[name]
+
+
+def merge_state_dict(method: MergeMethod, value: float | None, **kwargs) -> dict[str, torch.Tensor]:
+    """The merged model in memory (see :func:`merge_tensors`)."""
+    return dict(merge_tensors(method, value, **kwargs))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The mergekit YAML path (``hf-mergeguard merge CONFIG.yml OUT``)
+# --------------------------------------------------------------------------------------------------------
+
+
+def load_mergekit_config(path: str | Path):
+    """Read and validate a mergekit YAML config (the same files ``mergekit-yaml`` accepts)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from mergekit.config import MergeConfiguration
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"Merge config {path} does not exist.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}", "Fix the YAML syntax (indentation, colons).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping (merge_method, models, ...).")
+    method = data.get("merge_method")
+    from mergekit import merge_methods
+
+    known = [m.spec.name for m in merge_methods.registered_methods()]
+    if method not in known:
+        raise UnknownNameError("merge method", str(method), known, hint=f"Fix merge_method in {path}.")
+    try:
+        return MergeConfiguration.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ConfigError(f"{path}: invalid merge config at {where or 'top level'}: {first.get('msg')}.") from None
+
+
+def run_mergekit_config(config_path: str | Path, out: str | Path, *, overwrite: bool = False, seed: int | None = 0, device: str = "cpu") -> Path:
+    """Run mergekit's ``run_merge`` on a YAML config, writing ``out`` atomically."""
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from ..checkpoint import atomic_output_dir
+
+    config = load_mergekit_config(config_path)
+    options = MergeOptions(device=device, random_seed=seed, quiet=True, copy_tokenizer=True, trust_remote_code=False)
+    with atomic_output_dir(out, overwrite=overwrite) as folder:
+        # mergekit keeps a process-wide cache of lazy loaders: a model rewritten at the same path would be
+        # read stale on the next call. Start from an empty cache every time.
+        LoaderCache().loaders.clear()
+        try:
+            run_merge(config, str(folder), options, config_source=Path(config_path).read_text())
+        finally:
+            LoaderCache().loaders.clear()
+    return Path(out).resolve()

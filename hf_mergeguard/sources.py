@@ -1,0 +1,93 @@
+"""Where tensors come from: a checkpoint on disk, or tensors in memory, behind one small interface.
+
+Defenses, merges and attacks read tensors by name through a :class:`TensorSource`, so the same code runs
+streaming from disk (a 7B checkpoint, one tensor at a time) or on a model held in memory (the toy world).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
+
+import torch
+
+from .architectures import Geometry, geometry_from_config
+from .checkpoint import Checkpoint, TensorSpec, layout_of
+
+
+@runtime_checkable
+class TensorSource(Protocol):
+    source: str
+    config: dict[str, Any]
+
+    @property
+    def tensor_names(self) -> list[str]: ...
+
+    @property
+    def layout(self) -> dict[str, TensorSpec]: ...
+
+    @property
+    def geometry(self) -> Geometry: ...
+
+    def get(self, name: str) -> torch.Tensor: ...
+
+    def iter_tensors(self, names=None) -> Iterator[tuple[str, torch.Tensor]]: ...
+
+
+class StateDictSource:
+    """Tensors held in memory, with the config they belong to (same interface as :class:`Checkpoint`)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], source: str = "<memory>"):
+        self.tensors = dict(tensors)
+        self.config = dict(config)
+        self.source = source
+
+    @property
+    def tensor_names(self) -> list[str]:
+        return list(self.tensors)
+
+    @property
+    def layout(self) -> dict[str, TensorSpec]:
+        return layout_of(self.tensors)
+
+    @property
+    def geometry(self) -> Geometry:
+        return geometry_from_config(self.config)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
+
+    def spec(self, name: str) -> TensorSpec:
+        return self.layout[name]
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def iter_tensors(self, names=None) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.tensor_names if names is None else names:
+            yield name, self.tensors[name]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.tensors)
+
+    def load_model(self, dtype=None, device="cpu"):
+        from .checkpoint import model_from_state_dict
+
+        return model_from_state_dict(self.config, {k: v.clone() for k, v in self.tensors.items()}, dtype=dtype, device=device)
+
+
+def as_source(model: Any) -> Checkpoint | StateDictSource:
+    """A folder/repo id, a :class:`Checkpoint`, a source, or a ``transformers`` model -> a tensor source."""
+    if isinstance(model, (Checkpoint, StateDictSource)):
+        return model
+    if isinstance(model, torch.nn.Module):
+        from .checkpoint import model_state_dict
+
+        return StateDictSource(model_state_dict(model), model.config.to_dict(), source=getattr(model, "name_or_path", "<model>"))
+    return Checkpoint.open(model)
+
+
+def materialize(source: Checkpoint | StateDictSource) -> StateDictSource:
+    """Read every tensor into memory (for models small enough to be scored many times)."""
+    if isinstance(source, StateDictSource):
+        return source
+    return StateDictSource(source.state_dict(), source.config, source=source.source)
