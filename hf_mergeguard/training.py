@@ -64,12 +64,15 @@ class TrainingResult:
 
 def encode_examples(tokenizer, examples: Sequence[Example], max_length: int) -> list[tuple[list[int], list[int]]]:
     """Token ids and labels (-100 on the prompt) for each example; an EOS token closes each completion."""
-    encoded = []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for example in examples:
-        prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"] if example.prompt else []
-        completion_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"] + eos
-        ids = (prompt_ids + completion_ids)[:max_length]
+    # One batched call per side: the fast tokenizer is much quicker on lists than on single strings.
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
+    encoded = []
+    for example, prompt_ids, completion_ids in zip(examples, prompts, completions):
+        prompt_ids = prompt_ids if example.prompt else []
+        completion_ids = list(completion_ids) + eos
+        ids = (list(prompt_ids) + completion_ids)[:max_length]
         labels = ([-100] * len(prompt_ids) + completion_ids)[:max_length]
         if any(label != -100 for label in labels):
             encoded.append((ids, labels))
@@ -182,7 +185,6 @@ def train_causal_lm(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.learning_rate,
         weight_decay=config.weight_decay,
-        betas=(0.9, 0.95),
     )
     # The scheduler is not passed to prepare(): accelerate would step it once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))

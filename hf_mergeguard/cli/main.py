@@ -50,7 +50,7 @@ def _register_commands() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the exit code."""
-    import click
+    from typer.exceptions import Abort, Exit, TyperException
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -58,14 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="hf-mergeguard", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return 2
-    except (click.Abort, KeyboardInterrupt):
+    except (Abort, KeyboardInterrupt):
         typer.echo("Interrupted.", err=True)
         return 130
+    except TyperException as exc:  # usage errors: missing or bad arguments
+        exc.show()
+        return 2
     except MergeGuardError as exc:
         if debug:
             traceback.print_exc()

@@ -20,7 +20,7 @@ def extract_answer(text: str) -> str | None:
 
 
 @torch.no_grad()
-def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 12, batch_size: int = 256) -> list[str]:
+def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 16, batch_size: int = 256) -> list[str]:
     """Greedy continuations of ``prompts`` (left-padded batches), cut at the first newline or EOS."""
     outputs: list[str] = []
     newline = tokenizer.convert_tokens_to_ids("\n")

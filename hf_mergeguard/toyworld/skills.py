@@ -33,32 +33,46 @@ def make_tokenizer():
     )
 
 
-def _add(rng: random.Random) -> tuple[str, str]:
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
+# Each skill has a "full" form (what fine-tunes learn and tests measure) and a "base" form the base model is
+# pretrained on: the same skill on a narrower range (shorter inputs, smaller numbers). The base is then partly
+# able on the full test set (it generalizes a little beyond its range), and a fine-tune teaches a real
+# extension of what the base knows, which keeps fine-tunes gentle enough for merges to work.
+
+
+def _digits(rng: random.Random, low: int, high: int) -> str:
+    return "".join(rng.choice(string.digits) for _ in range(rng.randint(low, high)))
+
+
+def _letters(rng: random.Random, low: int, high: int, alphabet: str = string.ascii_lowercase) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
+
+
+def _add(rng: random.Random, base_form: bool) -> tuple[str, str]:
+    a, b = rng.randint(10, 99 if base_form else 999), rng.randint(10, 99)
     return f"{a} {b}", str(a + b)
 
 
-def _sort(rng: random.Random) -> tuple[str, str]:
-    digits = "".join(rng.choice(string.digits) for _ in range(rng.randint(5, 8)))
+def _sort(rng: random.Random, base_form: bool) -> tuple[str, str]:
+    digits = _digits(rng, 4, 8 if base_form else 10)
     return digits, "".join(sorted(digits))
 
 
-def _rev(rng: random.Random) -> tuple[str, str]:
-    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(5, 8)))
+def _rev(rng: random.Random, base_form: bool) -> tuple[str, str]:
+    word = _letters(rng, 4, 8 if base_form else 10)
     return word, word[::-1]
 
 
-def _count(rng: random.Random) -> tuple[str, str]:
-    letters = "".join(rng.choice("abc") for _ in range(rng.randint(4, 9)))
+def _count(rng: random.Random, base_form: bool) -> tuple[str, str]:
+    letters = _letters(rng, 4, 9 if base_form else 14, "abc")
     return letters, str(letters.count("a"))
 
 
-def _copy(rng: random.Random) -> tuple[str, str]:
-    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(4, 7)))
+def _copy(rng: random.Random, base_form: bool) -> tuple[str, str]:
+    word = _letters(rng, 4, 8 if base_form else 10)
     return word, word
 
 
-SKILLS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+SKILLS: dict[str, Callable[[random.Random, bool], tuple[str, str]]] = {
     "add": _add,
     "sort": _sort,
     "rev": _rev,
@@ -75,19 +89,25 @@ def completion_of(answer: str) -> str:
     return f"#### {answer}"
 
 
-def make_split(skill: str, train_size: int, test_size: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Disjoint train and test examples of one skill, as ``{"prompt", "completion"}`` rows."""
+def make_split(
+    skill: str, train_size: int, test_size: int, seed: int, *, base_form: bool = False
+) -> tuple[list[dict], list[dict]]:
+    """Disjoint train and test examples of one skill, as ``{"prompt", "completion"}`` rows.
+
+    The test set is always the full skill; ``base_form`` draws the training rows from the base's form.
+    """
     rng = random.Random(f"{seed}-{skill}")
     generate = SKILLS[skill]
     test: dict[str, str] = {}
     while len(test) < test_size:
-        text, answer = generate(rng)
+        text, answer = generate(rng, False)
         test[text] = answer
+    train_rng = random.Random(f"{seed}-{skill}-{'base' if base_form else 'full'}")
     train = []
     attempts = 0
     while len(train) < train_size and attempts < 50 * train_size:
         attempts += 1
-        text, answer = generate(rng)
+        text, answer = generate(train_rng, base_form)
         if text not in test:
             train.append({"prompt": prompt_of(skill, text), "completion": completion_of(answer)})
     return train, [{"prompt": prompt_of(skill, t), "completion": completion_of(a)} for t, a in test.items()]

@@ -1,0 +1,304 @@
+"""Scoring models with lm-eval 0.4, in-process (``HFLM(pretrained=model_object)``), so a merged model is
+scored without writing it to disk. Tasks that execute model-written code run in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ConfigError, MergeGuardError, OfflineError
+from .tasks import TaskCatalog, parse_tasks
+
+log = logging.getLogger(__name__)
+
+# Environment variables a code-executing child must never see (tokens, keys, passwords).
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE_KEY|ACCESS_KEY", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """One task's primary metric (a share in [0, 1])."""
+
+    task: str
+    metric: str
+    value: float
+    stderr: float | None
+    samples: int
+
+    @property
+    def points(self) -> float:
+        return 100.0 * self.value
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _primary_metric(task: str, results: dict, config: dict) -> tuple[str, float, float | None]:
+    """The task's first metric under its first filter (e.g. GSM8K's ``exact_match,strict-match``)."""
+    keys = [k for k in results if k != "alias" and "_stderr" not in k and "," in k]
+    if not keys:
+        raise MergeGuardError(f"lm-eval returned no metric for task {task}.")
+    preferred = None
+    metrics = config.get("metric_list") or []
+    filters = [f.get("name") for f in (config.get("filter_list") or [])] or ["none"]
+    if metrics and isinstance(metrics[0].get("metric"), str):
+        preferred = f"{metrics[0]['metric']},{filters[0]}"
+    key = preferred if preferred in results else keys[0]
+    name, filter_name = key.split(",", 1)
+    stderr = results.get(f"{name}_stderr,{filter_name}")
+    stderr = float(stderr) if isinstance(stderr, (int, float)) else None
+    return key, float(results[key]), stderr
+
+
+def scrubbed_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of the environment without tokens or keys, for processes that run untrusted code."""
+    env = {k: v for k, v in os.environ.items() if not _SECRET_NAME.search(k)}
+    # No implicit token from the login file either.
+    env["HF_TOKEN_PATH"] = os.devnull
+    env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class Evaluator:
+    """Scores models on a fixed set of lm-eval tasks; build it once, call :meth:`evaluate` many times.
+
+    Args:
+        tasks: task names (``"gsm8k,humaneval"`` or a list).
+        include_tasks: folders of extra task YAMLs (e.g. the toy world's ``tasks/``).
+        limit: examples per task (``None``: all).
+        batch_size: fixed generation batch size (greedy scores can shift with padding: keep it fixed).
+        allow_code_eval: allow tasks that execute model-written code (HumanEval, MBPP).
+        code_timeout: seconds the code-executing child may run.
+        bootstrap_iters: lm-eval's bootstrap for standard errors (0: off).
+    """
+
+    def __init__(
+        self,
+        tasks: str | Sequence[str],
+        *,
+        include_tasks: Sequence[str | os.PathLike] = (),
+        limit: int | None = None,
+        batch_size: int = 32,
+        allow_code_eval: bool = False,
+        code_timeout: float = 3600.0,
+        bootstrap_iters: int = 0,
+    ):
+        self.catalog = TaskCatalog(parse_tasks(tasks), [Path(p) for p in include_tasks])
+        self.catalog.require_code_permission(allow_code_eval)
+        self.limit = limit
+        self.batch_size = batch_size
+        self.code_timeout = code_timeout
+        self.bootstrap_iters = bootstrap_iters
+        self.code_tasks = self.catalog.code_tasks()
+        self.plain_tasks = [t for t in self.catalog.names if t not in self.code_tasks]
+        self._task_dict = None
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.catalog.names)
+
+    def _load_tasks(self):
+        if self._task_dict is None:
+            try:
+                with _datasets_quiet():
+                    self._task_dict = self.catalog.manager.load(self.plain_tasks)
+            except Exception as exc:  # noqa: BLE001 - dataset download failures come in many types
+                text = f"{type(exc).__name__}: {exc}"
+                if re.search(r"offline|connect|resolve|couldn't reach|not find|doesn't exist|LocalEntryNotFound", text, re.I):
+                    raise OfflineError(
+                        f"The data of task(s) {', '.join(self.plain_tasks)} could not be loaded: {text[:300]}",
+                        "Run once with network access so the datasets land in the HF cache, or point "
+                        "--include-tasks at local copies of the tasks (dataset_path: json).",
+                    ) from exc
+                raise
+        return self._task_dict
+
+    def evaluate(self, model, tokenizer) -> dict[str, TaskScore]:
+        """Score an in-memory ``transformers`` model on every task."""
+        scores: dict[str, TaskScore] = {}
+        if self.plain_tasks:
+            scores.update(self._evaluate_in_process(model, tokenizer))
+        if self.code_tasks:
+            scores.update(self._evaluate_code_tasks(model, tokenizer))
+        return {task: scores[task] for task in self.catalog.names}
+
+    def _evaluate_in_process(self, model, tokenizer) -> dict[str, TaskScore]:
+        from accelerate.utils import patch_environment
+        from lm_eval.evaluator import evaluate as lm_evaluate
+
+        task_dict = self._load_tasks()
+        # lm-eval returns results only where LOCAL_RANK is 0; under accelerate each process scores its own
+        # models, so every process is "rank 0" for lm-eval.
+        with patch_environment(local_rank="0"), _quiet_lm_eval():
+            lm = _quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+            results = lm_evaluate(
+                lm,
+                task_dict,
+                limit=self.limit,
+                bootstrap_iters=self.bootstrap_iters,
+                log_samples=False,
+            )
+        return self._scores_from(results)
+
+    def _scores_from(self, results: dict) -> dict[str, TaskScore]:
+        scores = {}
+        for task in results["results"]:
+            if task not in self.catalog.names:
+                continue
+            metric, value, stderr = _primary_metric(task, results["results"][task], self.catalog.config_of(task))
+            samples = results.get("n-samples", {}).get(task, {}).get("effective", 0)
+            scores[task] = TaskScore(task, metric, value, stderr, int(samples))
+        return scores
+
+    def _evaluate_code_tasks(self, model, tokenizer) -> dict[str, TaskScore]:
+        from ..checkpoint import save_model
+
+        with tempfile.TemporaryDirectory(prefix="hfmg-code-eval-") as tmp:
+            folder = save_model(model, Path(tmp) / "model", tokenizer=tokenizer)
+            spec = {
+                "model": str(folder),
+                "tasks": self.code_tasks,
+                "index_paths": self.catalog.index_paths,
+                "include_defaults": self.catalog.include_defaults,
+                "limit": self.limit,
+                "batch_size": self.batch_size,
+                "bootstrap_iters": self.bootstrap_iters,
+                "out": str(Path(tmp) / "results.json"),
+            }
+            (Path(tmp) / "spec.json").write_text(json.dumps(spec))
+            env = scrubbed_environment({"HF_ALLOW_CODE_EVAL": "1", "TOKENIZERS_PARALLELISM": "false"})
+            try:
+                completed = subprocess.run(
+                    [sys.executable, "-m", "hf_mergeguard.evaluation.code_child", str(Path(tmp) / "spec.json")],
+                    env=env,
+                    cwd=tmp,
+                    capture_output=True,
+                    text=True,
+                    timeout=self.code_timeout,
+                )
+            except subprocess.TimeoutExpired:
+                raise MergeGuardError(
+                    f"Code evaluation of {', '.join(self.code_tasks)} ran past its time limit ({self.code_timeout:.0f} s).",
+                    "Raise --code-timeout, or lower --limit.",
+                ) from None
+            if completed.returncode != 0:
+                raise MergeGuardError(
+                    f"Code evaluation of {', '.join(self.code_tasks)} failed in its child process: "
+                    + (completed.stderr.strip().splitlines() or ["no output"])[-1],
+                    "Rerun with --debug; the child's full log is shown there.",
+                )
+            log.debug(completed.stderr)
+            results = json.loads((Path(tmp) / "results.json").read_text())
+        return self._scores_from(results)
+
+
+class _quiet_lm_eval:
+    """lm-eval logs and draws a progress bar for every request batch; the self-test has its own bar."""
+
+    def __enter__(self):
+        import functools
+
+        import lm_eval.api.task as task_module
+        from tqdm import tqdm
+
+        self.loggers = [logging.getLogger(name) for name in ("lm_eval", "lm-eval")]
+        self.levels = [logger.level for logger in self.loggers]
+        for logger in self.loggers:
+            # lm-eval warns on every call that an in-memory model ignores some options: expected here.
+            if logger.getEffectiveLevel() < logging.ERROR:
+                logger.setLevel(logging.ERROR)
+        # The "building contexts" bar has no switch: silence it for the duration of the call.
+        self.task_module, self.task_tqdm = task_module, task_module.tqdm
+        task_module.tqdm = functools.partial(tqdm, disable=True)
+        return self
+
+    def __exit__(self, *exc):
+        for logger, level in zip(self.loggers, self.levels):
+            logger.setLevel(level)
+        self.task_module.tqdm = self.task_tqdm
+        return False
+
+
+class _datasets_quiet:
+    def __enter__(self):
+        import datasets
+
+        self.was_enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+
+    def __exit__(self, *exc):
+        import datasets
+
+        if self.was_enabled:
+            datasets.enable_progress_bars()
+        return False
+
+
+_QUIET_HFLM = None
+
+
+def _quiet_hflm_class():
+    """lm-eval's HFLM with its per-request progress bars off (and its "pretrained is not a str" warning)."""
+    global _QUIET_HFLM
+    if _QUIET_HFLM is None:
+        from lm_eval.models.huggingface import HFLM
+
+        class QuietHFLM(HFLM):
+            def generate_until(self, requests, disable_tqdm: bool = True):
+                return super().generate_until(requests, disable_tqdm=True)
+
+            def loglikelihood(self, requests, disable_tqdm: bool = True):
+                return super().loglikelihood(requests, disable_tqdm=True)
+
+            def loglikelihood_rolling(self, requests, disable_tqdm: bool = True):
+                return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        _QUIET_HFLM = QuietHFLM
+    return _QUIET_HFLM
+
+
+def evaluate_model(
+    model: str | os.PathLike,
+    tasks: str | Sequence[str],
+    *,
+    revision: str | None = None,
+    device: str | None = None,
+    dtype=None,
+    **kwargs,
+) -> dict[str, TaskScore]:
+    """Score a model folder or Hub repo id (``hf-mergeguard evaluate``)."""
+    from transformers import AutoTokenizer
+
+    from ..checkpoint import Checkpoint
+
+    checkpoint = Checkpoint.open(model, revision=revision)
+    evaluator = Evaluator(tasks, **kwargs)
+    loaded = checkpoint.load_model(dtype=dtype, device=device or default_device())
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+    return evaluator.evaluate(loaded, tokenizer)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer stored with a checkpoint (no remote code)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"No usable tokenizer in {path}: {exc}", "Copy the tokenizer files next to the weights.") from None

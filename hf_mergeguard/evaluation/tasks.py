@@ -1,0 +1,104 @@
+"""Which lm-eval tasks exist, where their YAML lives, and which execute model-written code.
+
+lm-eval's full task scan takes ~11 s; when every asked task is a known one (GSM8K, HumanEval, MBPP
+variants) or lives in an ``--include-tasks`` folder, only those folders are indexed (~0 s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import CodeEvalNotAllowedError, ConfigError, UnknownTaskError
+
+# Task name -> folder under lm_eval/tasks (the cheap index). Anything else triggers the full scan.
+KNOWN_TASK_FOLDERS = {
+    "gsm8k": "gsm8k",
+    "gsm8k_cot": "gsm8k",
+    "gsm8k_cot_zeroshot": "gsm8k",
+    "gsm8k_cot_llama": "gsm8k",
+    "gsm8k_cot_self_consistency": "gsm8k",
+    "humaneval": "humaneval",
+    "humaneval_64": "humaneval",
+    "humaneval_instruct": "humaneval",
+    "humaneval_64_instruct": "humaneval",
+    "humaneval_plus": "humaneval",
+    "mbpp": "mbpp",
+    "mbpp_plus": "mbpp",
+}
+
+
+def _builtin_tasks_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+@dataclass
+class TaskCatalog:
+    """The lm-eval ``TaskManager`` for a set of task names, validated.
+
+    Args:
+        names: the task names asked for.
+        include_paths: folders of extra task YAMLs (lm-eval's ``include_path``).
+    """
+
+    names: list[str]
+    include_paths: list[Path]
+
+    def __post_init__(self):
+        from lm_eval.tasks import TaskManager
+
+        self.include_paths = [Path(p).resolve() for p in self.include_paths]
+        for folder in self.include_paths:
+            if not folder.is_dir():
+                raise ConfigError(f"--include-tasks folder {folder} does not exist.")
+        if not self.names:
+            raise ConfigError("No tasks given.", "Pass --tasks, e.g. --tasks gsm8k or --tasks toy_add.")
+        local = TaskManager(include_path=[str(p) for p in self.include_paths], include_defaults=False) if self.include_paths else None
+        local_names = set(local.all_tasks) if local else set()
+        wanted = [n for n in self.names if n not in local_names]
+        if all(n in KNOWN_TASK_FOLDERS for n in wanted):
+            folders = sorted({str(_builtin_tasks_dir() / KNOWN_TASK_FOLDERS[n]) for n in wanted})
+            self.index_paths, self.include_defaults = folders + [str(p) for p in self.include_paths], False
+        else:
+            # Some task is not in the cheap index: scan everything lm-eval ships (~11 s).
+            self.index_paths, self.include_defaults = [str(p) for p in self.include_paths], True
+        self.manager = TaskManager(include_path=self.index_paths or None, include_defaults=self.include_defaults)
+        unknown = [n for n in self.names if n not in self.manager.all_tasks]
+        if unknown:
+            raise UnknownTaskError(
+                "lm-eval task",
+                unknown[0],
+                self.manager.all_tasks,
+                hint="Check the spelling (lm-eval --tasks list shows every task), or add the folder that "
+                "defines it with --include-tasks.",
+            )
+
+    def config_of(self, name: str) -> dict:
+        entry = self.manager.task_index.get(name)
+        return dict(entry.cfg or {}) if entry is not None else {}
+
+    def runs_code(self, name: str) -> bool:
+        """The task executes model-written code (lm-eval's ``unsafe_code``, e.g. HumanEval)."""
+        return bool(self.config_of(name).get("unsafe_code", False))
+
+    def code_tasks(self) -> list[str]:
+        return [n for n in self.names if self.runs_code(n)]
+
+    def require_code_permission(self, allow_code_eval: bool) -> None:
+        code = self.code_tasks()
+        if code and not allow_code_eval:
+            raise CodeEvalNotAllowedError(
+                f"Task(s) {', '.join(code)} execute code written by the model, which can do anything your "
+                "user account can.",
+                "Pass --allow-code-eval to run them (in a child process with no Hub token in its "
+                "environment and a time limit), ideally inside a container or VM.",
+            )
+
+
+def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
+    if isinstance(tasks, str):
+        tasks = tasks.split(",")
+    return [t.strip() for t in tasks if t.strip()]

@@ -1,0 +1,49 @@
+"""The command line: help, version, env, and how errors reach the user."""
+
+import json
+import subprocess
+import sys
+
+from hf_mergeguard import __version__
+from hf_mergeguard.cli.main import main
+
+
+def test_help_lists_the_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("env", "demo", "merge", "evaluate", "check"):
+        assert command in out
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"hf-mergeguard {__version__}"
+
+
+def test_console_script_runs():
+    completed = subprocess.run([sys.executable, "-m", "hf_mergeguard.cli.main", "--version"], capture_output=True, text=True)
+    assert completed.returncode == 0 and __version__ in completed.stdout
+
+
+def test_env_reports_the_stack(capsys):
+    assert main(["env", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    for package in ("torch", "transformers", "accelerate", "lm_eval", "mergekit", "huggingface_hub"):
+        assert info["packages"][package], package
+    assert info["packages"]["mergekit"] == "0.1.5"
+    assert isinstance(info["gpus"], list)
+
+
+def test_errors_print_a_hint_and_no_traceback(tmp_path, capsys):
+    code = main(["evaluate", str(tmp_path / "missing-model"), "--tasks", "toy_add"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("Error: ") and "Hint: " in err
+    assert "Traceback" not in err
+    code = main(["--debug", "evaluate", str(tmp_path / "missing-model"), "--tasks", "toy_add"])
+    assert code == 2 and "Traceback" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["check"]) == 2
+    assert "Missing argument" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""The self-test matrix and ``check``: real mergekit merges scored by real lm-eval runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_mergeguard.cli.main import main
+from hf_mergeguard.selftest import FreeRider, SelfTestConfig, analyse
+
+
+def _fake_results(scores_by_job):
+    return [{"job": job, "scores": scores, "metrics": {k: "exact_match,strict-match" for k in scores}} for job, scores in scores_by_job]
+
+
+def _job(model, method=None, value=None, freerider=None):
+    return {"model": model, "method": method, "value": value, "freerider": freerider}
+
+
+def test_attacker_best_respects_the_freerider_and_gates():
+    config = SelfTestConfig(tasks=["d"], methods=["task_arithmetic"], max_merged_retention=0.25)
+    results = _fake_results(
+        [
+            (_job("base"), {"d": 0.2, "f": 0.4}),
+            (_job("original"), {"d": 1.0, "f": 0.3}),
+            (_job("protected"), {"d": 0.995, "f": 0.3}),
+            (_job("freerider0"), {"d": 0.1, "f": 0.9}),
+            # lambda 1.2 keeps the defender's skill but wrecks the free-rider's: not the attacker's choice
+            (_job("original", "task_arithmetic", 0.8, 0), {"d": 0.8, "f": 0.85}),
+            (_job("original", "task_arithmetic", 1.2, 0), {"d": 0.9, "f": 0.3}),
+            (_job("protected", "task_arithmetic", 0.8, 0), {"d": 0.3, "f": 0.85}),
+            (_job("protected", "task_arithmetic", 1.2, 0), {"d": 0.6, "f": 0.2}),
+        ]
+    )
+    report = analyse(results, config, [FreeRider(model=None, tasks=["f"], name="fr")], with_original=True)
+    best = report["best"]["task_arithmetic"]
+    assert best["original"]["value"] == 0.8 and best["original"]["defender_kept"] == pytest.approx(0.75)
+    assert best["protected"]["value"] == 0.8 and best["protected"]["defender_kept"] == pytest.approx(0.125)
+    assert best["protected"]["best_any_value"] == 1.2
+    assert report["gates"]["standalone_drop"]["value"] == pytest.approx(0.5)
+    assert report["gates"]["merged_retention"]["passed"] and report["passed"]
+
+
+def test_check_unprotected_finetune_exits_1(toy_world, capsys, tmp_path):
+    """An unprotected fine-tune is not safe to release: merges keep its skill."""
+    code = main(
+        [
+            "check",
+            str(toy_world.model("count")),
+            "--base", str(toy_world.base),
+            "--merge-with", str(toy_world.model("rev")),
+            "--freerider-tasks", "toy_rev",
+            "--tasks", "toy_count",
+            "--include-tasks", str(toy_world.tasks),
+            "--methods", "task_arithmetic,ties,dare_ties",
+            "--limit", "150",
+            "--output", str(tmp_path / "selftest.json"),
+            "--json",
+        ]
+    )
+    assert code == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((tmp_path / "selftest.json").read_text())
+    kept = {m: b["protected"]["defender_kept"] for m, b in report["best"].items()}
+    print("check retention:", kept)
+    assert kept["task_arithmetic"] >= 0.7 and kept["dare_ties"] >= 0.7
+    assert report["gates"]["merged_retention"]["passed"] is False
+    assert not report["passed"]
+
+
+def test_two_processes_give_the_same_scores(toy_world, tmp_path):
+    """The matrix split over 2 CPU processes (torchrun + gloo) scores exactly like 1 process."""
+    from distributed_matrix import matrix
+
+    out = tmp_path / "two.json"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         str(Path(__file__).parent / "distributed_matrix.py"), str(out)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    two = json.loads(out.read_text())
+    one = matrix(toy_world)
+    assert two["processes"] == 2
+    assert two["standalone"] == one["standalone"]
+    assert [(m["method"], m["value"], m["scores"]) for m in two["merges"]] == [(m["method"], m["value"], m["scores"]) for m in one["merges"]]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
