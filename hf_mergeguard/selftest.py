@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -140,6 +141,7 @@ def run_selftest(
     device: str = "cpu",
     progress: bool = True,
     extra: dict | None = None,
+    score_cache: str | Path | None = None,
 ) -> dict:
     """Run the matrix and return the ``selftest.json`` report (see the module docstring).
 
@@ -152,6 +154,9 @@ def run_selftest(
         original: the unprotected fine-tune, when known (``protect``): merges of it are the reference.
         accelerator: split jobs across its processes.
         extra: more fields for the report (the defense's public parameters, sources...).
+        score_cache: a folder keeping the scores of jobs that do not involve ``protected`` (the base, the
+            original, the free-riders and the original's merges), keyed by the files' fingerprints, so trying
+            several protections of one model scores those once.
     """
     from .evaluation import Evaluator
 
@@ -171,6 +176,7 @@ def run_selftest(
         sources["original"] = original
     for index, rider in enumerate(freeriders):
         sources[f"freerider{index}"] = rider.model
+    fingerprints = {k: source_fingerprint(v) for k, v in sources.items()}
     sources = {k: materialize(v) if _small(v) else v for k, v in sources.items()}
     model_config = protected.config
     methods = {m.name: m for m in config.merge_methods()}
@@ -192,7 +198,30 @@ def run_selftest(
         scores = evaluator.evaluate(model, tokenizer)
         return {"job": asdict(job), "scores": {t: s.value for t, s in scores.items()}, "metrics": {t: s.metric for t, s in scores.items()}}
 
-    results = run_jobs(jobs, score, accelerator=accelerator, progress=progress)
+    def job_key(job: Job) -> str | None:
+        involved = [job.model] + ([f"freerider{job.freerider}"] if job.is_merge else []) + (["base"] if job.is_merge else [])
+        if score_cache is None or "protected" in involved or any(fingerprints[name] is None for name in involved):
+            return None
+        return config_digest({
+            "tool": __version__, "job": asdict(job), "models": {name: fingerprints[name] for name in involved},
+            "tasks": evaluator.tasks, "include_tasks": [str(Path(p).resolve()) for p in config.include_tasks],
+            "limit": config.limit, "seed": config.seed,
+        })
+
+    def cached_score(job: Job) -> dict:
+        key = job_key(job)
+        path = Path(score_cache) / f"{key}.json" if key else None
+        if path is not None and path.is_file():
+            return json.loads(path.read_text())
+        result = score(job)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            temp.write_text(json.dumps(result))
+            temp.replace(path)
+        return result
+
+    results = run_jobs(jobs, cached_score, accelerator=accelerator, progress=progress)
     report = analyse(results, config, freeriders, with_original=original is not None)
     report["sources"] = {
         "base": base.source,
@@ -202,6 +231,15 @@ def run_selftest(
     }
     report.update(extra or {})
     return report
+
+
+def source_fingerprint(source: TensorSource) -> str | None:
+    """Identity of a checkpoint on disk (weight files' paths, sizes and modification times); None otherwise."""
+    files = getattr(source, "weight_files", None)
+    if not files:
+        return None
+    stats = [(str(Path(f).resolve()), Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files]
+    return config_digest(stats)
 
 
 def _small(source: TensorSource, limit_bytes: int = 4 * 1024**3) -> bool:

@@ -242,8 +242,9 @@ def train_causal_lm(
 
 
 def _reduce_mean(accelerator, value: float) -> float:
-    """Per-process logs are shares of the global mean: sum them over processes."""
+    """Mean of a logged number over processes (the task loss of each is scaled by the process count, so the
+    mean is the global token mean; numbers identical on every process stay as they are)."""
     if accelerator.num_processes == 1:
         return float(value)
     tensor = torch.tensor([float(value)], device=accelerator.device)
-    return float(accelerator.reduce(tensor, reduction="sum"))
+    return float(accelerator.reduce(tensor, reduction="mean"))

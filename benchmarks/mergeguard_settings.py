@@ -1,0 +1,89 @@
+"""MergeGuard settings on the toy world: beta x stage 1 (and a few more), every merge method.
+
+Run by hand (about 20 minutes on 2 CPU cores cold; steps are cached under $HF_MERGEGUARD_CACHE/runs, so a rerun
+only re-reads them):
+
+    python benchmarks/mergeguard_settings.py [--out DIR] [--results benchmarks/results/mergeguard_settings.md]
+
+Defender: the toy world's ``count`` fine-tune; free-riders: ``rev`` and ``sort``; all 300 test prompts per task;
+the attacker's best coefficient per method (see the README's self-test section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+from pathlib import Path
+
+from hf_mergeguard.config import build_protect_config
+from hf_mergeguard.errors import GateFailedError
+from hf_mergeguard.pipeline import protect
+from hf_mergeguard.toyworld import build_toy_world
+
+SETTINGS = {
+    "stage 2, beta 1 (the paper's stage 2)": {"skip_stage1": True, "beta": 1.0},
+    "stage 2, beta 2 (default)": {"skip_stage1": True, "beta": 2.0},
+    "stage 1 + 2, beta 1 (the paper)": {"skip_stage1": False, "beta": 1.0},
+    "stage 1 + 2, beta 2": {"skip_stage1": False, "beta": 2.0},
+    "stage 1 (base-mean reading) + 2, beta 2": {"skip_stage1": False, "beta": 2.0, "stage1": {"reading": "base-mean"}},
+    "stage 2, beta 1, k = 30%": {"skip_stage1": True, "beta": 1.0, "mask_share": 0.3},
+    "stage 2, beta 2, k = 30%": {"skip_stage1": True, "beta": 2.0, "mask_share": 0.3},
+    "stage 2, beta 3": {"skip_stage1": True, "beta": 3.0},
+}
+METHODS = ["task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "della", "linear", "model_stock", "slerp"]
+
+
+def run(out: Path) -> list[tuple[str, dict]]:
+    world = build_toy_world()
+    common = dict(
+        model=str(world.model("count")), base=str(world.base), tasks=["toy_count"], include_tasks=[str(world.tasks)],
+        train_data=str(world.data("count", "train")), merge_with=[str(world.model("rev")), str(world.model("sort"))],
+        freerider_tasks=["toy_rev", "toy_sort"], overwrite=True, selftest={"batch_size": 128},
+    )
+    rows = []
+    for index, (name, mergeguard) in enumerate(SETTINGS.items()):
+        config = build_protect_config(None, dict(common, output_dir=str(out / f"setting-{index}"), mergeguard=mergeguard))
+        try:
+            report = protect(config)
+        except GateFailedError as failed:
+            report = failed.report
+        rows.append((name, report))
+    return rows
+
+
+def table(rows: list[tuple[str, dict]]) -> str:
+    first = rows[0][1]
+    lines = [
+        "| setting | count, protected (original {:.1f}, base {:.1f}) | ".format(
+            100 * first["standalone"]["original"]["toy_count"], 100 * first["standalone"]["base"]["toy_count"]
+        ) + " | ".join(METHODS) + " |",
+        "|---" * (2 + len(METHODS)) + "|",
+        "| unprotected merges keep | | " + " | ".join(f"{first['best'][m]['original']['defender_kept']:.2f}" for m in METHODS) + " |",
+    ]
+    for name, report in rows:
+        cells = [f"{report['best'][m]['protected']['defender_kept']:.2f}" for m in METHODS]
+        lines.append(f"| {name} | {100 * report['standalone']['protected']['toy_count']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("mergeguard-settings"))
+    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "mergeguard_settings.md")
+    args = parser.parse_args()
+    rows = run(args.out)
+    text = (
+        "# MergeGuard settings on the toy world\n\n"
+        f"Measured {datetime.date.today().isoformat()} on {platform.node() or 'unknown'} "
+        f"({platform.processor() or platform.machine()}, CPU only) with `python benchmarks/mergeguard_settings.py`.\n\n"
+        "Cells: share of the defender's skill gain over the base that the attacker's best merge keeps "
+        "(free-riders rev and sort, 300 prompts per task, one seed, about +-3 points).\n\n" + table(rows) + "\n"
+    )
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""``hf-mergeguard protect``: protect a fine-tune, self-test it, write the release folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import options
+from .main import app
+
+
+@app.command("protect")
+def protect_command(
+    model: Optional[str] = typer.Argument(None, help="The fine-tuned model (folder or repo id); or `model:` in --config."),
+    base: Optional[str] = typer.Option(None, "--base", help="The base model it was fine-tuned from."),
+    method: Optional[str] = typer.Option(None, "--method", help="Protection method (default mergeguard)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Comma-separated lm-eval tasks of the model's skill."),
+    train_data: Optional[str] = typer.Option(None, "--train-data", help="Defender's data: JSONL (question/answer, prompt/completion or text) or a Hub dataset name[:config]."),
+    train_split: Optional[str] = typer.Option(None, "--train-split", help="Split of a Hub --train-data (default train)."),
+    merge_with: Optional[List[str]] = options.MergeWith,
+    freerider_tasks: Optional[List[str]] = options.FreeriderTasks,
+    include_tasks: Optional[List[Path]] = options.IncludeTasks,
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where the protected model and its report go."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A protect.yml holding any of these options (flags override it)."),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace --output-dir if it exists."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Folder of resumable steps (default: cache, keyed by the config)."),
+    run_stage1: Optional[bool] = typer.Option(None, "--stage1/--skip-stage1", help="MergeGuard: run stage 1 (density-aware fine-tuning) before stage 2, or stage 2 alone (default: alone, the best measured; see the README)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="MergeGuard stage 1: strength of the per-layer L2 term (0.01)."),
+    stage1_reading: Optional[str] = typer.Option(None, "--stage1-reading", help="paper | paper-mean | base | base-mean."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Stage 1 optimizer steps."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Stage 1 learning rate."),
+    train_batch_size: Optional[int] = typer.Option(None, "--train-batch-size", help="Stage 1 examples per step (all processes)."),
+    gradient_accumulation_steps: Optional[int] = typer.Option(None, "--gradient-accumulation-steps", help="Stage 1 micro-batches per step."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Stage 1 tokens per example."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16", help="Stage 1 in bf16 mixed precision."),
+    fsdp: Optional[bool] = typer.Option(None, "--fsdp", help="Stage 1 with FSDP (GPUs; FULL_STATE_DICT when saving)."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="MergeGuard stage 2 strength: 1 resets masked entries to the base, 2 flips them."),
+    criticality: Optional[str] = typer.Option(None, "--criticality", help="fast (calibration loss + first-order screen) | exact (the paper's)."),
+    granularity: Optional[str] = typer.Option(None, "--granularity", help="matrix (each tensor of each block) | block."),
+    exclude_share: Optional[float] = typer.Option(None, "--exclude-share", help="k': share of most critical layers left untouched (0.1)."),
+    mask_share: Optional[float] = typer.Option(None, "--mask-share", help="k: share of remaining |tau| entries negated (0.1)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Merge methods of the self-test (comma-separated; default all)."),
+    thorough: Optional[bool] = typer.Option(None, "--thorough", help="Finer coefficient grids in the self-test."),
+    limit: Optional[int] = options.Limit,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Evaluation batch size (fixed; default 32)."),
+    max_standalone_drop: Optional[float] = typer.Option(None, "--max-standalone-drop", help="Gate: points the protected model may lose (1.5)."),
+    max_merged_retention: Optional[float] = typer.Option(None, "--max-merged-retention", help="Gate: share of the skill gain a merge may keep (0.25)."),
+    freerider_floor: Optional[float] = typer.Option(None, "--freerider-floor", help="A merge counts only if it keeps this share of the free-rider's gain (0.5)."),
+    allow_code_eval: Optional[bool] = typer.Option(None, "--allow-code-eval", help="Allow tasks that execute model-written code (HumanEval)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of training and random merges."),
+    device: Optional[str] = options.Device,
+    token: Optional[str] = options.Token,
+) -> None:
+    """Protect MODEL against unauthorized merging, self-test the result against mergekit merges scored with
+    lm-eval, and write the protected checkpoint, selftest.json, protect_config.yml and protect.log into
+    --output-dir. Exit code 0 when every gate passed, 1 when one failed (the folder is still written), 2 on
+    errors. Under `accelerate launch` it uses every GPU; on a laptop it runs on CPU.
+
+    Example: hf-mergeguard protect my-finetune --base meta-llama/Llama-3.2-1B --method mergeguard --train-data
+    train.jsonl --tasks gsm8k --merge-with other/finetune --output-dir protected/
+    """
+    from ..config import build_protect_config
+    from ..pipeline import protect
+    from ..report import format_report
+
+    overrides = {
+        "model": model,
+        "base": base,
+        "method": method,
+        "tasks": tasks,
+        "train_data": train_data,
+        "train_split": train_split,
+        "merge_with": merge_with,
+        "freerider_tasks": freerider_tasks,
+        "include_tasks": options.paths(include_tasks) or None,
+        "output_dir": str(output_dir) if output_dir else None,
+        "overwrite": overwrite,
+        "work_dir": str(work_dir) if work_dir else None,
+        "device": device,
+        "seed": seed,
+        "mergeguard": {
+            "skip_stage1": None if run_stage1 is None else not run_stage1,
+            "beta": beta,
+            "criticality": criticality,
+            "granularity": granularity,
+            "exclude_share": exclude_share,
+            "mask_share": mask_share,
+            "stage1": {
+                "alpha": alpha,
+                "reading": stage1_reading,
+                "steps": steps,
+                "learning_rate": learning_rate,
+                "batch_size": train_batch_size,
+                "gradient_accumulation_steps": gradient_accumulation_steps,
+                "max_length": max_length,
+                "bf16": bf16,
+                "fsdp": fsdp,
+                "seed": seed,
+            },
+        },
+        "selftest": {
+            "methods": methods,
+            "thorough": thorough,
+            "limit": limit,
+            "batch_size": batch_size,
+            "max_standalone_drop": max_standalone_drop,
+            "max_merged_retention": max_merged_retention,
+            "freerider_floor": freerider_floor,
+            "allow_code_eval": allow_code_eval,
+        },
+    }
+    from ..errors import GateFailedError
+
+    config = build_protect_config(config_file, overrides)
+    try:
+        report = protect(config, token=token)
+    except GateFailedError as failed:
+        typer.echo(format_report(failed.report))
+        raise
+    typer.echo(format_report(report))
+    typer.echo(f"Protected model, selftest.json and protect_config.yml in {config.output_dir}")

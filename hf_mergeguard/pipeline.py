@@ -1,0 +1,221 @@
+"""``protect``: pull -> protect -> self-test -> write the release folder.
+
+Every step writes into a work folder keyed by a digest of the configuration (``--work-dir``, default
+``$HF_MERGEGUARD_CACHE/runs/<digest>``) and is skipped when a finished copy is there, so rerunning the same
+command after a crash continues from the last finished step. The output folder is assembled last, atomically:
+the protected weights with their config and tokenizer, ``selftest.json``, ``protect_config.yml`` and
+``protect.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from . import __version__
+from .checkpoint import Checkpoint, atomic_output_dir
+from .compat import check_compatible
+from .config import ProtectConfig, dump_yaml
+from .errors import ConfigError, GateFailedError, UnknownNameError
+from .protect.base import ProtectContext, ProtectionResult, finished, mark_finished
+from .selftest import SELFTEST_FILE, FreeRider, SelfTestConfig, config_digest, run_selftest
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "protect_config.yml"
+LOG_FILE = "protect.log"
+
+
+def _defenses():
+    from .protect.mergeguard import run_mergeguard
+
+    return {"mergeguard": lambda ctx, config: run_mergeguard(ctx, config.mergeguard)}
+
+
+def parse_method(method: str) -> list[str]:
+    names = [m.strip() for m in method.split("+") if m.strip()]
+    registry = _defenses()
+    for name in names:
+        if name not in registry:
+            raise UnknownNameError("protection method", name, registry)
+    if not names:
+        raise ConfigError("--method is empty.")
+    return names
+
+
+def work_dir_for(config: ProtectConfig) -> Path:
+    if config.work_dir:
+        return Path(config.work_dir)
+    from .toyworld import default_cache_dir
+
+    # Only what changes the result keys the work folder (not where the output goes).
+    keyed = {k: v for k, v in config.to_dict().items() if k not in ("output_dir", "overwrite", "work_dir", "device")}
+    return default_cache_dir() / "runs" / config_digest({"tool": __version__, **keyed})
+
+
+def score_cache_dir() -> Path:
+    """Scores of the unprotected models and their merges, shared by every protect run (see run_selftest)."""
+    from .toyworld import default_cache_dir
+
+    return default_cache_dir() / "scores"
+
+
+def selftest_config(config: ProtectConfig) -> SelfTestConfig:
+    options = config.selftest
+    return SelfTestConfig(
+        tasks=list(config.tasks),
+        include_tasks=list(config.include_tasks),
+        methods=options.methods,
+        thorough=options.thorough,
+        seed=config.seed,
+        limit=options.limit,
+        batch_size=options.batch_size,
+        max_standalone_drop=options.max_standalone_drop,
+        max_merged_retention=options.max_merged_retention,
+        freerider_floor=options.freerider_floor,
+        allow_code_eval=options.allow_code_eval,
+    )
+
+
+class _FileLog:
+    """Copies this package's log records into the work folder's protect.log while a run lasts."""
+
+    def __init__(self, path: Path):
+        self.handler = logging.FileHandler(path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.logger = logging.getLogger("hf_mergeguard")
+
+    def __enter__(self):
+        self.previous = self.logger.level
+        self.logger.addHandler(self.handler)
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.previous)
+        self.handler.close()
+        return False
+
+
+def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None, progress: bool = True) -> dict:
+    """Run the whole protection and return the self-test report (also written to ``output_dir``).
+
+    Raises:
+        GateFailedError: a gate failed (the output folder is still written, so the figures can be read).
+    """
+    from .data import load_train_examples
+    from .evaluation import Evaluator, load_tokenizer
+    from .training import make_accelerator
+
+    config.validate()
+    methods = parse_method(config.method)
+    target = Path(config.output_dir).resolve()
+    if target.exists() and not config.overwrite:
+        from .errors import OutputExistsError
+
+        raise OutputExistsError(f"Output folder {target} already exists.", "Choose another --output-dir, or pass --overwrite.")
+    accelerator = accelerator or make_accelerator(config.mergeguard.stage1, cpu=None)
+    device = config.device or str(accelerator.device)
+
+    # Pull and check everything before any work is done.
+    model = Checkpoint.open(config.model, revision=config.revision, token=token)
+    base = Checkpoint.open(config.base, revision=config.base_revision, token=token)
+    check_compatible(model, base)
+    from .check import open_freeriders
+
+    riders = open_freeriders(base, config.merge_with, config.freerider_tasks, token=token)
+    tokenizer = load_tokenizer(model.path)
+    st_config = selftest_config(config)
+    evaluator = Evaluator(list(config.tasks), include_tasks=config.include_tasks, limit=st_config.limit,
+                          batch_size=st_config.batch_size, allow_code_eval=st_config.allow_code_eval)
+    examples_cache: dict = {}
+
+    def train_examples():
+        if "rows" not in examples_cache:
+            examples_cache["rows"] = load_train_examples(config.train_data, split=config.train_split)
+        return examples_cache["rows"]
+
+    if config.train_data:
+        train_examples()  # a bad --train-data fails now, not after an hour of work
+
+    work = work_dir_for(config)
+    work.mkdir(parents=True, exist_ok=True)
+    with _FileLog(work / LOG_FILE):
+        log.info("hf-mergeguard %s protect %s (base %s), method %s, work folder %s", __version__, model.source, base.source, config.method, work)
+        started = time.perf_counter()
+        current = model
+        results: list[ProtectionResult] = []
+        for index, name in enumerate(methods):
+            ctx = ProtectContext(
+                model=current, base=base, original=model, tokenizer=tokenizer,
+                train_examples=train_examples if config.train_data else None, evaluator=evaluator,
+                work_dir=work / f"{index}-{name}", accelerator=accelerator, device=device, progress=progress, seed=config.seed,
+            )
+            ctx.work_dir.mkdir(parents=True, exist_ok=True)
+            log.info("Applying %s", name)
+            result = _defenses()[name](ctx, config)
+            results.append(result)
+            current = result.checkpoint
+        protected = current
+        protect_seconds = time.perf_counter() - started
+
+        report_dir = work / "selftest"
+        report = finished(report_dir)
+        if report is not None:
+            log.info("Self-test: reusing the finished run in %s", report_dir)
+        else:
+            log.info("Self-test: %s", ", ".join(m.name for m in st_config.merge_methods()))
+            report = run_selftest(
+                base=base, protected=protected, original=model, tokenizer=tokenizer, config=st_config,
+                freeriders=riders, accelerator=accelerator, device=device, progress=progress,
+                extra={
+                    "command": "protect",
+                    "method": config.method,
+                    "protection": [{"method": r.method, "public_parameters": r.public_parameters, "details": r.details} for r in results],
+                    "inputs": {"model": model.source, "model_revision": model.revision, "base": base.source, "base_revision": base.revision},
+                    "protect_seconds": protect_seconds,
+                },
+                score_cache=score_cache_dir(),
+            )
+            if accelerator.is_main_process:
+                report_dir.mkdir(exist_ok=True)
+                mark_finished(report_dir, report)
+        log.info("Self-test %s", "passed" if report["passed"] else "FAILED")
+    if accelerator.is_main_process:
+        write_output(target, protected, report, config, work / LOG_FILE)
+    accelerator.wait_for_everyone()
+    if not report["passed"]:
+        failed = [name for name, gate in report["gates"].items() if not gate["passed"]]
+        error = GateFailedError(
+            f"The self-test gate(s) {', '.join(failed)} failed; the figures are in {target / SELFTEST_FILE}.",
+            "Strengthen the protection (see the README's measured settings) or relax the gate only with a reason.",
+        )
+        error.report = report
+        raise error
+    return report
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def write_output(target: Path, protected: Checkpoint, report: dict, config: ProtectConfig, log_file: Path) -> Path:
+    """Assemble the release folder atomically: weights + config/tokenizer, selftest.json, config, log."""
+    with atomic_output_dir(target, overwrite=config.overwrite) as folder:
+        for file in protected.path.iterdir():
+            if file.is_file():
+                _link_or_copy(file, folder / file.name)
+        (folder / SELFTEST_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        (folder / CONFIG_FILE).write_text(dump_yaml(config))
+        if log_file.is_file():
+            shutil.copy2(log_file, folder / LOG_FILE)
+    return target

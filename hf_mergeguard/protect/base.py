@@ -1,0 +1,86 @@
+"""What every defense gets (a :class:`ProtectContext`) and returns (a :class:`ProtectionResult`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..checkpoint import Checkpoint
+from ..training import Example
+
+
+@dataclass
+class ProtectContext:
+    """The inputs of a protection run. Inputs are read-only; every output goes under ``work_dir``.
+
+    Args:
+        model: the defender's fine-tune (or the output of the previous defense of a stack).
+        base: the public base model it was fine-tuned from.
+        original: the defender's fine-tune as given by the user (for reports), same as ``model`` for the first
+            defense of a stack.
+        tokenizer: the model's tokenizer.
+        train_examples: loads the defender's training data on first use (None when none was given).
+        evaluator: an :class:`~hf_mergeguard.evaluation.Evaluator` on the defender's tasks (exact criticality).
+        work_dir: where the defense writes its steps (resumable).
+        accelerator: the run's ``accelerate.Accelerator``.
+    """
+
+    model: Checkpoint
+    base: Checkpoint
+    original: Checkpoint
+    tokenizer: Any
+    train_examples: Callable[[], Sequence[Example]] | None
+    evaluator: Any
+    work_dir: Path
+    accelerator: Any
+    device: str = "cpu"
+    progress: bool = True
+    seed: int = 0
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
+    def wait(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+    def step_dir(self, name: str) -> Path:
+        return self.work_dir / name
+
+
+@dataclass
+class ProtectionResult:
+    """A protected checkpoint (in the work folder), what may be published about it, and what may not.
+
+    ``public_parameters`` go into the card; ``details`` into ``selftest.json``; ``secret`` (a key that
+    undoes the protection) only ever into the owner's key file.
+    """
+
+    checkpoint: Checkpoint
+    method: str
+    public_parameters: dict
+    details: dict = field(default_factory=dict)
+    secret: dict | None = None
+
+
+def done_marker(folder: Path) -> Path:
+    return folder.parent / f"{folder.name}.done.json"
+
+
+def finished(folder: Path) -> dict | None:
+    """The record of a finished step (written last, so its presence means the step completed)."""
+    marker = done_marker(folder)
+    if marker.is_file() and folder.exists():
+        return json.loads(marker.read_text())
+    return None
+
+
+def mark_finished(folder: Path, record: dict) -> None:
+    marker = done_marker(folder)
+    temp = marker.with_suffix(".tmp")
+    temp.write_text(json.dumps(record, indent=2, default=str))
+    temp.replace(marker)

@@ -1,0 +1,85 @@
+"""MergeGuard stage 2 as pure tensor math: units, the global top-k mask, and the negation.
+
+theta_hat = theta' - beta * M (.) tau',  tau' = theta' - theta_pre, where M selects the top ``k`` share of
+|tau'| entries among the tensors that are neither excluded as critical nor embeddings / final norm / lm_head.
+With beta = 1 the selected entries become exactly theta_pre's (a reset to the base); beta = 2 flips them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Iterator
+
+import torch
+
+from ..architectures import Geometry, split_layer_name
+
+# Histogram bins over log2|x| for the exact two-pass top-k threshold (covers 2^-64 .. 2^63).
+_LOG_BINS = 2048
+_LOG_LOW, _LOG_HIGH = -64.0, 64.0
+
+
+def negation_units(geometry: Geometry, names: Iterable[str], granularity: str = "matrix") -> dict[str, list[str]]:
+    """The "layers" of criticality: each tensor of each decoder block (``matrix``) or each block (``block``).
+
+    Embeddings, the final norm and lm_head are never units: stage 2 does not touch them.
+    """
+    if granularity not in ("matrix", "block"):
+        raise ValueError(f"granularity must be 'matrix' or 'block', not {granularity!r}")
+    units: dict[str, list[str]] = {}
+    for name in names:
+        layer, _ = split_layer_name(name)
+        if layer is None or geometry.is_excluded_from_negation(name):
+            continue
+        key = name if granularity == "matrix" else f"model.layers.{layer}"
+        units.setdefault(key, []).append(name)
+    return units
+
+
+def excluded_count(n_units: int, share: float) -> int:
+    """How many of ``n_units`` the top ``share`` is (rounded half up, at least one when share > 0)."""
+    if share <= 0:
+        return 0
+    return min(n_units, max(1, math.floor(share * n_units + 0.5)))
+
+
+def _log_bins(values: torch.Tensor) -> torch.Tensor:
+    logs = torch.log2(values.float().clamp_min(2.0**_LOG_LOW))
+    scaled = (logs - _LOG_LOW) / (_LOG_HIGH - _LOG_LOW) * _LOG_BINS
+    return scaled.long().clamp_(0, _LOG_BINS - 1)
+
+
+def topk_threshold(tensors: "callable[[], Iterator[torch.Tensor]]", share: float) -> tuple[float, int]:
+    """The value t such that exactly the ``share`` largest |values| (over all tensors) are >= t.
+
+    Exact and streaming: pass 1 builds a histogram of log2|x|, pass 2 keeps only the values in the bin that
+    holds the cut and sorts them. ``tensors`` is called once per pass and yields the |tau| tensors.
+    Returns ``(threshold, selected count)``; ``(inf, 0)`` when nothing is selected.
+    """
+    counts = torch.zeros(_LOG_BINS, dtype=torch.long)
+    total = 0
+    for values in tensors():
+        counts += torch.bincount(_log_bins(values.reshape(-1)), minlength=_LOG_BINS)
+        total += values.numel()
+    wanted = int(math.floor(share * total))
+    if wanted <= 0:
+        return math.inf, 0
+    from_top = torch.flip(counts, [0]).cumsum(0)
+    cut_from_top = int(torch.searchsorted(from_top, torch.tensor(wanted)).item())
+    cut_bin = _LOG_BINS - 1 - cut_from_top
+    above = int(from_top[cut_from_top - 1]) if cut_from_top > 0 else 0
+    in_bin = []
+    for values in tensors():
+        flat = values.reshape(-1)
+        in_bin.append(flat[_log_bins(flat) == cut_bin].float())
+    candidates = torch.sort(torch.cat(in_bin), descending=True).values
+    threshold = float(candidates[wanted - above - 1])
+    return threshold, wanted
+
+
+def negate(theta: torch.Tensor, base: torch.Tensor, threshold: float, beta: float) -> tuple[torch.Tensor, int]:
+    """theta - beta * M (.) (theta - base), M = |theta - base| >= threshold. Returns (tensor, masked count)."""
+    tau = theta.float() - base.float()
+    mask = tau.abs() >= threshold
+    out = theta.float() - beta * torch.where(mask, tau, torch.zeros_like(tau))
+    return out.to(theta.dtype), int(mask.sum())

@@ -1,0 +1,88 @@
+"""MergeGuard stage 1, density-aware fine-tuning: task loss + alpha * a per-layer L2 term.
+
+The paper (eq. 3) writes L = L_task + alpha * sum_l ||theta_l||^2, "applied layer-wise so that each layer is
+regularized independently", pulling weights toward zero. It does not say whether the norm is summed or
+averaged per layer, and a pull toward zero on a pretrained LLM fights the pretraining itself; so the readings
+are options (``reading``) and the self-test says which one protects:
+
+* ``paper``       alpha * sum_l ||theta_l||^2              (to zero, summed: the paper as written)
+* ``paper-mean``  alpha * sum_l mean(theta_l^2)            (to zero, averaged per layer)
+* ``base``        alpha * sum_l ||theta_l - theta_pre,l||^2 (toward the base, summed)
+* ``base-mean``   alpha * sum_l mean((theta_l - theta_pre,l)^2)
+
+A "layer" is one parameter tensor. The term is added once per optimizer step (split over micro-batches) on
+every process; DDP averages identical gradients, so it is counted once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..training import Example, TrainingConfig, TrainingResult, make_accelerator, token_loss_sum, train_causal_lm
+
+READINGS = ("paper", "paper-mean", "base", "base-mean")
+
+
+@dataclass
+class Stage1Config(TrainingConfig):
+    """Stage 1 options: the training options plus the regulariser's strength and reading."""
+
+    alpha: float = field(default=0.01, metadata={"help": "strength of the per-layer L2 term"})
+    reading: str = field(default="paper", metadata={"help": "paper | paper-mean | base | base-mean"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.reading not in READINGS:
+            raise ConfigError(f"Unknown stage-1 reading {self.reading!r}.", f"Use one of: {', '.join(READINGS)}.")
+
+
+def l2_term(model: torch.nn.Module, reading: str, base: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The regulariser of ``reading`` over every trainable tensor of ``model`` (DDP-wrapped or not)."""
+    terms = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if reading.startswith("base"):
+            key = name[len("module.") :] if name.startswith("module.") else name
+            target = base[key].to(param.device, param.dtype)
+            diff = param - target
+        else:
+            diff = param
+        squares = diff.float().pow(2)
+        terms.append(squares.mean() if reading.endswith("mean") else squares.sum())
+    return torch.stack(terms).sum()
+
+
+def density_aware_finetune(
+    model: torch.nn.Module,
+    tokenizer,
+    examples: Sequence[Example],
+    config: Stage1Config,
+    *,
+    base_state: Mapping[str, torch.Tensor] | None = None,
+    accelerator=None,
+    progress: bool = True,
+) -> TrainingResult:
+    """Run stage 1 on ``model`` in place. ``base_state`` is needed by the ``base*`` readings."""
+    if config.reading.startswith("base") and base_state is None:
+        raise ConfigError(f"Stage-1 reading {config.reading!r} needs the base model's weights.")
+    accelerator = accelerator or make_accelerator(config)
+    if base_state is not None:
+        base_state = {k: v.to(accelerator.device) for k, v in base_state.items()}
+    share = 1.0 / config.gradient_accumulation_steps
+
+    def objective(wrapped, batch, scale):
+        logits = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        task = token_loss_sum(logits, batch["labels"]) * scale
+        reg = l2_term(wrapped, config.reading, base_state)
+        loss = task + config.alpha * share * reg
+        # Logs are averaged over processes, and the regulariser is the same on each.
+        return loss, {"task_loss": float(task.detach()), "l2": float(reg.detach()) * share}
+
+    return train_causal_lm(
+        model, tokenizer, examples, config, objective=objective, accelerator=accelerator, desc="stage 1 (density-aware)", progress=progress
+    )

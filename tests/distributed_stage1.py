@@ -1,0 +1,27 @@
+"""Run by tests/test_mergeguard.py under torchrun: a few steps of MergeGuard stage 1 over the launched processes."""
+
+import sys
+
+import torch
+from accelerate import Accelerator
+
+from hf_mergeguard.checkpoint import Checkpoint
+from hf_mergeguard.data import load_train_examples
+from hf_mergeguard.evaluation import load_tokenizer
+from hf_mergeguard.protect.stage1 import Stage1Config, density_aware_finetune
+from hf_mergeguard.toyworld import build_toy_world
+
+
+def stage1_weights(world, accelerator):
+    model = Checkpoint(world.model("count")).load_model(dtype=torch.float32)
+    examples = load_train_examples(str(world.data("count", "train")))[:64]
+    config = Stage1Config(steps=4, batch_size=8, gradient_accumulation_steps=2, learning_rate=1e-3, alpha=0.01)
+    result = density_aware_finetune(model, load_tokenizer(world.base), examples, config, accelerator=accelerator, progress=False)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, result
+
+
+if __name__ == "__main__":
+    accelerator = Accelerator(cpu=True)
+    weights, result = stage1_weights(build_toy_world(progress=False), accelerator)
+    if accelerator.is_main_process:
+        torch.save({"weights": weights, "losses": result.losses, "logs": result.logs, "processes": accelerator.num_processes}, sys.argv[1])

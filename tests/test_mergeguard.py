@@ -1,0 +1,156 @@
+"""MergeGuard on the toy world: stage 1 over processes, criticality, and ``protect`` end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_mergeguard.protect.stage1 import l2_term
+
+TESTS = Path(__file__).parent
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_l2_readings():
+    layer = torch.nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]]))
+    base = {"weight": torch.ones(2, 3)}
+    assert l2_term(layer, "paper").item() == pytest.approx(14.0)
+    assert l2_term(layer, "paper-mean").item() == pytest.approx(14.0 / 6)
+    assert l2_term(layer, "base", base).item() == pytest.approx(0 + 1 + 1 + 1 + 1 + 4)
+    assert l2_term(layer, "base-mean", base).item() == pytest.approx(8.0 / 6)
+
+
+def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path):
+    """Stage 1 under torchrun (2 CPU processes, gloo, DDP) ends with the weights of a 1-process run."""
+    from distributed_stage1 import stage1_weights
+
+    out = tmp_path / "two.pt"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         str(TESTS / "distributed_stage1.py"), str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    two = torch.load(out)
+    weights, result = stage1_weights(toy_world, None)
+    assert two["processes"] == 2
+    assert two["losses"] == pytest.approx(result.losses, rel=1e-4)
+    assert two["logs"][-1]["l2"] == pytest.approx(result.logs[-1]["l2"], rel=1e-4)
+    differ = max(float((weights[k] - two["weights"][k]).abs().max()) for k in weights)
+    assert differ < 1e-5, f"2-process weights differ from 1-process ones by {differ}"
+    from hf_mergeguard.checkpoint import Checkpoint
+
+    before = Checkpoint(toy_world.model("count")).state_dict()
+    moved = max(float((weights[k] - before[k].float()).abs().max()) for k in before)
+    assert moved > 1e-4, "stage 1 did not train at all"
+
+
+def test_fast_criticality_agrees_with_exact_at_a_fraction_of_the_cost(toy_world):
+    """The paper's exact criticality (lm-eval per layer) vs ours (screen + calibration-loss checks)."""
+    from hf_mergeguard.checkpoint import Checkpoint
+    from hf_mergeguard.data import load_train_examples
+    from hf_mergeguard.evaluation import Evaluator, load_tokenizer
+    from hf_mergeguard.protect.criticality import agreement, exact_criticality, fast_criticality
+    from hf_mergeguard.protect.mergeguard import MergeGuardConfig
+    from hf_mergeguard.protect.negation import negation_units
+
+    model, base = Checkpoint(toy_world.model("count")), Checkpoint(toy_world.base)
+    tokenizer = load_tokenizer(model.path)
+    units = negation_units(model.geometry, model.tensor_names)
+    theta, base_state = model.state_dict(), base.state_dict()
+    defaults = MergeGuardConfig()
+    evaluator = Evaluator(["toy_count"], include_tasks=[str(toy_world.tasks)], batch_size=128)
+    exact = exact_criticality(model.config, theta, base_state, units, tokenizer=tokenizer, evaluator=evaluator,
+                              exclude_share=defaults.exclude_share, progress=False)
+    calibration = load_train_examples(str(toy_world.data("count", "train")))[: defaults.calibration_size]
+    fast = fast_criticality(model.config, theta, base_state, units, tokenizer=tokenizer, calibration=calibration,
+                            exclude_share=defaults.exclude_share, check_factor=defaults.check_factor, max_length=64)
+    assert len(units) == 36 and len(exact.excluded) == len(fast.excluded) == 4
+    # Measured: 4 of 4 excluded units agree; 11100 vs 384 example passes (28.9x), 246642 vs 8904 tokens (27.7x).
+    assert agreement(exact, fast) >= 0.8, (exact.excluded, fast.excluded)
+    assert exact.example_passes >= 20 * fast.example_passes
+    assert exact.tokens >= 20 * fast.tokens
+
+
+def _digest_folder(folder: Path) -> dict:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _protect_args(world, out: Path, work: Path, *extra: str) -> list[str]:
+    return [
+        "protect", str(world.model("count")), "--base", str(world.base), "--train-data", str(world.data("count", "train")),
+        "--tasks", "toy_count", "--include-tasks", str(world.tasks), "--merge-with", str(world.model("rev")),
+        "--freerider-tasks", "toy_rev", "--methods", "task_arithmetic,ties,dare_ties", "--batch-size", "128",
+        "--output-dir", str(out), "--work-dir", str(work), *extra,
+    ]
+
+
+def test_protect_without_training_data_fails_before_any_work(toy_world, tmp_path, capsys):
+    from hf_mergeguard.cli.main import main
+
+    args = [a for a in _protect_args(toy_world, tmp_path / "out", tmp_path / "work") if a]
+    cut = args.index("--train-data")
+    del args[cut : cut + 2]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--train-data" in err and "--skip-stage1" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys):
+    """``protect`` with its defaults on a fine-tune trained in the toy world, self-tested with real merges.
+
+    MergeGuard does not meet the issue's bars here (README, "MergeGuard as measured"); this test pins what it
+    does: it weakens merges without making them collapse, and the self-test says so (exit 1, nothing hidden).
+    """
+    from hf_mergeguard.cli.main import main
+
+    inputs = {name: _digest_folder(toy_world.model(name)) for name in ("count", "rev")} | {"base": _digest_folder(toy_world.base)}
+    out, work = tmp_path / "protected", tmp_path / "work"
+    assert main(_protect_args(toy_world, out, work)) == 1
+    printed = capsys.readouterr().out
+    assert "NOT safe to release" in printed
+
+    # The release folder: weights + config + tokenizer, the report, the exact config, the log.
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "selftest.json", "protect_config.yml", "protect.log"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "selftest.json").read_text())
+    negation = report["protection"][0]["details"]["negation"]
+    assert negation["negated_share"] == pytest.approx(0.1, abs=1e-3)
+    assert len(negation["excluded_units"]) == 4
+    config = (out / "protect_config.yml").read_text()
+    assert "beta: 2.0" in config and "skip_stage1: true" in config
+
+    standalone = report["standalone"]
+    drop = 100 * (standalone["original"]["toy_count"] - standalone["protected"]["toy_count"])
+    kept = {m: (report["best"][m]["original"]["defender_kept"], report["best"][m]["protected"]["defender_kept"]) for m in report["best"]}
+    # Measured (300 prompts, 1 free-rider): count 99.0 -> 91.3 (drop 7.7 points, the paper's bar is 1.5);
+    # kept unprotected -> protected: task_arithmetic 0.89 -> 0.68, ties 0.33 -> 0.19, dare_ties 0.89 -> 0.71.
+    assert 0 < drop <= 12
+    assert kept["task_arithmetic"][1] < kept["task_arithmetic"][0] - 0.1
+    assert kept["dare_ties"][1] < kept["dare_ties"][0] - 0.1
+    assert kept["task_arithmetic"][1] > 0.5 * kept["task_arithmetic"][0]  # the issue's bar, not met
+    assert report["gates"]["merged_retention"]["passed"] is False
+    assert {name: _digest_folder(toy_world.model(name)) for name in ("count", "rev")} | {"base": _digest_folder(toy_world.base)} == inputs
+
+    # The same command again continues from the work folder: every step is reused, the figures are identical.
+    assert main(_protect_args(toy_world, out, work, "--overwrite")) == 1
+    capsys.readouterr()
+    assert json.loads((out / "selftest.json").read_text())["best"] == report["best"]
+    assert "reusing" in (out / "protect.log").read_text()
