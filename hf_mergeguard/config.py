@@ -55,6 +55,10 @@ class ProtectConfig:
     revision: str | None = None
     base_revision: str | None = None
     overwrite: bool = False
+    push_to: str | None = None
+    create_pr: bool = True
+    private: bool = False
+    force: bool = False
     work_dir: str | None = None
     device: str | None = None
     seed: int = 0

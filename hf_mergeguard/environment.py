@@ -21,14 +21,20 @@ PACKAGES = (
 )
 
 
-def collect_environment() -> dict:
-    """Versions of python and the packages the tool drives, and the GPUs torch sees."""
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages the tool drives (None when one is missing)."""
     versions = {}
     for package in PACKAGES:
         try:
             versions[package] = metadata.version(package.replace("_", "-"))
         except metadata.PackageNotFoundError:
             versions[package] = None
+    return versions
+
+
+def collect_environment() -> dict:
+    """Versions of python and the packages the tool drives, and the GPUs torch sees."""
+    versions = package_versions()
     import torch
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []

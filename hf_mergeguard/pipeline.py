@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .card import source_license, write_card
 from .checkpoint import Checkpoint, atomic_output_dir
 from .compat import check_compatible
 from .config import ProtectConfig, dump_yaml
+from .environment import package_versions
 from .errors import ConfigError, GateFailedError, UnknownNameError
 from .protect.base import ProtectContext, ProtectionResult, finished, mark_finished
 from .selftest import SELFTEST_FILE, FreeRider, SelfTestConfig, config_digest, run_selftest
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "protect_config.yml"
 LOG_FILE = "protect.log"
+# Options that change where the result goes, not what it is (they do not key the work folder).
+RELEASE_ONLY_OPTIONS = ("output_dir", "overwrite", "work_dir", "device", "push_to", "create_pr", "private", "force")
 
 
 def _defenses():
@@ -53,7 +57,7 @@ def work_dir_for(config: ProtectConfig) -> Path:
     from .toyworld import default_cache_dir
 
     # Only what changes the result keys the work folder (not where the output goes).
-    keyed = {k: v for k, v in config.to_dict().items() if k not in ("output_dir", "overwrite", "work_dir", "device")}
+    keyed = {k: v for k, v in config.to_dict().items() if k not in RELEASE_ONLY_OPTIONS}
     return default_cache_dir() / "runs" / config_digest({"tool": __version__, **keyed})
 
 
@@ -120,6 +124,10 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
         from .errors import OutputExistsError
 
         raise OutputExistsError(f"Output folder {target} already exists.", "Choose another --output-dir, or pass --overwrite.")
+    if config.push_to:
+        from .hub import preflight_push
+
+        preflight_push(config.push_to, token=token)  # no write access: fail now, not after the work
     accelerator = accelerator or make_accelerator(config.mergeguard.stage1, cpu=None)
     device = config.device or str(accelerator.device)
 
@@ -178,7 +186,11 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
                     "command": "protect",
                     "method": config.method,
                     "protection": [{"method": r.method, "public_parameters": r.public_parameters, "details": r.details} for r in results],
-                    "inputs": {"model": model.source, "model_revision": model.revision, "base": base.source, "base_revision": base.revision},
+                    "inputs": {
+                        "model": model.source, "model_revision": model.revision, "base": base.source,
+                        "base_revision": base.revision, "license": source_license(model.path),
+                    },
+                    "versions": package_versions(),
                     "protect_seconds": protect_seconds,
                 },
                 score_cache=score_cache_dir(),
@@ -187,13 +199,28 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
                 report_dir.mkdir(exist_ok=True)
                 mark_finished(report_dir, report)
         log.info("Self-test %s", "passed" if report["passed"] else "FAILED")
+    forced = config.force and not report["passed"]
+    report = {**report, "release": {"name": config.push_to or target.name, "forced": forced}}
     if accelerator.is_main_process:
         write_output(target, protected, report, config, work / LOG_FILE)
+        if config.push_to and (report["passed"] or config.force):
+            from .hub import push_release
+
+            url = push_release(
+                target, config.push_to, token=token, create_pr=config.create_pr, private=config.private,
+                commit_message=f"Protected with {config.method} (hf-mergeguard {__version__})"
+                + (" [gates FAILED, pushed with --force]" if forced else ""),
+            )
+            report["release"]["url"] = url
+            log.info("Pushed to %s", url)
+        elif config.push_to:
+            log.info("Nothing pushed to %s: a self-test gate failed (use --force to push anyway).", config.push_to)
     accelerator.wait_for_everyone()
-    if not report["passed"]:
+    if not report["passed"] and not config.force:
         failed = [name for name, gate in report["gates"].items() if not gate["passed"]]
         error = GateFailedError(
-            f"The self-test gate(s) {', '.join(failed)} failed; the figures are in {target / SELFTEST_FILE}.",
+            f"The self-test gate(s) {', '.join(failed)} failed; the figures are in {target / SELFTEST_FILE}."
+            + (f" Nothing was pushed to {config.push_to}." if config.push_to else ""),
             "Strengthen the protection (see the README's measured settings) or relax the gate only with a reason.",
         )
         error.report = report
@@ -218,4 +245,5 @@ def write_output(target: Path, protected: Checkpoint, report: dict, config: Prot
         (folder / CONFIG_FILE).write_text(dump_yaml(config))
         if log_file.is_file():
             shutil.copy2(log_file, folder / LOG_FILE)
+        write_card(folder)
     return target

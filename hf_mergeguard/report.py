@@ -7,7 +7,8 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
-def _coef(method: str, value) -> str:
+def coefficient_label(method: str, value) -> str:
+    """``lambda=1``, ``density=0.5``, ``t=0.3``: a merge method's swept coefficient."""
     if value is None:
         return "-"
     names = {"task_arithmetic": "lambda", "linear": "w_def", "slerp": "t"}
@@ -39,12 +40,12 @@ def format_report(report: dict) -> str:
             orig = variants["original"]
             lines.append(
                 f"  {method:<16}{100 * orig['defender_score']:>14.1f}{_pct(orig['defender_kept']):>7}   "
-                f"{100 * prot['defender_score']:>12.1f}{_pct(prot['defender_kept']):>7}  {_coef(method, prot['value']):<14}"
+                f"{100 * prot['defender_score']:>12.1f}{_pct(prot['defender_kept']):>7}  {coefficient_label(method, prot['value']):<14}"
             )
         else:
             lines.append(
                 f"  {method:<16}{100 * prot['defender_score']:>10.1f}{_pct(prot['defender_kept']):>7}  "
-                f"{_coef(method, prot['value']):<14}{_pct(prot['freerider_kept']):>16}"
+                f"{coefficient_label(method, prot['value']):<14}{_pct(prot['freerider_kept']):>16}"
             )
     lines.append("")
     for name, gate in report["gates"].items():

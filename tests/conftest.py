@@ -38,3 +38,16 @@ def toy_world():
     from hf_mergeguard.toyworld import build_toy_world
 
     return build_toy_world(progress=False)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A local fake of the Hub's HTTP API (tests/fake_hub.py), with huggingface_hub pointed at it."""
+    from fake_hub import FakeHub
+    from huggingface_hub import constants
+
+    with FakeHub() as fake:
+        monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        yield fake

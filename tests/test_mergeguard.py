@@ -113,7 +113,7 @@ def test_protect_without_training_data_fails_before_any_work(toy_world, tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys):
+def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub):
     """``protect`` with its defaults on a fine-tune trained in the toy world, self-tested with real merges.
 
     MergeGuard does not meet the issue's bars here (README, "MergeGuard as measured"); this test pins what it
@@ -154,3 +154,19 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys):
     capsys.readouterr()
     assert json.loads((out / "selftest.json").read_text())["best"] == report["best"]
     assert "reusing" in (out / "protect.log").read_text()
+
+    # --push-to: nothing is pushed while a gate fails; --force pushes one PR whose card says so.
+    from fake_hub import GOOD_TOKEN
+
+    push = ["--push-to", "alice/count-protected", "--token", GOOD_TOKEN, "--overwrite"]
+    assert main(_protect_args(toy_world, out, work, *push)) == 1
+    assert hub.commits == [] and "Nothing was pushed" in capsys.readouterr().err
+    assert main(_protect_args(toy_world, out, work, *push, "--force")) == 0
+    printed = capsys.readouterr().out
+    assert f"{hub.endpoint}/alice/count-protected/discussions/1" in printed and GOOD_TOKEN not in printed
+    (commit,) = hub.commits
+    assert commit["create_pr"] and "pushed with --force" in commit["summary"]
+    assert "although a self-test gate failed" in commit["files"]["README.md"].decode()
+    assert {"model.safetensors", "selftest.json", "selftest.png", "protect_config.yml"} <= set(commit["files"])
+    assert "protect.log" not in commit["files"]
+    assert not any(GOOD_TOKEN.encode() in content for content in commit["files"].values())

@@ -25,6 +25,10 @@ def protect_command(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where the protected model and its report go."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A protect.yml holding any of these options (flags override it)."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace --output-dir if it exists."),
+    push_to: Optional[str] = typer.Option(None, "--push-to", help="Hub repo (ORG/NAME) to push weights, card, plot and selftest.json to, in one commit, only if every gate passed."),
+    create_pr: Optional[bool] = typer.Option(None, "--create-pr/--no-create-pr", help="Push as a pull request (default) or commit to main directly."),
+    private: Optional[bool] = typer.Option(None, "--private", help="Create the --push-to repo as private."),
+    force: Optional[bool] = typer.Option(None, "--force", help="Push even if a gate failed (the card then says so in a warning)."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Folder of resumable steps (default: cache, keyed by the config)."),
     run_stage1: Optional[bool] = typer.Option(None, "--stage1/--skip-stage1", help="MergeGuard: run stage 1 (density-aware fine-tuning) before stage 2, or stage 2 alone (default: alone, the best measured; see the README)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="MergeGuard stage 1: strength of the per-layer L2 term (0.01)."),
@@ -77,6 +81,10 @@ def protect_command(
         "include_tasks": options.paths(include_tasks) or None,
         "output_dir": str(output_dir) if output_dir else None,
         "overwrite": overwrite,
+        "push_to": push_to,
+        "create_pr": create_pr,
+        "private": private,
+        "force": force,
         "work_dir": str(work_dir) if work_dir else None,
         "device": device,
         "seed": seed,
@@ -120,4 +128,7 @@ def protect_command(
         typer.echo(format_report(failed.report))
         raise
     typer.echo(format_report(report))
-    typer.echo(f"Protected model, selftest.json and protect_config.yml in {config.output_dir}")
+    typer.echo(f"Protected model, model card (README.md), selftest.json and protect_config.yml in {config.output_dir}")
+    release = report.get("release") or {}
+    if release.get("url"):
+        typer.echo(f"Pushed to {release['url']}" + (" (gates FAILED, pushed with --force)" if release.get("forced") else ""))

@@ -1,0 +1,65 @@
+"""The model card: golden file, the Hub metadata it carries, the plot, forced pushes, and `card` re-rendering."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from hf_mergeguard.card import render_card, write_card
+from hf_mergeguard.cli.main import main
+
+DATA = Path(__file__).parent / "data"
+GOLDEN = Path(__file__).parent / "golden" / "modelcard_count.md"
+
+
+def _report() -> dict:
+    return json.loads((DATA / "selftest_count.json").read_text())
+
+
+def test_card_matches_the_golden_file():
+    card = str(render_card(_report(), model_name="acme/count-protected", license="apache-2.0"))
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(card)
+    assert card == GOLDEN.read_text(), "card changed: review it, then rerun with UPDATE_GOLDEN=1"
+
+
+def test_card_metadata_is_what_the_hub_reads():
+    card = render_card(_report(), model_name="acme/count-protected", license="apache-2.0")
+    meta = yaml.safe_load(str(card).split("---")[1])
+    assert meta["base_model"] == "toy-world/base" and meta["base_model_relation"] == "finetune"
+    assert meta["license"] == "apache-2.0"
+    assert {"mergeguard", "hf-mergeguard"} <= set(meta["tags"])
+    result = meta["model-index"][0]["results"][0]
+    assert result["dataset"]["name"] == "toy_count" and result["metrics"][0]["value"] == 91.33
+    body = str(card)
+    assert "| task_arithmetic | lambda=1 | 96.0 | 89% | 90.0 | 68% |" in body
+    assert "| toy_count | 71.0 | 99.0 | 91.3 | -7.7 |" in body
+    assert "pushed with `--force`" not in body
+
+
+def test_forced_card_warns_and_no_secret_reaches_it(tmp_path):
+    report = _report()
+    report["protection"][0]["public_parameters"]["beta"] = 2.0
+    card = str(render_card(report, model_name="acme/x", forced=True))
+    assert "pushed with `--force` although a self-test gate failed" in card
+    assert "standalone drop" in card and "merged retention" in card
+    for secret_word in ("token", "hf_", "key_file", "secret"):
+        assert secret_word not in card.lower().replace("tokens", "").replace("tokenizer", ""), secret_word
+
+
+def test_card_command_rerenders_readme_and_plot(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(DATA / "selftest_count.json", folder / "selftest.json")
+    assert main(["card", str(folder)]) == 0
+    readme = (folder / "README.md").read_text()
+    assert readme.startswith("---\n") and "# acme/count-protected" in readme  # the name recorded in the run
+    assert "license: apache-2.0" in readme  # carried over from the source card via selftest.json
+    assert (folder / "selftest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["card", str(tmp_path / "nothing-here")]) == 2
+    assert "selftest.json" in capsys.readouterr().err
+    assert not list(folder.glob(".*tmp*"))
+    write_card(folder, model_name="other/name")
+    assert "# other/name" in (folder / "README.md").read_text()
