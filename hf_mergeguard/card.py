@@ -216,9 +216,10 @@ def plot_scores(report: dict, path: str | Path) -> Path:
     right.axhline(mean(standalone["base"]), color="#555555", linestyle="--", linewidth=1, label="base (floor)")
     right.set_xticks(list(xs), methods, rotation=30, ha="right")
     right.set_title("attacker's best merge per method")
-    right.legend(loc="lower right", fontsize=8)
+    right.legend(loc="upper center", ncol=3, fontsize=8, frameon=False)  # above the bars (scores <= 100)
     for axis in (left, right):
-        axis.set_ylim(0, 100)
+        axis.set_ylim(0, 112)
+        axis.set_yticks(range(0, 101, 20))
     fig.tight_layout()
     path = Path(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")

@@ -247,3 +247,38 @@ def write_output(target: Path, protected: Checkpoint, report: dict, config: Prot
             shutil.copy2(log_file, folder / LOG_FILE)
         write_card(folder)
     return target
+
+
+def push_output(folder: str | Path, repo_id: str, *, token: str | None = None, create_pr: bool = True, private: bool = False, force: bool = False) -> str:
+    """Push a finished ``protect`` output folder (``hf-mergeguard push``); refuses when a gate failed unless ``force``.
+
+    Used by the GitHub workflow, whose push job holds the Hub credentials and nothing else.
+    """
+    from .hub import preflight_push, push_release
+
+    folder = Path(folder)
+    report_file = folder / SELFTEST_FILE
+    if not report_file.is_file() or not any(folder.glob("*.safetensors")):
+        raise ConfigError(f"{folder} is not a finished protect output (selftest.json and weights).", "Run protect first; push its --output-dir.")
+    report = json.loads(report_file.read_text())
+    if not report.get("passed") and not force:
+        failed = [name for name, gate in report["gates"].items() if not gate["passed"]]
+        error = GateFailedError(
+            f"The self-test gate(s) {', '.join(failed)} failed for {folder}; nothing was pushed to {repo_id}.",
+            "Strengthen the protection and rerun protect, or pass --force (the card will say so).",
+        )
+        error.report = report
+        raise error
+    preflight_push(repo_id, token=token)
+    forced = force and not report.get("passed")
+    if forced or (report.get("release") or {}).get("name") != repo_id:
+        report["release"] = {"name": repo_id, "forced": forced}
+        temp = report_file.with_name(f".{report_file.name}.tmp")
+        temp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        temp.replace(report_file)
+        write_card(folder)
+    return push_release(
+        folder, repo_id, token=token, create_pr=create_pr, private=private,
+        commit_message=f"Protected with {report.get('method', 'hf-mergeguard')} (hf-mergeguard {__version__})"
+        + (" [gates FAILED, pushed with --force]" if forced else ""),
+    )

@@ -170,3 +170,22 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub):
     assert {"model.safetensors", "selftest.json", "selftest.png", "protect_config.yml"} <= set(commit["files"])
     assert "protect.log" not in commit["files"]
     assert not any(GOOD_TOKEN.encode() in content for content in commit["files"].values())
+
+
+def test_demo_runs_the_whole_flow(toy_world, tmp_path, capsys):
+    """``demo --out DIR``: the toy world's layout plus the release folder of a protected fine-tune at DIR/protected."""
+    from hf_mergeguard.cli.main import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("models/base", "models/count", "data/count/train.jsonl", "tasks", "world.json"):
+        assert (out / name).exists(), name
+    release = out / "protected"
+    for name in ("model.safetensors", "README.md", "selftest.png", "selftest.json", "protect_config.yml"):
+        assert (release / name).is_file(), name
+    report = json.loads((release / "selftest.json").read_text())
+    assert sorted(report["best"]) == sorted(["task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "della", "linear", "model_stock", "slerp"])
+    assert [fr["tasks"] for fr in report["sources"]["freeriders"]] == [["toy_sort"], ["toy_rev"]]
+    assert "Verdict:" in printed and str((release / "README.md").resolve()) in printed
+    assert "| task_arithmetic |" in (release / "README.md").read_text()

@@ -54,3 +54,18 @@ def test_preflight_refuses_without_write_access(hub):
         preflight_push("alice/model", token="hf_wrong")
     assert "hf_wrong" not in str(raised.value)
     assert hub.commits == []
+
+
+def test_push_command_refuses_a_failed_run_unless_forced(hub, tmp_path, capsys):
+    from hf_mergeguard.cli.main import main
+
+    folder = _release(tmp_path)  # its selftest.json failed both gates
+    assert main(["push", str(folder), "acme/count", "--token", GOOD_TOKEN]) == 1
+    assert hub.commits == [] and "nothing was pushed" in capsys.readouterr().err
+    assert main(["push", str(folder), "acme/count", "--token", GOOD_TOKEN, "--force", "--no-create-pr"]) == 0
+    (commit,) = hub.commits
+    assert not commit["create_pr"] and "[gates FAILED, pushed with --force]" in commit["summary"]
+    card = commit["files"]["README.md"].decode()
+    assert "# acme/count" in card and "although a self-test gate failed" in card
+    assert GOOD_TOKEN not in capsys.readouterr().out
+    assert main(["push", str(tmp_path), "acme/count", "--token", GOOD_TOKEN]) == 2
