@@ -108,10 +108,14 @@ class _FileLog:
 
 
 def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None, progress: bool = True) -> dict:
-    """Run the whole protection and return the self-test report (also written to ``output_dir``).
+    """Run the whole protection and return the self-test report (also written to ``output_dir``, with the card).
+
+    With ``config.push_to`` the token's write access is checked first, and the folder is pushed at the end only
+    if every gate passed (or ``config.force``).
 
     Raises:
-        GateFailedError: a gate failed (the output folder is still written, so the figures can be read).
+        GateFailedError: a gate failed and ``force`` is off (the output folder is still written, so the figures
+            can be read; nothing is pushed).
     """
     from .data import load_train_examples
     from .evaluation import Evaluator, load_tokenizer
