@@ -17,25 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .protect.mergeguard import MergeGuardConfig
-
-
-@dataclass
-class SelfTestOptions:
-    """How ``protect`` self-tests the protected model (see :class:`hf_mergeguard.selftest.SelfTestConfig`)."""
-
-    methods: list[str] | None = None
-    thorough: bool = False
-    limit: int | None = None
-    batch_size: int = 32
-    max_standalone_drop: float = 1.5
-    max_merged_retention: float = 0.25
-    freerider_floor: float = 0.5
-    allow_code_eval: bool = False
-
-    def __post_init__(self):
-        from .attacks.merges import parse_methods
-
-        parse_methods(self.methods)  # a typo fails here, before any model is pulled
+from .selftest import SelfTestOptions
 
 
 @dataclass

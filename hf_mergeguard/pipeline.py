@@ -9,6 +9,7 @@ the protected weights with their config and tokenizer, ``selftest.json``, ``prot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -69,20 +70,8 @@ def score_cache_dir() -> Path:
 
 
 def selftest_config(config: ProtectConfig) -> SelfTestConfig:
-    options = config.selftest
-    return SelfTestConfig(
-        tasks=list(config.tasks),
-        include_tasks=list(config.include_tasks),
-        methods=options.methods,
-        thorough=options.thorough,
-        seed=config.seed,
-        limit=options.limit,
-        batch_size=options.batch_size,
-        max_standalone_drop=options.max_standalone_drop,
-        max_merged_retention=options.max_merged_retention,
-        freerider_floor=options.freerider_floor,
-        allow_code_eval=options.allow_code_eval,
-    )
+    return SelfTestConfig(**dataclasses.asdict(config.selftest), tasks=list(config.tasks),
+                          include_tasks=list(config.include_tasks), seed=config.seed)
 
 
 class _FileLog:

@@ -54,14 +54,11 @@ class FreeRider:
 
 
 @dataclass
-class SelfTestConfig:
-    """Options of the self-test (each a CLI / YAML option of ``check`` and ``protect``)."""
+class SelfTestOptions:
+    """How a model is self-tested (each a CLI / YAML option of ``check`` and ``protect``'s ``selftest:``)."""
 
-    tasks: list[str]
-    include_tasks: list[str] = field(default_factory=list)
     methods: list[str] | None = None
     thorough: bool = False
-    seed: int = 0
     limit: int | None = None
     batch_size: int = 32
     max_standalone_drop: float = 1.5
@@ -70,11 +67,23 @@ class SelfTestConfig:
     allow_code_eval: bool = False
 
     def __post_init__(self):
-        if not self.tasks:
-            raise ConfigError("The self-test needs the defender's tasks (--tasks).")
         if not 0 <= self.freerider_floor <= 1:
             raise ConfigError("--freerider-floor must be between 0 and 1.")
         parse_methods(self.methods)  # typos fail here, before any work
+
+
+@dataclass
+class SelfTestConfig(SelfTestOptions):
+    """The options plus what a run is about: the defender's tasks, extra task folders, the seed."""
+
+    tasks: list[str] = field(default_factory=list)
+    include_tasks: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.tasks:
+            raise ConfigError("The self-test needs the defender's tasks (--tasks).")
+        super().__post_init__()
 
     def merge_methods(self) -> list[MergeMethod]:
         return parse_methods(self.methods)
