@@ -7,6 +7,7 @@ measurement: beta = 2 (the paper's beta = 1) and stage 1 off (``--stage1`` turns
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -94,12 +95,14 @@ def _stage1(ctx: ProtectContext, config: MergeGuardConfig) -> Checkpoint:
     return Checkpoint(folder)
 
 
-def _criticality(ctx: ProtectContext, config: MergeGuardConfig, theta: dict, base: dict, units: dict) -> dict:
+def _criticality(ctx: ProtectContext, config: MergeGuardConfig, theta_source: Checkpoint, units: dict) -> dict:
     folder = ctx.step_dir("mergeguard-criticality")
     record = finished(folder)
     if record is not None:
         log.info("Criticality: reusing the finished run in %s", folder)
         return record
+    # Scoring layer variants needs both models in memory; the negation below streams instead.
+    theta, base = theta_source.state_dict(), ctx.base.state_dict()
     if config.criticality == "exact":
         result = exact_criticality(
             ctx.model.config, theta, base, units, tokenizer=ctx.tokenizer, evaluator=ctx.evaluator,
@@ -129,38 +132,39 @@ def run_mergeguard(ctx: ProtectContext, config: MergeGuardConfig) -> ProtectionR
     """Stage 1 (unless skipped), criticality, the top-k mask, the negation; the protected checkpoint."""
     theta_source = ctx.model if config.skip_stage1 else _stage1(ctx, config)
     folder = ctx.step_dir("mergeguard-protected")
-    geometry = theta_source.geometry
-    units = negation_units(geometry, theta_source.tensor_names, config.granularity)
-    theta = theta_source.state_dict()
-    base = ctx.base.state_dict()
-    crit = _criticality(ctx, config, theta, base, units)
+    units = negation_units(theta_source.geometry, theta_source.tensor_names, config.granularity)
+    crit = _criticality(ctx, config, theta_source, units)
     excluded = set(crit["excluded"])
     negated_names = [name for unit, names in units.items() if unit not in excluded for name in names]
+
+    def tau(name: str) -> torch.Tensor:
+        return theta_source.get(name).float() - ctx.base.get(name).float()
 
     record = finished(folder)
     if record is not None:
         log.info("Negation: reusing the protected checkpoint in %s", folder)
     else:
+        # One tensor pair at a time from disk: the top-k threshold takes two passes, the writer a third.
         def abs_tau():
             for name in negated_names:
-                yield (theta[name].float() - base[name].float()).abs()
+                yield tau(name).abs()
 
         if config.mask_scope == "global":
-            threshold, selected = topk_threshold(abs_tau, config.mask_share)
+            threshold, _ = topk_threshold(abs_tau, config.mask_share)
             thresholds = {name: threshold for name in negated_names}
         else:
             thresholds = {}
             for name in negated_names:
-                thresholds[name], _ = topk_threshold(lambda n=name: iter([(theta[n].float() - base[n].float()).abs()]), config.mask_share)
+                thresholds[name], _ = topk_threshold(lambda n=name: iter([tau(n).abs()]), config.mask_share)
         counts: dict[str, int] = {}
 
         def protected_tensors():
             for name in theta_source.tensor_names:
                 if name in thresholds:
-                    tensor, counts[name] = negate(theta[name], base[name], thresholds[name], config.beta)
+                    tensor, counts[name] = negate(theta_source.get(name), ctx.base.get(name), thresholds[name], config.beta)
                     yield name, tensor
                 else:
-                    yield name, theta[name]
+                    yield name, theta_source.get(name)
 
         if ctx.is_main:
             write_checkpoint(
@@ -171,7 +175,7 @@ def run_mergeguard(ctx: ProtectContext, config: MergeGuardConfig) -> ProtectionR
                 metadata=stamp_metadata(method="mergeguard"),
                 overwrite=True,
             )
-            total = sum(theta[name].numel() for name in negated_names)
+            total = sum(math.prod(theta_source.spec(name).shape) for name in negated_names)
             record = {
                 "negated_entries": sum(counts.values()),
                 "negatable_entries": total,
