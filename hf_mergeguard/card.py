@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from pathlib import Path
 
 from . import __version__
@@ -58,11 +57,9 @@ def limits_of(report: dict) -> list[str]:
     return limits
 
 
-def reproduce_command(report: dict, protect_config: dict | None) -> str:
-    if not protect_config:
-        return "# configuration not recorded"
-    parts = ["hf-mergeguard", "protect", "--config", "protect_config.yml"]
-    return " ".join(shlex.quote(p) for p in parts)
+def reproduce_command(protect_config: dict | None) -> str:
+    # protect_config.yml ships next to the card, so the command is the same for every run that recorded one.
+    return "hf-mergeguard protect --config protect_config.yml" if protect_config else "# configuration not recorded"
 
 
 def card_variables(report: dict, *, model_name: str, protect_config: dict | None = None, forced: bool = False) -> dict:
@@ -137,7 +134,7 @@ def card_variables(report: dict, *, model_name: str, protect_config: dict | None
         "mergekit_version": versions.get("mergekit", "?"),
         "seed": config.get("seed", 0),
         "limit": config.get("limit"),
-        "reproduce_command": reproduce_command(report, protect_config),
+        "reproduce_command": reproduce_command(protect_config),
     }
 
 

@@ -25,7 +25,7 @@ from .config import ProtectConfig, dump_yaml
 from .environment import package_versions
 from .errors import ConfigError, GateFailedError, UnknownNameError
 from .protect.base import ProtectContext, ProtectionResult, finished, mark_finished
-from .selftest import SELFTEST_FILE, FreeRider, SelfTestConfig, config_digest, run_selftest
+from .selftest import SELFTEST_FILE, SelfTestConfig, config_digest, run_selftest
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,5 @@
 """Pushing a release to the Hub, against a local fake of the Hub's HTTP API (the network edge only)."""
 
-import json
 import shutil
 from pathlib import Path
 
