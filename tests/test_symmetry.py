@@ -1,0 +1,100 @@
+"""The function-preserving defenses are exact: same logits on every supported family, RoPE, GQA, biases,
+QK-norm, tied embeddings and softcapping included; and the symmetry module is what makes them so."""
+
+import pytest
+import torch
+
+from hf_mergeguard.architectures import SUPPORTED_MODEL_TYPES, geometry_from_config
+from hf_mergeguard.checkpoint import Checkpoint, model_from_state_dict
+from hf_mergeguard.protect import symmetry
+from hf_mergeguard.protect.function_preserving import FUNCTION_PRESERVING, sample_transform
+from hf_mergeguard.testing import pico_config, write_random_checkpoint
+
+# rope_theta 10 makes the slowest rotary pair turn in < 50 positions, so 100-token sequences cover every
+# pair's full period (at the usual 10,000 a tiny head_dim's slowest pair would barely move).
+ROPE = {"rope_parameters": {"rope_type": "default", "rope_theta": 10.0}}
+SEQUENCE_LENGTH = 100
+
+
+def _token_batch() -> torch.Tensor:
+    """Real text in the toy world's character tokenizer (ids < 64, the pico vocabulary)."""
+    from hf_mergeguard.toyworld.skills import make_tokenizer, prompt_of
+
+    tokenizer = make_tokenizer()
+    texts = [prompt_of("count", "the quick brown fox jumps over the lazy dog " * 3), prompt_of("add", "12+79 " * 20)]
+    ids = [tokenizer(text)["input_ids"][:SEQUENCE_LENGTH] for text in texts]
+    assert all(len(row) == SEQUENCE_LENGTH for row in ids)
+    return torch.tensor(ids)
+
+
+def _models(tmp_path, model_type, **overrides):
+    config = pico_config(model_type, **ROPE, **overrides)
+    if model_type in ("llama", "qwen3"):
+        config["attention_bias"] = model_type == "llama"  # llama with q/k/v/o biases; qwen3 with QK-norm
+    base = write_random_checkpoint(tmp_path / "base", config, seed=0)
+    tuned = write_random_checkpoint(tmp_path / "tuned", config, seed=1, like=base, noise=0.1)
+    return Checkpoint(tuned), Checkpoint(base)
+
+
+def _logits(config, tensors, dtype=torch.float32):
+    model = model_from_state_dict(config, {k: v.to(dtype) for k, v in tensors.items()}, dtype=dtype)
+    with torch.no_grad():
+        return model(_token_batch()).logits.float()
+
+
+@pytest.mark.parametrize("model_type", SUPPORTED_MODEL_TYPES)
+@pytest.mark.parametrize("method", sorted(FUNCTION_PRESERVING))
+def test_defense_keeps_logits_exact(tmp_path, model_type, method):
+    model, base = _models(tmp_path, model_type)
+    transform = sample_transform(method, FUNCTION_PRESERVING[method](), model, base, torch.Generator().manual_seed(7))
+    original = model.state_dict()
+    protected = dict(symmetry.transform_tensors(original.items(), [transform], model.geometry))
+
+    before, after = _logits(model.config, original), _logits(model.config, protected)
+    # The weights really moved (attention and MLP), the function did not.
+    moved = [name for name in original if not torch.equal(original[name], protected[name])]
+    assert any("q_proj" in n for n in moved) or model.geometry.qk_norm
+    assert any("v_proj" in n for n in moved) and any("o_proj" in n for n in moved)
+    if method != "mergelock":
+        assert any("gate_proj" in n for n in moved)
+    assert not any(n.startswith("model.embed_tokens") or n.endswith("layernorm.weight") for n in moved)
+    assert (before - after).abs().max().item() <= 1e-4
+
+    # Undoing it with the inverse gives the original weights back (float error only).
+    restored = dict(symmetry.transform_tensors(protected.items(), symmetry.compose_inverse([transform]), model.geometry))
+    assert max((restored[n] - original[n]).abs().max().item() for n in original) <= 1e-5
+
+
+def test_dense_qk_map_breaks_rope(tmp_path):
+    """The negative control: MergeLock read literally (a dense random A on q/k) changes a RoPE model's logits."""
+    model, _ = _models(tmp_path, "llama")
+    g = model.geometry
+    dense = symmetry.BlockTransform(qk=symmetry.stack_per_kv_head(lambda: symmetry.random_conditioned(g.head_dim, 4.0, torch.Generator().manual_seed(1)), g))
+    original = model.state_dict()
+    broken = dict(symmetry.transform_tensors(original.items(), [{0: dense}], g))
+    assert (_logits(model.config, original) - _logits(model.config, broken)).abs().max().item() > 1e-2
+
+
+def test_rope_commutant_commutes_with_every_rotary_angle_partial_rotary_included():
+    config = pico_config("llama", head_dim=12, rope_parameters={"rope_type": "default", "rope_theta": 10.0, "partial_rotary_factor": 2 / 3})
+    g = geometry_from_config(config)
+    assert g.rotary_dim == 8
+    a = symmetry.rope_commutant(g, torch.Generator().manual_seed(0), max_scale=4.0)
+    for angle in (0.3, 1.7, -2.9):
+        rope = torch.eye(g.head_dim, dtype=torch.float64)
+        for j, k in g.rotary_pairs:  # HF rotate_half: (x_j, x_k) -> (x_j cos - x_k sin, x_k cos + x_j sin)
+            rope[j, j], rope[j, k], rope[k, j], rope[k, k] = torch.cos(torch.tensor(angle * (j + 1))), -torch.sin(torch.tensor(angle * (j + 1))), torch.sin(torch.tensor(angle * (j + 1))), torch.cos(torch.tensor(angle * (j + 1)))
+        assert torch.allclose(a @ rope, rope @ a, atol=1e-12)
+    assert torch.linalg.cond(a) <= 16.0 + 1e-9
+
+
+def test_block_transform_inverse_undoes_mlp_permutation_and_scale():
+    g = geometry_from_config(pico_config("llama"))
+    gen = torch.Generator().manual_seed(3)
+    block = symmetry.BlockTransform(mlp_permutation=symmetry.random_permutation(g.intermediate_size, gen),
+                                    mlp_scale=symmetry.log_uniform((g.intermediate_size,), 5.0, gen))
+    up = torch.randn(g.intermediate_size, g.hidden_size, dtype=torch.float64)
+    name = g.mlp(0, "up_proj")
+    there = symmetry.transform_tensor(name, up, {0: block}, g)
+    back = symmetry.transform_tensor(name, there, {0: block.inverse()}, g)
+    assert torch.allclose(back, up, atol=1e-12)
