@@ -28,7 +28,22 @@ METHOD_DESCRIPTIONS = {
         "top-k largest entries of the task vector outside the most critical layers are negated "
         "(theta - beta * M * tau; beta = 1 resets them to the base, beta = 2 flips them)."
     ),
+    "params": (
+        "PaRaMS (function-preserving): the MLP neurons are permuted to mismatch the base's and attention dims are "
+        "rescaled (RoPE- and GQA-exact), so the model computes the same function from weights that no longer line "
+        "up with other fine-tunes of the base."
+    ),
+    "mergelock": (
+        "MergeLock (function-preserving): random invertible maps on the query-key and value-output branches of "
+        "every attention block (per RoPE pair and KV group), so the weights no longer line up with other "
+        "fine-tunes of the base."
+    ),
+    "mergebarrier": (
+        "MergeBarrier, orthogonal part (function-preserving): random rotations of the query-key (per RoPE pair) "
+        "and value-output branches and a random permutation of the MLP neurons."
+    ),
 }
+FUNCTION_PRESERVING_METHODS = ("params", "mergelock", "mergebarrier")
 
 
 def _points(value: float | None) -> str:
@@ -51,6 +66,12 @@ def limits_of(report: dict) -> list[str]:
         "Tasks other than " + ", ".join(report["tasks"]) + ": other skills of this model were not measured.",
         "Attackers who fine-tune the protected model (even briefly) before or after merging, or who undo the "
         "protection with knowledge of the method" + ("" if report.get("robustness") else " (no adaptive attack ran in this self-test)") + ".",
+        *(
+            ["Re-alignment to the public base: a function-preserving transform can be undone without its key by "
+             "matching the weights to the base (Hungarian matching of MLP neurons, least squares per attention "
+             "head); such an attacker then merges as if the model were unprotected."]
+            if set(str(report.get("method", "")).split("+")) & set(FUNCTION_PRESERVING_METHODS) and not report.get("robustness") else []
+        ),
         "Scores are from one seed" + (f" on {config['limit']} examples per task" if config.get("limit") else "")
         + "; differences of a few points are within noise.",
     ]
@@ -68,8 +89,13 @@ def card_variables(report: dict, *, model_name: str, protect_config: dict | None
 
     tasks = report["tasks"]
     standalone = report["standalone"]
-    protection = (report.get("protection") or [{}])[0]
-    method = report.get("method") or protection.get("method") or "none"
+    protections = report.get("protection") or []
+    method = report.get("method") or "+".join(p["method"] for p in protections) or "none"
+    # A stack's parameters, each named after its stage.
+    public_parameters = {
+        (f"{p['method']}: {key}" if len(protections) > 1 else key): value
+        for p in protections for key, value in p.get("public_parameters", {}).items()
+    }
     inputs = report.get("inputs") or {}
     versions = report.get("versions") or environment.package_versions()
     standalone_rows = []
@@ -114,8 +140,8 @@ def card_variables(report: dict, *, model_name: str, protect_config: dict | None
         "forced": forced,
         "failed_gates": ", ".join(failed) or "none",
         "method": method,
-        "public_parameters": protection.get("public_parameters", {}),
-        "method_description": METHOD_DESCRIPTIONS.get(method, ""),
+        "public_parameters": public_parameters,
+        "method_description": " ".join(METHOD_DESCRIPTIONS.get(p["method"], "") for p in protections).strip(),
         "metric_note": "; ".join(f"{t}: {metrics.get(t, 'score')}" for t in tasks),
         "standalone_rows": standalone_rows,
         "freerider_floor": _share(config.get("freerider_floor", 0.5)),

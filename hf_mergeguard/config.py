@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .protect.function_preserving import MergeBarrierConfig, MergeLockConfig, ParamsConfig
 from .protect.mergeguard import MergeGuardConfig
 from .selftest import SelfTestOptions
 
@@ -44,7 +45,11 @@ class ProtectConfig:
     work_dir: str | None = None
     device: str | None = None
     seed: int = 0
+    key_file: str | None = None
     mergeguard: MergeGuardConfig = field(default_factory=MergeGuardConfig)
+    params: ParamsConfig = field(default_factory=ParamsConfig)
+    mergelock: MergeLockConfig = field(default_factory=MergeLockConfig)
+    mergebarrier: MergeBarrierConfig = field(default_factory=MergeBarrierConfig)
     selftest: SelfTestOptions = field(default_factory=SelfTestOptions)
 
     def validate(self) -> None:

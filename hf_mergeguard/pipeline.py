@@ -32,24 +32,49 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "protect_config.yml"
 LOG_FILE = "protect.log"
 # Options that change where the result goes, not what it is (they do not key the work folder).
-RELEASE_ONLY_OPTIONS = ("output_dir", "overwrite", "work_dir", "device", "push_to", "create_pr", "private", "force")
+RELEASE_ONLY_OPTIONS = (
+    "output_dir", "overwrite", "work_dir", "device", "push_to", "create_pr", "private", "force", "key_file",
+)
+# A stack is applied in this order, whatever order --method names it: MergeGuard measures the task vector
+# against the base, which only means something before a function-preserving transform has moved the weights;
+# the function-preserving ones compose exactly in any order.
+STACK_ORDER = ("mergeguard", "params", "mergebarrier", "mergelock")
 
 
 def _defenses():
+    from .protect.function_preserving import run_function_preserving
     from .protect.mergeguard import run_mergeguard
 
-    return {"mergeguard": lambda ctx, config: run_mergeguard(ctx, config.mergeguard)}
+    return {
+        "mergeguard": lambda ctx, config: run_mergeguard(ctx, config.mergeguard),
+        "params": lambda ctx, config: run_function_preserving(ctx, "params", config.params),
+        "mergebarrier": lambda ctx, config: run_function_preserving(ctx, "mergebarrier", config.mergebarrier),
+        "mergelock": lambda ctx, config: run_function_preserving(ctx, "mergelock", config.mergelock),
+    }
 
 
 def parse_method(method: str) -> list[str]:
-    names = [m.strip() for m in method.split("+") if m.strip()]
+    """``"mergelock+mergeguard"`` -> ``["mergeguard", "mergelock"]`` (the stack order, see STACK_ORDER)."""
+    names = [m.strip().lower() for m in method.split("+") if m.strip()]
     registry = _defenses()
     for name in names:
         if name not in registry:
             raise UnknownNameError("protection method", name, registry)
     if not names:
         raise ConfigError("--method is empty.")
-    return names
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"--method names {', '.join(repeated)} twice.", "Name each defense once, e.g. mergeguard+mergelock.")
+    return sorted(names, key=STACK_ORDER.index)
+
+
+def key_path_for(config: ProtectConfig) -> Path:
+    """Where the owner's key goes: --key-file, or beside the output folder (never inside it)."""
+    from .protect.keyfile import check_key_location, default_key_path
+
+    path = Path(config.key_file).expanduser().resolve() if config.key_file else default_key_path(config.output_dir)
+    check_key_location(path, config.output_dir)
+    return path
 
 
 def work_dir_for(config: ProtectConfig) -> Path:
@@ -110,13 +135,18 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     from .evaluation import Evaluator, load_tokenizer
     from .training import make_accelerator
 
+    from .errors import OutputExistsError
+    from .protect.function_preserving import FUNCTION_PRESERVING
+
     config.validate()
     methods = parse_method(config.method)
     target = Path(config.output_dir).resolve()
     if target.exists() and not config.overwrite:
-        from .errors import OutputExistsError
-
         raise OutputExistsError(f"Output folder {target} already exists.", "Choose another --output-dir, or pass --overwrite.")
+    key_path = key_path_for(config) if any(m in FUNCTION_PRESERVING for m in methods) else None
+    if key_path is not None and key_path.exists() and not config.overwrite:
+        raise OutputExistsError(f"Key file {key_path} already exists (the key of an earlier protection?).",
+                                "Move it somewhere safe first, choose another --key-file, or pass --overwrite.")
     if config.push_to:
         from .hub import preflight_push
 
@@ -195,7 +225,12 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     forced = config.force and not report["passed"]
     report = {**report, "release": {"name": config.push_to or target.name, "forced": forced}}
     if accelerator.is_main_process:
+        if key_path is not None:
+            # Before the release folder: a release whose owner has no key cannot be undone.
+            write_owner_key(key_path, results, model)
         write_output(target, protected, report, config, work / LOG_FILE)
+        if key_path is not None:
+            report["release"]["key_file"] = str(key_path)  # for the caller only: a local path is not published
         if config.push_to and (report["passed"] or config.force):
             from .hub import push_release
 
@@ -219,6 +254,18 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
         error.report = report
         raise error
     return report
+
+
+def write_owner_key(key_path: Path, results: list[ProtectionResult], model: Checkpoint) -> Path:
+    """The key of every function-preserving stage of the stack, in the order applied (mode 0600)."""
+    from .protect.keyfile import write_key
+
+    stages = [(r.secret["method"], r.secret["transform"]) for r in results if r.secret]
+    methods = [r.method for r in results]
+    path = write_key(key_path, stages, protected_digest=results[-1].secret["protected_digest"],
+                     extra_metadata={"stack": "+".join(methods), "model": model.source})
+    log.info("Key (undoes %s) written to %s: keep it private, it is not part of the release.", "+".join(m for m, _ in stages), path)
+    return path
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

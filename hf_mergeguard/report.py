@@ -15,6 +15,10 @@ def coefficient_label(method: str, value) -> str:
     return f"{names.get(method, 'density')}={value:g}"
 
 
+def _unfair(best: dict) -> str:
+    return "*" if best.get("freerider_constraint_met") is False else ""
+
+
 def format_report(report: dict) -> str:
     """The standalone scores, the attacker's best merge per method, and the gates."""
     lines = []
@@ -31,7 +35,7 @@ def format_report(report: dict) -> str:
     lines.append("")
     lines.append("Attacker's best merge per method (defender's tasks, points; kept = share of the skill gain):")
     if with_original:
-        lines.append(f"  {'method':<16}{'unprotected':>14}{'kept':>7}   {'protected':>12}{'kept':>7}  {'coefficient':<14}")
+        lines.append(f"  {'method':<16}{'unprotected':>14}{'kept':>7}   {'protected':>12}{'kept':>7}  {'coefficient':<14}{'free-rider kept':>16}")
     else:
         lines.append(f"  {'method':<16}{'merged':>10}{'kept':>7}  {'coefficient':<14}{'free-rider kept':>16}")
     for method, variants in report["best"].items():
@@ -41,12 +45,16 @@ def format_report(report: dict) -> str:
             lines.append(
                 f"  {method:<16}{100 * orig['defender_score']:>14.1f}{_pct(orig['defender_kept']):>7}   "
                 f"{100 * prot['defender_score']:>12.1f}{_pct(prot['defender_kept']):>7}  {coefficient_label(method, prot['value']):<14}"
+                f"{_pct(prot['freerider_kept']) + _unfair(prot):>16}"
             )
         else:
             lines.append(
                 f"  {method:<16}{100 * prot['defender_score']:>10.1f}{_pct(prot['defender_kept']):>7}  "
-                f"{coefficient_label(method, prot['value']):<14}{_pct(prot['freerider_kept']):>16}"
+                f"{coefficient_label(method, prot['value']):<14}{_pct(prot['freerider_kept']) + _unfair(prot):>16}"
             )
+    if any(_unfair(v["protected"]) for v in report["best"].values()):
+        lines.append("  * no coefficient kept the free-rider's own skill (floor "
+                     f"{_pct(report.get('config', {}).get('freerider_floor', 0.5))}): the merge shown wrecks it, and counts anyway")
     lines.append("")
     for name, gate in report["gates"].items():
         verdict = "PASS" if gate["passed"] else "FAIL"

@@ -15,7 +15,7 @@ from .main import app
 def protect_command(
     model: Optional[str] = typer.Argument(None, help="The fine-tuned model (folder or repo id); or `model:` in --config."),
     base: Optional[str] = typer.Option(None, "--base", help="The base model it was fine-tuned from."),
-    method: Optional[str] = typer.Option(None, "--method", help="Protection method (default mergeguard)."),
+    method: Optional[str] = typer.Option(None, "--method", help="mergeguard (default) | params | mergelock | mergebarrier, or a stack joined by + (e.g. mergeguard+mergelock; applied in that order: mergeguard, params, mergebarrier, mergelock)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Comma-separated lm-eval tasks of the model's skill."),
     train_data: Optional[str] = typer.Option(None, "--train-data", help="Defender's data: JSONL (question/answer, prompt/completion or text) or a Hub dataset name[:config]."),
     train_split: Optional[str] = typer.Option(None, "--train-split", help="Split of a Hub --train-data (default train)."),
@@ -29,6 +29,7 @@ def protect_command(
     create_pr: Optional[bool] = typer.Option(None, "--create-pr/--no-create-pr", help="Push as a pull request (default) or commit to main directly."),
     private: Optional[bool] = typer.Option(None, "--private", help="Create the --push-to repo as private."),
     force: Optional[bool] = typer.Option(None, "--force", help="Push even if a gate failed (the card then says so in a warning)."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="params/mergelock/mergebarrier: where the owner's key goes (default: OUT.key.safetensors beside --output-dir; never inside it, never pushed)."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Folder of resumable steps (default: cache, keyed by the config)."),
     run_stage1: Optional[bool] = typer.Option(None, "--stage1/--skip-stage1", help="MergeGuard: run stage 1 (density-aware fine-tuning) before stage 2, or stage 2 alone (default: alone, the best measured; see the README)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="MergeGuard stage 1: strength of the per-layer L2 term (0.01)."),
@@ -86,6 +87,7 @@ def protect_command(
         "private": private,
         "force": force,
         "work_dir": str(work_dir) if work_dir else None,
+        "key_file": str(key_file) if key_file else None,
         "device": device,
         "seed": seed,
         "mergeguard": {
@@ -126,9 +128,17 @@ def protect_command(
         report = protect(config, token=token)
     except GateFailedError as failed:
         typer.echo(format_report(failed.report))
+        _echo_key(failed.report)
         raise
     typer.echo(format_report(report))
     typer.echo(f"Protected model, model card (README.md), selftest.json and protect_config.yml in {config.output_dir}")
+    _echo_key(report)
     release = report.get("release") or {}
     if release.get("url"):
         typer.echo(f"Pushed to {release['url']}" + (" (gates FAILED, pushed with --force)" if release.get("forced") else ""))
+
+
+def _echo_key(report: dict) -> None:
+    key_file = (report.get("release") or {}).get("key_file")
+    if key_file:
+        typer.echo(f"Owner's key (undoes the protection with `hf-mergeguard unprotect`; keep it private, it is not pushed): {key_file}")
