@@ -41,11 +41,13 @@ def check_model(
     device: str = "cpu",
     accelerator=None,
     progress: bool = True,
+    attack_examples: Sequence | None = None,
 ) -> dict:
     """Run the self-test on ``model`` as it is (nothing is changed) and return the report.
 
     Without ``merge_with``, a synthetic free-rider is fine-tuned from ``base`` (see
-    :mod:`hf_mergeguard.attacks.freerider`).
+    :mod:`hf_mergeguard.attacks.freerider`). With ``config.adaptive`` the adaptive attacks follow (the
+    fine-tuning ones on ``attack_examples``, the defender-task examples an attacker would have).
     """
     from .attacks.freerider import synthetic_freerider
 
@@ -73,4 +75,10 @@ def check_model(
             progress=progress,
             extra={"command": "check", **extra},
         )
+        if config.adaptive:
+            from .attacks.adaptive import attach_robustness, run_adaptive_attacks
+
+            robustness = run_adaptive_attacks(report, base=base_checkpoint, protected=checkpoint, freeriders=riders,
+                                              tokenizer=tokenizer, config=config, examples=attack_examples, device=device, progress=progress)
+            report = attach_robustness(report, robustness)
     return report

@@ -22,6 +22,13 @@ from .selftest import SelfTestOptions
 
 
 @dataclass
+class ProtectSelfTestOptions(SelfTestOptions):
+    """``protect``'s self-test: the adaptive attacks are on by default (``--no-adaptive`` for speed)."""
+
+    adaptive: bool = True
+
+
+@dataclass
 class ProtectConfig:
     """Everything ``protect`` does, in one place (the YAML file mirrors it)."""
 
@@ -50,7 +57,7 @@ class ProtectConfig:
     params: ParamsConfig = field(default_factory=ParamsConfig)
     mergelock: MergeLockConfig = field(default_factory=MergeLockConfig)
     mergebarrier: MergeBarrierConfig = field(default_factory=MergeBarrierConfig)
-    selftest: SelfTestOptions = field(default_factory=SelfTestOptions)
+    selftest: ProtectSelfTestOptions = field(default_factory=ProtectSelfTestOptions)
 
     def validate(self) -> None:
         missing = [name for name in ("model", "base", "output_dir") if not getattr(self, name)]

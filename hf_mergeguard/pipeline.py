@@ -198,6 +198,9 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
 
         report_dir = work / "selftest"
         report = finished(report_dir)
+        if report is not None and report.get("config") != json.loads(json.dumps(dataclasses.asdict(st_config))):
+            log.info("Self-test: the options changed since the run in %s; running it again", report_dir)
+            report = None  # an explicit --work-dir reused with other self-test options
         if report is not None:
             log.info("Self-test: reusing the finished run in %s", report_dir)
         else:
@@ -218,6 +221,10 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
                 },
                 score_cache=score_cache_dir(),
             )
+            if st_config.adaptive:
+                report = with_adaptive_attacks(report, base=base, protected=protected, riders=riders, tokenizer=tokenizer,
+                                               config=st_config, examples=train_examples() if config.train_data else None,
+                                               accelerator=accelerator, device=device, progress=progress)
             if accelerator.is_main_process:
                 report_dir.mkdir(exist_ok=True)
                 mark_finished(report_dir, report)
@@ -254,6 +261,23 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
         error.report = report
         raise error
     return report
+
+
+def with_adaptive_attacks(report: dict, *, base, protected, riders, tokenizer, config: SelfTestConfig, examples,
+                          accelerator, device: str, progress: bool) -> dict:
+    """The report with its ``robustness`` section and the adaptive gate (computed once, shared by every process)."""
+    from .attacks.adaptive import attach_robustness, run_adaptive_attacks
+
+    robustness = None
+    if accelerator.is_main_process:
+        robustness = run_adaptive_attacks(report, base=base, protected=protected, freeriders=riders, tokenizer=tokenizer,
+                                          config=config, examples=examples, device=device, progress=progress,
+                                          score_cache=score_cache_dir())
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        robustness = broadcast_object_list([robustness], from_process=0)[0]
+    return attach_robustness(report, robustness)
 
 
 def write_owner_key(key_path: Path, results: list[ProtectionResult], model: Checkpoint) -> Path:

@@ -55,16 +55,31 @@ def format_report(report: dict) -> str:
     if any(_unfair(v["protected"]) for v in report["best"].values()):
         lines.append("  * no coefficient kept the free-rider's own skill (floor "
                      f"{_pct(report.get('config', {}).get('freerider_floor', 0.5))}): the merge shown wrecks it, and counts anyway")
+    robustness = report.get("robustness")
+    if robustness:
+        lines.append("")
+        lines.append("Adaptive attacks (the attacker's best result; defender's tasks, points):")
+        for row in robustness["rows"]:
+            lines.append(f"  {row['attack']:<11}{row['score']:>20}   defeats the protection: {row['defeats'].strip('*')}")
+        lines.append(f"  {robustness['sentence']}")
     lines.append("")
     for name, gate in report["gates"].items():
         verdict = "PASS" if gate["passed"] else "FAIL"
         if name == "standalone_drop":
             lines.append(f"Gate standalone drop: {gate['value']:.1f} points (allowed {gate['threshold']:g}) -> {verdict}")
+        elif name == "adaptive_retention":
+            lines.append(
+                f"Gate adaptive attacks: worst {_pct(gate['value'])} ({gate.get('worst_attack')}) "
+                f"(allowed {_pct(gate['threshold'])}) -> {verdict}"
+            )
         else:
             lines.append(
                 f"Gate merged retention: worst {_pct(gate['value'])} ({gate.get('worst_method')}) "
                 f"(allowed {_pct(gate['threshold'])}) -> {verdict}"
                 + (f" [{gate['note']}]" if gate.get("note") else "")
             )
-    lines.append("Verdict: " + ("safe to release" if report["passed"] else "NOT safe to release: merges keep the skill"))
+    failed = [name for name, gate in report["gates"].items() if not gate["passed"]]
+    reasons = {"standalone_drop": "the model lost its skill", "merged_retention": "merges keep the skill",
+               "adaptive_retention": "an adaptive attack undoes the protection"}
+    lines.append("Verdict: " + ("safe to release" if report["passed"] else "NOT safe to release: " + "; ".join(reasons.get(f, f) for f in failed)))
     return "\n".join(lines)

@@ -65,11 +65,22 @@ class SelfTestOptions:
     max_merged_retention: float = 0.25
     freerider_floor: float = 0.5
     allow_code_eval: bool = False
+    # Adaptive attacks (attacks/adaptive.py): on in protect, off in check.
+    adaptive: bool = False
+    attacks: list[str] | None = None
+    attack_examples: int = 64
+    attack_steps: int = 30
+    attack_learning_rate: float = 3e-4
 
     def __post_init__(self):
         if not 0 <= self.freerider_floor <= 1:
             raise ConfigError("--freerider-floor must be between 0 and 1.")
         parse_methods(self.methods)  # typos fail here, before any work
+        from .attacks.adaptive import parse_attacks
+
+        parse_attacks(self.attacks)
+        if self.attack_examples < 1 or self.attack_steps < 1:
+            raise ConfigError("--attack-examples and --attack-steps must be at least 1.")
 
 
 @dataclass

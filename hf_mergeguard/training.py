@@ -151,6 +151,7 @@ def train_causal_lm(
     desc: str = "fine-tuning",
     progress: bool = True,
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
+    on_gradients: Callable[[torch.nn.Module], None] | None = None,
 ) -> TrainingResult:
     """Fine-tune ``model`` in place on ``examples`` and return the loss history.
 
@@ -163,6 +164,8 @@ def train_causal_lm(
         objective: the loss; default next-token cross-entropy on completions.
         accelerator: an ``accelerate.Accelerator``; default one built from ``config``.
         on_step: called after each optimizer step with ``(step, unwrapped_model)``.
+        on_gradients: called with the unwrapped model once its gradients of a step are complete, before
+            clipping (GradErase projects them there).
     """
     from tqdm.auto import tqdm
 
@@ -217,6 +220,8 @@ def train_causal_lm(
                 accelerator.backward(loss)
             for key, value in log.items():
                 step_log[key] = step_log.get(key, 0.0) + value
+        if on_gradients is not None:
+            on_gradients(accelerator.unwrap_model(wrapped))
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(wrapped.parameters(), config.max_grad_norm)
         optimizer.step()

@@ -26,7 +26,7 @@ def _protect(world, out, method, *extra):
         "protect", str(world.model("count")), "--base", str(world.base), "--train-data", str(world.data("count", "train")),
         "--tasks", "toy_count", "--include-tasks", str(world.tasks), "--merge-with", str(world.model("rev")),
         "--freerider-tasks", "toy_rev", "--methods", "task_arithmetic,ties,dare_ties", "--batch-size", "128",
-        "--method", method, "--output-dir", str(out), "--work-dir", str(out.parent / f"work-{method}"), *extra,
+        "--method", method, "--no-adaptive", "--output-dir", str(out), "--work-dir", str(out.parent / f"work-{method}"), *extra,
     ])
 
 

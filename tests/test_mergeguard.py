@@ -147,6 +147,18 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub):
     assert kept["dare_ties"][1] < kept["dare_ties"][0] - 0.1
     assert kept["task_arithmetic"][1] > 0.5 * kept["task_arithmetic"][0]  # the issue's bar, not met
     assert report["gates"]["merged_retention"]["passed"] is False
+    robustness = report["robustness"]
+    # Adaptive attacks (on by default), measured against this MergeGuard release (64 attacker examples, 30 steps):
+    # realign 71% kept (MergeGuard is no symmetry: re-aligning changes little, the merges keep what they kept),
+    # unmask 63%, graderase 75% and recover 93%, where the free-rider fine-tuned on the same 64 examples alone
+    # reaches 57%: credited beyond the data, graderase 0.18 (not a defeat), recover 0.36 (a defeat).
+    credited = {row["attack"]: row["credited_share"] for row in robustness["rows"]}
+    assert credited["realign"] == pytest.approx(0.71, abs=0.1) and credited["unmask"] == pytest.approx(0.63, abs=0.1)
+    assert credited["graderase"] == pytest.approx(0.18, abs=0.15) and credited["recover"] == pytest.approx(0.36, abs=0.15)
+    assert robustness["attacks"]["recover"]["setup"]["data_only"]["defender_kept"] == pytest.approx(0.57, abs=0.1)
+    assert report["gates"]["adaptive_retention"]["passed"] is False
+    card = (out / "README.md").read_text()
+    assert "## Robustness" in card and "| realign |" in card and "defeat this protection" in card
     assert {name: _digest_folder(toy_world.model(name)) for name in ("count", "rev")} | {"base": _digest_folder(toy_world.base)} == inputs
 
     # The same command again continues from the work folder: every step is reused, the figures are identical.
@@ -173,11 +185,13 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub):
 
 
 def test_demo_runs_the_whole_flow(toy_world, tmp_path, capsys):
-    """``demo --out DIR``: the toy world's layout plus the release folder of a protected fine-tune at DIR/protected."""
+    """``demo --out DIR``: the toy world's layout plus the release folder of a protected fine-tune at DIR/protected.
+
+    (Without the adaptive attacks, for CI time: the end-to-end test above runs them through the same protect.)"""
     from hf_mergeguard.cli.main import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--out", str(out), "--no-adaptive"]) == 0
     printed = capsys.readouterr().out
     for name in ("models/base", "models/count", "data/count/train.jsonl", "tasks", "world.json"):
         assert (out / name).exists(), name

@@ -11,7 +11,7 @@ from .main import app
 DEMO_LIMIT = 100  # prompts per task in the demo's self-test (the README's figures use all 300)
 
 
-def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False, defender: str = "count", progress: bool = True) -> dict:
+def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False, defender: str = "count", progress: bool = True, adaptive: bool = True) -> dict:
     """Build the toy world into ``out``, protect the ``defender`` fine-tune with MergeGuard's defaults, self-test
     it against the other fine-tunes with every merge method, and write the release folder to ``out/protected``.
 
@@ -39,7 +39,7 @@ def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False, defender: str
         "output_dir": str(world.root / "protected"),
         "overwrite": True,
         "seed": seed,
-        "selftest": {"limit": DEMO_LIMIT, "batch_size": 128},
+        "selftest": {"limit": DEMO_LIMIT, "batch_size": 128, "adaptive": adaptive},
     })
     try:
         return protect(config, progress=progress)
@@ -53,6 +53,7 @@ def demo_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the toy world."),
     defender: str = typer.Option("count", "--defender", help="Toy skill whose fine-tune is protected (sort, count, rev)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Also run the adaptive attacks (slower; see the README)."),
 ) -> None:
     """The whole flow offline on a toy world: build it (a tiny Llama base and one fine-tune per synthetic skill,
     cached after the first build), protect one fine-tune with MergeGuard, self-test it against the others with
@@ -63,6 +64,6 @@ def demo_command(
     """
     from ..report import format_report
 
-    report = run_demo(out, seed=seed, overwrite=overwrite, defender=defender)
+    report = run_demo(out, seed=seed, overwrite=overwrite, defender=defender, adaptive=adaptive)
     typer.echo(format_report(report))
     typer.echo(f"Toy world in {out.resolve()}; protected model and its card: {(out / 'protected' / 'README.md').resolve()}")

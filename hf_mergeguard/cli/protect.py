@@ -53,6 +53,10 @@ def protect_command(
     max_standalone_drop: Optional[float] = typer.Option(None, "--max-standalone-drop", help="Gate: points the protected model may lose (1.5)."),
     max_merged_retention: Optional[float] = typer.Option(None, "--max-merged-retention", help="Gate: share of the skill gain a merge may keep (0.25)."),
     freerider_floor: Optional[float] = typer.Option(None, "--freerider-floor", help="A merge counts only if it keeps this share of the free-rider's gain (0.5)."),
+    adaptive: Optional[bool] = typer.Option(None, "--adaptive/--no-adaptive", help="Run the adaptive attacks after the merges (default on; off for speed)."),
+    attacks: Optional[str] = typer.Option(None, "--attacks", help="Adaptive attacks to run (comma-separated): realign, unmask, graderase, recover (default all)."),
+    attack_examples: Optional[int] = typer.Option(None, "--attack-examples", help="Defender examples the fine-tuning attacks get (64, from --train-data)."),
+    attack_steps: Optional[int] = typer.Option(None, "--attack-steps", help="Steps of the fine-tuning attacks (30)."),
     allow_code_eval: Optional[bool] = typer.Option(None, "--allow-code-eval", help="Allow tasks that execute model-written code (HumanEval)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of training and random merges."),
     device: Optional[str] = options.Device,
@@ -119,6 +123,10 @@ def protect_command(
             "max_merged_retention": max_merged_retention,
             "freerider_floor": freerider_floor,
             "allow_code_eval": allow_code_eval,
+            "adaptive": adaptive,
+            "attacks": attacks,
+            "attack_examples": attack_examples,
+            "attack_steps": attack_steps,
         },
     }
     from ..errors import GateFailedError

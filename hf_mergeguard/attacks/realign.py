@@ -1,0 +1,137 @@
+"""Re-alignment: undo a function-preserving defense with nothing but the public base.
+
+Fine-tuning moves weights little, so the base is a static anchor (Git Re-Basin; the "anchor-guided attack" of
+Guo et al. 2026). Per decoder block, from the protected block and the base block only:
+
+* MLP: Hungarian matching of neurons (``scipy.optimize.linear_sum_assignment`` on the cosine similarity of the
+  concatenated gate/up rows), then a least-squares scale per neuron on its up row (undone on its down column);
+* QK: per KV group the least-squares map A with q_protected ~ A q_base over the group's query heads (and the
+  same from k, whose map is A^-T), projected onto the RoPE commutant (a scaled 2x2 rotation per rotary pair);
+  QK-norm models: a sign per pair and a pair-constant scale of the norm gains;
+* VO: per KV head the least-squares map B with v_protected ~ B v_base, snapped to the nearest orthogonal matrix
+  (orthogonal Procrustes) when its singular values say it is a rotation.
+
+The result is a :class:`~hf_mergeguard.protect.symmetry.BlockTransform` per block that maps the protected model
+back to the base's coordinates; it is itself an exact symmetry, so the re-aligned model computes the same
+function as the protected one and merges as if it had never been protected.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from ..architectures import Geometry
+from ..protect.symmetry import BlockTransform, pair_constant, transform_tensors
+
+# Singular values within this band of 1: the map is a rotation, fit it as one (Procrustes).
+_ORTHOGONAL_BAND = 0.1
+
+
+def _least_squares_map(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """M minimising ||M source - target||: ``[d, n]`` rows (or a batch of them summed)."""
+    return (target @ source.T) @ torch.linalg.inv(source @ source.T)
+
+
+def _project_to_rope_commutant(a: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """The closest scaled rotation per rotary pair (zero across pairs); dims past rotary_dim keep their block."""
+    half = geometry.rotary_dim // 2
+    j = torch.arange(half)
+    cos_part = (a[j, j] + a[j + half, j + half]) / 2
+    sin_part = (a[j + half, j] - a[j, j + half]) / 2
+    out = torch.zeros_like(a)
+    out[j, j], out[j, j + half], out[j + half, j], out[j + half, j + half] = cos_part, -sin_part, sin_part, cos_part
+    out[2 * half :, 2 * half :] = a[2 * half :, 2 * half :]
+    return out
+
+
+def _procrustes_if_orthogonal(m: torch.Tensor, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    singular = torch.linalg.svdvals(m)
+    if float((singular - 1).abs().max()) > _ORTHOGONAL_BAND:
+        return m
+    u, _, vh = torch.linalg.svd(target @ source.T)
+    return u @ vh
+
+
+def _mlp_alignment(protected, base, geometry: Geometry, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from scipy.optimize import linear_sum_assignment
+
+    def unit_rows(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor / tensor.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    gate_p, up_p = protected.get(geometry.mlp(layer, "gate_proj")).double(), protected.get(geometry.mlp(layer, "up_proj")).double()
+    gate_b, up_b = base.get(geometry.mlp(layer, "gate_proj")).double(), base.get(geometry.mlp(layer, "up_proj")).double()
+    # Cosine similarity: a neuron's up-row scale does not hide it.
+    similarity = unit_rows(gate_b) @ unit_rows(gate_p).T + unit_rows(up_b) @ unit_rows(up_p).T
+    rows, columns = linear_sum_assignment(similarity.numpy(), maximize=True)
+    permutation = torch.empty(geometry.intermediate_size, dtype=torch.long)
+    permutation[torch.as_tensor(rows)] = torch.as_tensor(columns, dtype=torch.long)
+    matched = up_p[permutation]
+    scale = (matched * up_b).sum(1) / (up_b * up_b).sum(1).clamp_min(1e-12)  # protected ~ scale * base
+    return permutation, 1.0 / scale
+
+
+def _head_rows(tensor: torch.Tensor, heads: int, hd: int) -> torch.Tensor:
+    return tensor.double().reshape(heads, hd, -1)
+
+
+def block_alignment(protected, base, geometry: Geometry, layer: int) -> BlockTransform:
+    """The transform taking ``protected``'s block ``layer`` to ``base``'s coordinates (see the module docstring)."""
+    g = geometry
+    kv, group, hd = g.num_kv_heads, g.group_size, g.head_dim
+    permutation, scale = _mlp_alignment(protected, base, g, layer)
+    block = BlockTransform(mlp_permutation=permutation, mlp_scale=scale)
+
+    q_p = _head_rows(protected.get(g.attn(layer, "q_proj")), g.num_heads, hd).reshape(kv, group, hd, -1)
+    q_b = _head_rows(base.get(g.attn(layer, "q_proj")), g.num_heads, hd).reshape(kv, group, hd, -1)
+    k_p, k_b = _head_rows(protected.get(g.attn(layer, "k_proj")), kv, hd), _head_rows(base.get(g.attn(layer, "k_proj")), kv, hd)
+    v_p, v_b = _head_rows(protected.get(g.attn(layer, "v_proj")), kv, hd), _head_rows(base.get(g.attn(layer, "v_proj")), kv, hd)
+    qk, vo = [], []
+    for group_index in range(kv):
+        q_target, q_source = torch.cat(list(q_p[group_index]), 1), torch.cat(list(q_b[group_index]), 1)
+        if g.qk_norm:
+            # Only pair-constant signs can sit in the weights: the sign of each pair's correlation with the base.
+            correlation = (q_target * q_source).sum(1) + (k_p[group_index] * k_b[group_index]).sum(1)
+            half = g.rotary_dim // 2
+            pair = correlation[:half] + correlation[half : 2 * half]
+            signs = pair_constant(torch.where(pair >= 0, 1.0, -1.0).double(), g, torch.where(correlation[2 * half :] >= 0, 1.0, -1.0).double())
+            qk.append(torch.diag(signs))
+        else:
+            from_q = _least_squares_map(q_target, q_source)
+            from_k = torch.linalg.inv(_least_squares_map(k_p[group_index], k_b[group_index])).T
+            a = _project_to_rope_commutant((from_q + from_k) / 2, g)
+            qk.append(torch.linalg.inv(a))
+        b = _least_squares_map(v_p[group_index], v_b[group_index])
+        b = _procrustes_if_orthogonal(b, v_p[group_index], v_b[group_index])
+        vo.append(torch.linalg.inv(b))
+    block.qk, block.vo = torch.stack(qk), torch.stack(vo)
+    if g.qk_norm:
+        q_norm, k_norm = g.qk_norms(layer)
+        offset = 1.0 if g.family.norm_offset_one else 0.0
+
+        def pair_ratio(name: str) -> torch.Tensor:
+            p, b_ = protected.get(name).double() + offset, base.get(name).double() + offset
+            half = g.rotary_dim // 2
+            ratio = (p[:half] * b_[:half] + p[half:2 * half] * b_[half:2 * half]) / (b_[:half] ** 2 + b_[half:2 * half] ** 2)
+            return pair_constant(ratio, g, p[2 * half :] / b_[2 * half :])
+
+        # q_norm_protected = d * q_norm_base, k_norm_protected = k_norm_base / d: fit d from both.
+        d = torch.sqrt((pair_ratio(q_norm) / pair_ratio(k_norm)).abs()) * torch.sign(pair_ratio(q_norm))
+        block.qk_norm_scale = 1.0 / d
+    return block
+
+
+def realignment(protected, base, progress: bool = False) -> dict[int, BlockTransform]:
+    """One alignment per decoder block; reads one block of each model at a time."""
+    from tqdm.auto import tqdm
+
+    geometry = protected.geometry
+    return {layer: block_alignment(protected, base, geometry, layer)
+            for layer in tqdm(range(geometry.num_layers), desc="re-aligning to the base", disable=not progress)}
+
+
+def realigned_tensors(protected, base, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """The protected model's tensors, mapped back to the base's coordinates (streamed)."""
+    transform = realignment(protected, base, progress)
+    return transform_tensors(protected.iter_tensors(), [transform], protected.geometry)

@@ -1,0 +1,66 @@
+"""Adaptive attacks on models protected in the toy world: re-alignment undoes the function-preserving defenses."""
+
+import json
+
+import pytest
+import torch
+
+from hf_mergeguard.attacks.realign import realigned_tensors
+from hf_mergeguard.checkpoint import Checkpoint
+from hf_mergeguard.protect import symmetry
+from hf_mergeguard.protect.function_preserving import FUNCTION_PRESERVING, sample_transform
+from hf_mergeguard.sources import StateDictSource
+
+
+def _relative_distance(a: dict, b: dict) -> float:
+    """The worst tensor's ||a - b|| / ||b||."""
+    return max(((a[n].double() - b[n].double()).norm() / b[n].double().norm()).item() for n in b)
+
+
+@pytest.mark.parametrize("method", ["params", "mergelock"])
+def test_realign_recovers_the_original_weights_and_the_merge_regains_the_skill(toy_world, method):
+    from hf_mergeguard.check import check_model
+    from hf_mergeguard.selftest import SelfTestConfig
+
+    model, base = Checkpoint(toy_world.model("count")), Checkpoint(toy_world.base)
+    original = model.state_dict()
+    transform = sample_transform(method, FUNCTION_PRESERVING[method](), model, base, torch.Generator().manual_seed(0))
+    protected = StateDictSource(dict(symmetry.transform_tensors(original.items(), [transform], model.geometry)), model.config)
+    realigned = StateDictSource(dict(realigned_tensors(protected, base)), model.config, source="realigned")
+
+    # Measured: protected 11.3 (params) / 2.5 (mergelock) away from the original, re-aligned 0.073 (both): the
+    # v_proj/o_proj least squares absorb part of the fine-tune (head_dim 32 of a 128-wide residual stream here).
+    assert _relative_distance(protected.state_dict(), original) > 1.0
+    assert _relative_distance(realigned.state_dict(), original) < 0.1
+
+    config = SelfTestConfig(tasks=["toy_count"], include_tasks=[str(toy_world.tasks)], methods=["dare_ties"], limit=100, batch_size=128)
+    kept = {}
+    for name, source in (("protected", protected), ("realigned", realigned)):
+        report = check_model(source, base, config, merge_with=[str(toy_world.model("rev"))], freerider_tasks=["toy_rev"], progress=False)
+        kept[name] = {m: report["best"][m]["protected"]["defender_kept"] for m in report["best"]}
+        if name == "realigned":
+            assert report["standalone"]["protected"]["toy_count"] == pytest.approx(0.99, abs=0.01)
+            assert all(report["best"][m]["protected"]["freerider_constraint_met"] for m in report["best"])
+    # Unprotected, DARE-TIES merges keep 0.89 of the gain (300 prompts); measured here (100 prompts): protected
+    # -2.09 (below the base) for both defenses, re-aligned 0.84 for both.
+    assert kept["protected"]["dare_ties"] < 0
+    assert kept["realigned"]["dare_ties"] >= 0.8
+
+
+def test_attack_command_realigns_a_protected_release(toy_world, tmp_path, capsys):
+    """``hf-mergeguard attack --kind realign`` on a MergeLock release: exit 1, the attack defeats it."""
+    from hf_mergeguard.cli.main import main
+
+    out = tmp_path / "protected"
+    common = ["--base", str(toy_world.base), "--tasks", "toy_count", "--include-tasks", str(toy_world.tasks),
+              "--merge-with", str(toy_world.model("rev")), "--freerider-tasks", "toy_rev", "--methods", "dare_ties",
+              "--limit", "100", "--batch-size", "128"]
+    assert main(["protect", str(toy_world.model("count")), "--method", "mergelock", "--no-adaptive", "--output-dir", str(out), *common]) in (0, 1)
+    capsys.readouterr()
+    assert main(["attack", str(out), "--kind", "realign", "--output-dir", str(tmp_path / "attack"), *common]) == 1
+    printed = capsys.readouterr().out
+    assert "realign" in printed and "defeats the protection: yes" in printed
+    report = json.loads((tmp_path / "attack" / "attack.json").read_text())
+    realign = report["robustness"]["attacks"]["realign"]["best"]
+    assert realign["defender_kept"] >= 0.8  # measured 0.84 (100 prompts): as much as an unprotected merge
+    assert (tmp_path / "attack" / "realigned" / "model.safetensors").is_file()
