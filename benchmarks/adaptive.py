@@ -10,39 +10,18 @@ coefficient); the fine-tuning attacks get 64 examples of the defender's data and
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import platform
-import time
 from pathlib import Path
 
+from _common import measured_on, parse_args, run_settings, write_results
+
 from hf_mergeguard.attacks.adaptive import ATTACKS
-from hf_mergeguard.config import build_protect_config
-from hf_mergeguard.errors import GateFailedError
-from hf_mergeguard.pipeline import protect
-from hf_mergeguard.toyworld import build_toy_world
 
 DEFENSES = ["mergeguard", "params", "mergelock", "mergebarrier", "mergeguard+mergelock"]
 
 
 def run(out: Path) -> list[tuple[str, dict, float]]:
-    world = build_toy_world()
-    common = dict(
-        model=str(world.model("count")), base=str(world.base), tasks=["toy_count"], include_tasks=[str(world.tasks)],
-        train_data=str(world.data("count", "train")), merge_with=[str(world.model("rev"))], freerider_tasks=["toy_rev"],
-        overwrite=True, selftest={"batch_size": 128, "methods": ["task_arithmetic", "ties", "dare_ties"]},
-    )
-    rows = []
-    for defense in DEFENSES:
-        config = build_protect_config(None, dict(common, method=defense, output_dir=str(out / defense)))
-        started = time.perf_counter()
-        try:
-            report = protect(config)
-        except GateFailedError as failed:
-            report = failed.report
-        rows.append((defense, report, time.perf_counter() - started))
-        print(defense, f"{rows[-1][2]:.0f} s", flush=True)
-    return rows
+    methods = ["task_arithmetic", "ties", "dare_ties"]
+    return run_settings({d: {"method": d} for d in DEFENSES}, out, riders=("rev",), selftest={"methods": methods})
 
 
 def table(rows) -> str:
@@ -64,15 +43,11 @@ def table(rows) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("adaptive-attacks"))
-    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "adaptive.md")
-    args = parser.parse_args()
+    args = parse_args(__doc__, "adaptive-attacks", "adaptive.md")
     rows = run(args.out)
     text = (
         "# Adaptive attacks on the toy world\n\n"
-        f"Measured {datetime.date.today().isoformat()} on {platform.node() or 'unknown'} "
-        f"({platform.processor() or platform.machine()}, CPU only) with `python benchmarks/adaptive.py`.\n\n"
+        + measured_on("adaptive.py") + "\n\n"
         "Defender count (original 99.0, base 71.0), free-rider rev, merges TA/TIES/DARE-TIES, 300 prompts per task, "
         "64 attacker examples and 30 steps for graderase/recover, one random key per defense. Cells: the attacker's "
         "merged count score (share of the gain kept) and the share credited to the attack (fine-tuning attacks: "
@@ -80,9 +55,7 @@ def main() -> None:
         "defeats the defense when its credited share exceeds the 25% gate.\n\n" + table(rows) + "\n\n"
         + "Seconds per run (protect + self-test + attacks): " + ", ".join(f"{d} {s:.0f}" for d, _, s in rows) + ".\n"
     )
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text)
-    print(text)
+    write_results(args.results, text)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,10 @@ Same setting as ``mergeguard_settings.py``: defender the ``count`` fine-tune, fr
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import platform
-import time
 from pathlib import Path
 
+from _common import measured_on, parse_args, run_settings, write_results
 from mergeguard_settings import METHODS, table
-
-from hf_mergeguard.config import build_protect_config
-from hf_mergeguard.errors import GateFailedError
-from hf_mergeguard.pipeline import protect
-from hf_mergeguard.toyworld import build_toy_world
 
 SETTINGS = {
     "PaRaMS": "params",
@@ -32,23 +24,7 @@ SETTINGS = {
 
 
 def run(out: Path) -> list[tuple[str, dict]]:
-    world = build_toy_world()
-    common = dict(
-        model=str(world.model("count")), base=str(world.base), tasks=["toy_count"], include_tasks=[str(world.tasks)],
-        train_data=str(world.data("count", "train")), merge_with=[str(world.model("rev")), str(world.model("sort"))],
-        freerider_tasks=["toy_rev", "toy_sort"], overwrite=True, selftest={"batch_size": 128},
-    )
-    rows = []
-    for index, (name, method) in enumerate(SETTINGS.items()):
-        config = build_protect_config(None, dict(common, method=method, output_dir=str(out / f"setting-{index}")))
-        started = time.perf_counter()
-        try:
-            report = protect(config)
-        except GateFailedError as failed:
-            report = failed.report
-        print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
-        rows.append((name, report))
-    return rows
+    return [(name, report) for name, report, _ in run_settings({n: {"method": m} for n, m in SETTINGS.items()}, out)]
 
 
 def free_ride(report: dict, variant: str, method: str) -> float:
@@ -69,15 +45,11 @@ def free_ride_table(rows: list[tuple[str, dict]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("function-preserving"))
-    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "function_preserving.md")
-    args = parser.parse_args()
+    args = parse_args(__doc__, "function-preserving", "function_preserving.md")
     rows = run(args.out)
     text = (
         "# Function-preserving defenses on the toy world\n\n"
-        f"Measured {datetime.date.today().isoformat()} on {platform.node() or 'unknown'} "
-        f"({platform.processor() or platform.machine()}, CPU only) with `python benchmarks/function_preserving.py`.\n\n"
+        + measured_on("function_preserving.py") + "\n\n"
         "Free-riders rev and sort, 300 prompts per task, one seed and one random key per defense.\n\n"
         "## The self-test's figure: share of the defender's gain the attacker's best merge keeps\n\n"
         "(The best grid point among those keeping half of the free-rider's own gain; when none does, the best of all, "
@@ -85,9 +57,7 @@ def main() -> None:
         "## Free ride: the most of both skills one merge keeps, min(defender kept, free-rider kept), best grid point\n\n"
         + free_ride_table(rows) + "\n"
     )
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text)
-    print(text)
+    write_results(args.results, text)
 
 
 if __name__ == "__main__":

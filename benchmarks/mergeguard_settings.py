@@ -11,15 +11,9 @@ the attacker's best coefficient per method (see the README's self-test section).
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import platform
 from pathlib import Path
 
-from hf_mergeguard.config import build_protect_config
-from hf_mergeguard.errors import GateFailedError
-from hf_mergeguard.pipeline import protect
-from hf_mergeguard.toyworld import build_toy_world
+from _common import measured_on, parse_args, run_settings, write_results
 
 SETTINGS = {
     "stage 2, beta 1 (the paper's stage 2)": {"skip_stage1": True, "beta": 1.0},
@@ -35,21 +29,7 @@ METHODS = ["task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
 
 
 def run(out: Path) -> list[tuple[str, dict]]:
-    world = build_toy_world()
-    common = dict(
-        model=str(world.model("count")), base=str(world.base), tasks=["toy_count"], include_tasks=[str(world.tasks)],
-        train_data=str(world.data("count", "train")), merge_with=[str(world.model("rev")), str(world.model("sort"))],
-        freerider_tasks=["toy_rev", "toy_sort"], overwrite=True, selftest={"batch_size": 128},
-    )
-    rows = []
-    for index, (name, mergeguard) in enumerate(SETTINGS.items()):
-        config = build_protect_config(None, dict(common, output_dir=str(out / f"setting-{index}"), mergeguard=mergeguard))
-        try:
-            report = protect(config)
-        except GateFailedError as failed:
-            report = failed.report
-        rows.append((name, report))
-    return rows
+    return [(name, report) for name, report, _ in run_settings({n: {"mergeguard": mg} for n, mg in SETTINGS.items()}, out)]
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
@@ -68,21 +48,15 @@ def table(rows: list[tuple[str, dict]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("mergeguard-settings"))
-    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "mergeguard_settings.md")
-    args = parser.parse_args()
+    args = parse_args(__doc__, "mergeguard-settings", "mergeguard_settings.md")
     rows = run(args.out)
     text = (
         "# MergeGuard settings on the toy world\n\n"
-        f"Measured {datetime.date.today().isoformat()} on {platform.node() or 'unknown'} "
-        f"({platform.processor() or platform.machine()}, CPU only) with `python benchmarks/mergeguard_settings.py`.\n\n"
+        + measured_on("mergeguard_settings.py") + "\n\n"
         "Cells: share of the defender's skill gain over the base that the attacker's best merge keeps "
         "(free-riders rev and sort, 300 prompts per task, one seed, about +-3 points).\n\n" + table(rows) + "\n"
     )
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text)
-    print(text)
+    write_results(args.results, text)
 
 
 if __name__ == "__main__":
