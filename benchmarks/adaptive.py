@@ -1,6 +1,6 @@
 """Every defense against every adaptive attack on the toy world.
 
-Run by hand (about 10 minutes on 2 CPU cores once the toy world is cached):
+Run by hand (about 5 minutes on 2 CPU cores once the toy world is cached):
 
     python benchmarks/adaptive.py [--out DIR] [--results benchmarks/results/adaptive.md]
 
