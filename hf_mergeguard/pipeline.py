@@ -265,18 +265,16 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
 
 def with_adaptive_attacks(report: dict, *, base, protected, riders, tokenizer, config: SelfTestConfig, examples,
                           accelerator, device: str, progress: bool) -> dict:
-    """The report with its ``robustness`` section and the adaptive gate (computed once, shared by every process)."""
+    """The report with its ``robustness`` section and the adaptive gate.
+
+    Every process runs the same attacks in the same order (merges are seeded, decoding is greedy, training is
+    seeded), so the fine-tuning attacks' DDP steps meet on every rank and all ranks end with the same figures.
+    """
     from .attacks.adaptive import attach_robustness, run_adaptive_attacks
 
-    robustness = None
-    if accelerator.is_main_process:
-        robustness = run_adaptive_attacks(report, base=base, protected=protected, freeriders=riders, tokenizer=tokenizer,
-                                          config=config, examples=examples, device=device, progress=progress,
-                                          score_cache=score_cache_dir())
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        robustness = broadcast_object_list([robustness], from_process=0)[0]
+    robustness = run_adaptive_attacks(report, base=base, protected=protected, freeriders=riders, tokenizer=tokenizer,
+                                      config=config, examples=examples, device=device,
+                                      progress=progress and accelerator.is_main_process, score_cache=score_cache_dir())
     return attach_robustness(report, robustness)
 
 
