@@ -11,7 +11,7 @@ from hf_mergeguard.cli.main import main
 def test_help_lists_the_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("env", "demo", "merge", "evaluate", "check"):
+    for command in ("env", "demo", "merge", "evaluate", "check", "protect", "attack", "unprotect", "push", "card"):
         assert command in out
 
 
@@ -23,6 +23,9 @@ def test_version(capsys):
 def test_console_script_runs():
     completed = subprocess.run([sys.executable, "-m", "hf_mergeguard.cli.main", "--version"], capture_output=True, text=True)
     assert completed.returncode == 0 and __version__ in completed.stdout
+    # `accelerate launch -m hf_mergeguard.cli.main protect ...` (the README's multi-GPU line) needs the commands.
+    completed = subprocess.run([sys.executable, "-m", "hf_mergeguard.cli.main", "protect", "--help"], capture_output=True, text=True)
+    assert completed.returncode == 0 and "--method" in completed.stdout
 
 
 def test_env_reports_the_stack(capsys):

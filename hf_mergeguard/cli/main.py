@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     _register_commands()
-    command = typer.main.get_command(app)
+    # Under `python -m hf_mergeguard.cli.main` (accelerate launch -m ...) this file runs as __main__, and the
+    # commands register on the app of the imported module of the same name: use that one.
+    from hf_mergeguard.cli import main as registered
+
+    command = typer.main.get_command(registered.app)
     try:
         result = command.main(args=argv, prog_name="hf-mergeguard", standalone_mode=False)
     except Exit as exc:
