@@ -64,3 +64,27 @@ def test_attack_command_realigns_a_protected_release(toy_world, tmp_path, capsys
     realign = report["robustness"]["attacks"]["realign"]["best"]
     assert realign["defender_kept"] >= 0.8  # measured 0.84 (100 prompts): as much as an unprotected merge
     assert (tmp_path / "attack" / "realigned" / "model.safetensors").is_file()
+
+
+def test_fine_tuning_attacks_give_the_same_figures_on_two_processes(toy_world, tmp_path):
+    """protect under torchrun (2 CPU processes, gloo): the attacks' DDP fine-tuning meets on both ranks (no hang)
+    and ends with the figures of one process."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["protect", str(toy_world.model("count")), "--base", str(toy_world.base), "--train-data", str(toy_world.data("count", "train")),
+            "--tasks", "toy_count", "--include-tasks", str(toy_world.tasks), "--merge-with", str(toy_world.model("rev")),
+            "--freerider-tasks", "toy_rev", "--methods", "dare_ties", "--limit", "20", "--batch-size", "64", "--attacks", "recover"]
+    rows = {}
+    for processes in (1, 2):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)] if processes == 2 else [sys.executable]
+        out = tmp_path / f"out{processes}"
+        completed = subprocess.run([*launcher, "-m", "hf_mergeguard.cli.main", "--quiet", *args, "-o", str(out), "--work-dir", str(tmp_path / f"w{processes}")],
+                                   capture_output=True, text=True, timeout=600)
+        assert completed.returncode in (0, 1), completed.stderr[-2000:]
+        rows[processes] = json.loads((out / "selftest.json").read_text())["robustness"]["rows"]
+    assert [r["score"] for r in rows[2]] == [r["score"] for r in rows[1]]
