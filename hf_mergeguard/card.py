@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError
+from .protect.function_preserving import FUNCTION_PRESERVING
 from .report import coefficient_label
 from .selftest import SELFTEST_FILE
 from .templates import template_path
@@ -43,7 +44,6 @@ METHOD_DESCRIPTIONS = {
         "and value-output branches and a random permutation of the MLP neurons."
     ),
 }
-FUNCTION_PRESERVING_METHODS = ("params", "mergelock", "mergebarrier")
 
 
 def _points(value: float | None) -> str:
@@ -70,7 +70,7 @@ def limits_of(report: dict) -> list[str]:
             ["Re-alignment to the public base: a function-preserving transform can be undone without its key by "
              "matching the weights to the base (Hungarian matching of MLP neurons, least squares per attention "
              "head); such an attacker then merges as if the model were unprotected."]
-            if set(str(report.get("method", "")).split("+")) & set(FUNCTION_PRESERVING_METHODS) and not report.get("robustness") else []
+            if set(str(report.get("method", "")).split("+")) & set(FUNCTION_PRESERVING) and not report.get("robustness") else []
         ),
         "Scores are from one seed" + (f" on {config['limit']} examples per task" if config.get("limit") else "")
         + "; differences of a few points are within noise.",
@@ -148,7 +148,8 @@ def card_variables(report: dict, *, model_name: str, protect_config: dict | None
         "merged_rows": merged_rows,
         "plot_file": PLOT_FILE,
         "gates": gates,
-        "robustness_rows": report.get("robustness", {}).get("rows") if report.get("robustness") else None,
+        "robustness_rows": [{**row, "defeats": "**yes**" if row["defeats"] else "no"} for row in report["robustness"]["rows"]]
+        if report.get("robustness") else None,
         "robustness_sentence": report.get("robustness", {}).get("sentence", "") if report.get("robustness") else "",
         "limits": limits_of(report),
         "source_model": inputs.get("model") or report["sources"].get("original"),

@@ -60,7 +60,7 @@ def format_report(report: dict) -> str:
         lines.append("")
         lines.append("Adaptive attacks (the attacker's best result; defender's tasks, points):")
         for row in robustness["rows"]:
-            lines.append(f"  {row['attack']:<11}{row['score']:>20}   defeats the protection: {row['defeats'].strip('*')}")
+            lines.append(f"  {row['attack']:<11}{row['score']:>20}   defeats the protection: {'yes' if row['defeats'] else 'no'}")
         lines.append(f"  {robustness['sentence']}")
     lines.append("")
     for name, gate in report["gates"].items():

@@ -24,6 +24,7 @@ to the protected model (``beyond_data``) and can make the attack count as a defe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -116,13 +117,17 @@ def _attacker_best(entries: list[dict], floor_share: float) -> dict:
     return best
 
 
+def _relative_change(after: torch.Tensor, before: torch.Tensor) -> float:
+    before = before.double()
+    return float((after.double() - before).norm() / before.norm().clamp_min(1e-12))
+
+
 def _realign(scorer: _Scorer, *, base, protected, freeriders, config, tokenizer, device, score_cache, progress) -> dict:
-    from ..selftest import SelfTestConfig, run_selftest
+    from ..selftest import run_selftest
     from .realign import realigned_tensors
 
     tensors = dict(realigned_tensors(protected, base, progress))
-    moved = max(((tensors[n].double() - protected.get(n).double()).norm() / protected.get(n).double().norm().clamp_min(1e-12)).item()
-                for n in tensors)
+    moved = max(_relative_change(tensors[name], before) for name, before in protected.iter_tensors())
     if moved < NO_SYMMETRY_TOLERANCE:
         # Re-aligning found no symmetry to undo (e.g. MergeGuard): the re-aligned model is the protected one up to
         # this tolerance, and its merges are the self-test's own.
@@ -132,7 +137,7 @@ def _realign(scorer: _Scorer, *, base, protected, freeriders, config, tokenizer,
         note = f"no symmetry found (re-aligning moves no tensor by more than {moved:.1e} of its norm): the self-test's merges stand"
     else:
         realigned = StateDictSource(tensors, protected.config, source="realigned")
-        sub_config = SelfTestConfig(**{**_fields(config), "adaptive": False})
+        sub_config = dataclasses.replace(config, adaptive=False)
         sub = run_selftest(base=base, protected=realigned, tokenizer=tokenizer, config=sub_config, freeriders=freeriders,
                            device=device, progress=progress, score_cache=score_cache)
         per_method = {}
@@ -144,12 +149,6 @@ def _realign(scorer: _Scorer, *, base, protected, freeriders, config, tokenizer,
         note = f"re-aligning moved the weights by up to {moved:.2f} of a tensor's norm"
     best_method = max(per_method, key=lambda m: (per_method[m]["freerider_constraint_met"], per_method[m]["defender_score"]))
     return {"standalone": standalone, "per_method": per_method, "best": {"method": best_method, **per_method[best_method]}, "note": note}
-
-
-def _fields(config) -> dict:
-    import dataclasses
-
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
 
 
 def _unmask(scorer: _Scorer, *, base, protected, freeriders, config) -> dict:
@@ -252,9 +251,8 @@ def run_adaptive_attacks(report: dict, *, base, protected, freeriders, tokenizer
     scorer = _Scorer(report, freeriders, tokenizer, evaluator, protected.config, device)
     results: dict = {}
     seconds: dict = {}
-    for kind in kinds:
-        if kind in ("graderase", "recover") and ("graderase" in results or "recover" in results):
-            continue
+    tuning = [k for k in kinds if k in ("graderase", "recover")]  # one shared setup (start merge, data-only reference)
+    for kind in [k for k in kinds if k not in tuning] + (["fine-tuning"] if tuning else []):
         started = time.perf_counter()
         log.info("Adaptive attack: %s", kind)
         if kind == "realign":
@@ -263,11 +261,10 @@ def run_adaptive_attacks(report: dict, *, base, protected, freeriders, tokenizer
         elif kind == "unmask":
             results[kind] = _unmask(scorer, base=base, protected=protected, freeriders=freeriders, config=config)
         else:
-            tuned = _finetune_attacks([k for k in kinds if k in ("graderase", "recover")], scorer, base=base, protected=protected,
-                                      freeriders=freeriders, config=config, tokenizer=tokenizer, examples=examples, device=device)
-            for name in ("graderase", "recover"):
-                if name in tuned:
-                    results[name] = {**tuned[name], "setup": {k: tuned[k] for k in ("start", "examples", "steps", "learning_rate", "data_only")}}
+            tuned = _finetune_attacks(tuning, scorer, base=base, protected=protected, freeriders=freeriders, config=config,
+                                      tokenizer=tokenizer, examples=examples, device=device)
+            setup = {k: tuned[k] for k in ("start", "examples", "steps", "learning_rate", "data_only")}
+            results.update({name: {**tuned[name], "setup": setup} for name in tuning})
         seconds[kind] = time.perf_counter() - started
     return summarise(results, scorer, config, seconds)
 
@@ -296,7 +293,7 @@ def summarise(results: dict, scorer: _Scorer, config, seconds: dict) -> dict:
             "attack": kind, "description": description,
             "score": f"{100 * best['defender_score']:.1f} ({100 * best['defender_kept']:.0f}% kept)",
             "unprotected": "–" if unprotected is None else f"{100 * unprotected:.1f}",
-            "floor": f"{100 * scorer.floor:.1f}", "defeats": "**yes**" if defeats else "no",
+            "floor": f"{100 * scorer.floor:.1f}", "defeats": defeats,
             "credited_share": credited,
         })
     if defeated:

@@ -76,15 +76,14 @@ def check_key_location(key_path: str | os.PathLike, output_dir: str | os.PathLik
 
 
 def write_key(path: str | os.PathLike, stages: Sequence[tuple[str, ModelTransform]], *, protected_digest: str,
-              extra_metadata: dict | None = None, overwrite: bool = True) -> Path:
-    """Write ``stages`` to ``path`` atomically, readable by the owner only (mode 0600)."""
+              extra_metadata: dict | None = None) -> Path:
+    """Write ``stages`` to ``path`` atomically (replacing it), readable by the owner only (mode 0600).
+
+    ``protect`` refuses an existing key before any work starts (see ``pipeline.protect``).
+    """
     from safetensors.torch import save
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        from ..errors import OutputExistsError
-
-        raise OutputExistsError(f"Key file {path} already exists.", "Choose another --key-file, or pass --overwrite.")
     tensors = {}
     for index, (_, transform) in enumerate(stages):
         for layer, block in transform.items():
