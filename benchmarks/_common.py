@@ -10,10 +10,11 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def parse_args(doc: str, out: str, results: str) -> argparse.Namespace:
-    """``--out`` (working folder of the runs) and ``--results`` (the markdown file written at the end)."""
+def parse_args(doc: str, out: str | None, results: str) -> argparse.Namespace:
+    """``--out`` (working folder of the runs, when the script has one) and ``--results`` (the markdown file)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(out))
+    if out is not None:
+        parser.add_argument("--out", type=Path, default=Path(out))
     parser.add_argument("--results", type=Path, default=RESULTS / results)
     return parser.parse_args()
 

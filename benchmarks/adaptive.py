@@ -34,7 +34,7 @@ def table(rows) -> str:
         cells = []
         for attack in ATTACKS:
             row = next(r for r in robustness["rows"] if r["attack"] == attack)
-            cells.append(f"{row['score']}, credited {row['credited_share']:.2f}{' **defeats**' if row['defeats'] != 'no' else ''}")
+            cells.append(f"{row['score']}, credited {row['credited_share']:.2f}{' **defeats**' if row['defeats'] else ''}")
         data_only = robustness["attacks"]["recover"]["setup"]["data_only"]
         plain = report["gates"]["merged_retention"]["value"]
         lines.append(f"| {defense} | {100 * report['standalone']['protected']['toy_count']:.1f} | {plain:.2f} | " + " | ".join(cells)

@@ -11,18 +11,19 @@ pass; a backward pass counts two; a generated answer counts one), tokens, second
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import platform
+import sys
 from pathlib import Path
 
-from hf_mergeguard.checkpoint import Checkpoint
-from hf_mergeguard.data import load_train_examples
-from hf_mergeguard.evaluation import Evaluator, load_tokenizer
-from hf_mergeguard.protect.criticality import agreement, exact_criticality, fast_criticality
-from hf_mergeguard.protect.mergeguard import MergeGuardConfig
-from hf_mergeguard.protect.negation import negation_units
-from hf_mergeguard.toyworld import build_toy_world
+from _common import measured_on, parse_args, write_results
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from test_mergeguard import criticality_inputs  # noqa: E402
+
+from hf_mergeguard.data import load_train_examples  # noqa: E402
+from hf_mergeguard.protect.criticality import agreement, fast_criticality  # noqa: E402
+from hf_mergeguard.protect.mergeguard import MergeGuardConfig  # noqa: E402
+from hf_mergeguard.toyworld import build_toy_world  # noqa: E402
 
 CALIBRATION_SIZES = (32, 64, 128)
 CHECK_FACTORS = (1, 2, 3)
@@ -33,19 +34,10 @@ def short(unit: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "criticality.md")
-    args = parser.parse_args()
-
+    args = parse_args(__doc__, None, "criticality.md")
     world = build_toy_world()
-    model, base = Checkpoint(world.model("count")), Checkpoint(world.base)
-    tokenizer = load_tokenizer(model.path)
-    units = negation_units(model.geometry, model.tensor_names)
-    theta, base_state = model.state_dict(), base.state_dict()
+    model, units, theta, base_state, tokenizer, exact = criticality_inputs(world)
     defaults = MergeGuardConfig()
-    evaluator = Evaluator(["toy_count"], include_tasks=[str(world.tasks)], batch_size=128)
-    exact = exact_criticality(model.config, theta, base_state, units, tokenizer=tokenizer, evaluator=evaluator,
-                              exclude_share=defaults.exclude_share, progress=False)
     rows = [
         "| mode | layers kept | agreement with exact | variants | example passes | tokens | seconds |",
         "|---|---|---|---|---|---|---|",
@@ -65,14 +57,10 @@ def main() -> None:
                 f"| {fast.tokens:,} ({exact.tokens / fast.tokens:.1f}x fewer) | {fast.seconds:.1f} |"
             )
     text = (
-        "# Criticality: fast vs exact on the toy world\n\n"
-        f"Measured {datetime.date.today().isoformat()} on {platform.node() or 'unknown'} "
-        f"({platform.machine()}, CPU only) with `python benchmarks/criticality.py`; count fine-tune, "
-        f"{len(units)} layers, {len(exact.excluded)} kept.\n\n" + "\n".join(rows) + "\n"
+        "# Criticality: fast vs exact on the toy world\n\n" + measured_on("criticality.py")
+        + f" Count fine-tune, {len(units)} layers, {len(exact.excluded)} kept.\n\n" + "\n".join(rows) + "\n"
     )
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text)
-    print(text)
+    write_results(args.results, text)
 
 
 if __name__ == "__main__":

@@ -59,23 +59,33 @@ def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path):
     assert moved > 1e-4, "stage 1 did not train at all"
 
 
-def test_fast_criticality_agrees_with_exact_at_a_fraction_of_the_cost(toy_world):
-    """The paper's exact criticality (lm-eval per layer) vs ours (screen + calibration-loss checks)."""
+def criticality_inputs(world):
+    """The count fine-tune's units, tensors and tokenizer, and the paper's exact criticality of it
+    (shared with benchmarks/criticality.py)."""
     from hf_mergeguard.checkpoint import Checkpoint
-    from hf_mergeguard.data import load_train_examples
     from hf_mergeguard.evaluation import Evaluator, load_tokenizer
-    from hf_mergeguard.protect.criticality import agreement, exact_criticality, fast_criticality
+    from hf_mergeguard.protect.criticality import exact_criticality
     from hf_mergeguard.protect.mergeguard import MergeGuardConfig
     from hf_mergeguard.protect.negation import negation_units
 
-    model, base = Checkpoint(toy_world.model("count")), Checkpoint(toy_world.base)
+    model, base = Checkpoint(world.model("count")), Checkpoint(world.base)
     tokenizer = load_tokenizer(model.path)
     units = negation_units(model.geometry, model.tensor_names)
     theta, base_state = model.state_dict(), base.state_dict()
-    defaults = MergeGuardConfig()
-    evaluator = Evaluator(["toy_count"], include_tasks=[str(toy_world.tasks)], batch_size=128)
+    evaluator = Evaluator(["toy_count"], include_tasks=[str(world.tasks)], batch_size=128)
     exact = exact_criticality(model.config, theta, base_state, units, tokenizer=tokenizer, evaluator=evaluator,
-                              exclude_share=defaults.exclude_share, progress=False)
+                              exclude_share=MergeGuardConfig().exclude_share, progress=False)
+    return model, units, theta, base_state, tokenizer, exact
+
+
+def test_fast_criticality_agrees_with_exact_at_a_fraction_of_the_cost(toy_world):
+    """The paper's exact criticality (lm-eval per layer) vs ours (screen + calibration-loss checks)."""
+    from hf_mergeguard.data import load_train_examples
+    from hf_mergeguard.protect.criticality import agreement, fast_criticality
+    from hf_mergeguard.protect.mergeguard import MergeGuardConfig
+
+    model, units, theta, base_state, tokenizer, exact = criticality_inputs(toy_world)
+    defaults = MergeGuardConfig()
     calibration = load_train_examples(str(toy_world.data("count", "train")))[: defaults.calibration_size]
     fast = fast_criticality(model.config, theta, base_state, units, tokenizer=tokenizer, calibration=calibration,
                             exclude_share=defaults.exclude_share, check_factor=defaults.check_factor, max_length=64)
