@@ -4,7 +4,7 @@ Fine-tuning moves weights little, so the base is a static anchor (Git Re-Basin; 
 Guo et al. 2026). Per decoder block, from the protected block and the base block only:
 
 * MLP: Hungarian matching of neurons (``scipy.optimize.linear_sum_assignment`` on the cosine similarity of the
-  concatenated gate/up rows), then a least-squares scale per neuron on its up row (undone on its down column);
+  concatenated gate/up rows; above 4,096 neurons mutual best matches on a coordinate sample, see ``matching.py``), then a least-squares scale per neuron on its up row (undone on its down column);
 * QK: per KV group the least-squares map A with q_protected ~ A q_base over the group's query heads (and the
   same from k, whose map is A^-T), projected onto the RoPE commutant (a scaled 2x2 rotation per rotary pair);
   QK-norm models: a sign per pair and a pair-constant scale of the norm gains;
@@ -23,10 +23,13 @@ from typing import Iterator
 import torch
 
 from ..architectures import Geometry
-from ..protect.symmetry import BlockTransform, pair_constant, transform_tensors
+from ..protect import matching
+from ..protect.symmetry import BlockTransform, LazyTransform, pair_constant, transform_tensors
 
 # Singular values within this band of 1: the map is a rotation, fit it as one (Procrustes).
 _ORTHOGONAL_BAND = 0.1
+# Rows per float64 chunk of the neuron-scale fit.
+_ROWS = 2048
 
 
 def _least_squares_map(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -55,25 +58,22 @@ def _procrustes_if_orthogonal(m: torch.Tensor, target: torch.Tensor, source: tor
 
 
 def _mlp_alignment(protected, base, geometry: Geometry, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from scipy.optimize import linear_sum_assignment
-
-    def unit_rows(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor / tensor.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-    gate_p, up_p = protected.get(geometry.mlp(layer, "gate_proj")).double(), protected.get(geometry.mlp(layer, "up_proj")).double()
-    gate_b, up_b = base.get(geometry.mlp(layer, "gate_proj")).double(), base.get(geometry.mlp(layer, "up_proj")).double()
+    n = geometry.intermediate_size
+    gate_p, up_p = protected.get(geometry.mlp(layer, "gate_proj")), protected.get(geometry.mlp(layer, "up_proj"))
+    gate_b, up_b = base.get(geometry.mlp(layer, "gate_proj")), base.get(geometry.mlp(layer, "up_proj"))
     # Cosine similarity: a neuron's up-row scale does not hide it.
-    similarity = unit_rows(gate_b) @ unit_rows(gate_p).T + unit_rows(up_b) @ unit_rows(up_p).T
-    rows, columns = linear_sum_assignment(similarity.numpy(), maximize=True)
-    permutation = torch.empty(geometry.intermediate_size, dtype=torch.long)
-    permutation[torch.as_tensor(rows)] = torch.as_tensor(columns, dtype=torch.long)
-    matched = up_p[permutation]
-    scale = (matched * up_b).sum(1) / (up_b * up_b).sum(1).clamp_min(1e-12)  # protected ~ scale * base
+    permutation = matching.align(
+        [matching.features(gate_b, n, normalise=True), matching.features(up_b, n, normalise=True)],
+        [matching.features(gate_p, n, normalise=True), matching.features(up_p, n, normalise=True)],
+    )
+    # protected ~ scale * base, in chunks of rows; float64 where the matching is exact, float32 beyond (16-bit weights)
+    dtype = torch.float64 if n <= matching.EXACT_LIMIT else torch.float32
+    scale = torch.empty(n, dtype=torch.float64)
+    for start in range(0, n, _ROWS):
+        rows = permutation[start : start + _ROWS]
+        matched, anchor = up_p[rows].to(dtype), up_b[start : start + _ROWS].to(dtype)
+        scale[start : start + len(rows)] = (matched * anchor).sum(1) / (anchor * anchor).sum(1).clamp_min(1e-12)
     return permutation, 1.0 / scale
-
-
-def _head_rows(tensor: torch.Tensor, heads: int, hd: int) -> torch.Tensor:
-    return tensor.double().reshape(heads, hd, -1)
 
 
 def block_alignment(protected, base, geometry: Geometry, layer: int) -> BlockTransform:
@@ -83,27 +83,30 @@ def block_alignment(protected, base, geometry: Geometry, layer: int) -> BlockTra
     permutation, scale = _mlp_alignment(protected, base, g, layer)
     block = BlockTransform(mlp_permutation=permutation, mlp_scale=scale)
 
-    q_p = _head_rows(protected.get(g.attn(layer, "q_proj")), g.num_heads, hd).reshape(kv, group, hd, -1)
-    q_b = _head_rows(base.get(g.attn(layer, "q_proj")), g.num_heads, hd).reshape(kv, group, hd, -1)
-    k_p, k_b = _head_rows(protected.get(g.attn(layer, "k_proj")), kv, hd), _head_rows(base.get(g.attn(layer, "k_proj")), kv, hd)
-    v_p, v_b = _head_rows(protected.get(g.attn(layer, "v_proj")), kv, hd), _head_rows(base.get(g.attn(layer, "v_proj")), kv, hd)
+    # Stored dtype until a group is fitted: float64 one KV group at a time.
+    q_p = protected.get(g.attn(layer, "q_proj")).reshape(kv, group, hd, -1)
+    q_b = base.get(g.attn(layer, "q_proj")).reshape(kv, group, hd, -1)
+    k_p, k_b = protected.get(g.attn(layer, "k_proj")).reshape(kv, hd, -1), base.get(g.attn(layer, "k_proj")).reshape(kv, hd, -1)
+    v_p, v_b = protected.get(g.attn(layer, "v_proj")).reshape(kv, hd, -1), base.get(g.attn(layer, "v_proj")).reshape(kv, hd, -1)
     qk, vo = [], []
     for group_index in range(kv):
-        q_target, q_source = torch.cat(list(q_p[group_index]), 1), torch.cat(list(q_b[group_index]), 1)
+        q_target, q_source = torch.cat(list(q_p[group_index].double()), 1), torch.cat(list(q_b[group_index].double()), 1)
+        k_target, k_source = k_p[group_index].double(), k_b[group_index].double()
+        v_target, v_source = v_p[group_index].double(), v_b[group_index].double()
         if g.qk_norm:
             # Only pair-constant signs can sit in the weights: the sign of each pair's correlation with the base.
-            correlation = (q_target * q_source).sum(1) + (k_p[group_index] * k_b[group_index]).sum(1)
+            correlation = (q_target * q_source).sum(1) + (k_target * k_source).sum(1)
             half = g.rotary_dim // 2
             pair = correlation[:half] + correlation[half : 2 * half]
             signs = pair_constant(torch.where(pair >= 0, 1.0, -1.0).double(), g, torch.where(correlation[2 * half :] >= 0, 1.0, -1.0).double())
             qk.append(torch.diag(signs))
         else:
             from_q = _least_squares_map(q_target, q_source)
-            from_k = torch.linalg.inv(_least_squares_map(k_p[group_index], k_b[group_index])).T
+            from_k = torch.linalg.inv(_least_squares_map(k_target, k_source)).T
             a = _project_to_rope_commutant((from_q + from_k) / 2, g)
             qk.append(torch.linalg.inv(a))
-        b = _least_squares_map(v_p[group_index], v_b[group_index])
-        b = _procrustes_if_orthogonal(b, v_p[group_index], v_b[group_index])
+        b = _least_squares_map(v_target, v_source)
+        b = _procrustes_if_orthogonal(b, v_target, v_source)
         vo.append(torch.linalg.inv(b))
     block.qk, block.vo = torch.stack(qk), torch.stack(vo)
     if g.qk_norm:
@@ -132,6 +135,9 @@ def realignment(protected, base, progress: bool = False) -> dict[int, BlockTrans
 
 
 def realigned_tensors(protected, base, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
-    """The protected model's tensors, mapped back to the base's coordinates (streamed)."""
-    transform = realignment(protected, base, progress)
-    return transform_tensors(protected.iter_tensors(), [transform], protected.geometry)
+    """The protected model's tensors mapped back to the base's coordinates, in one streaming pass: each block
+    is aligned when its first tensor arrives (one block of each model in memory at a time)."""
+    geometry = protected.geometry
+    transform = LazyTransform(geometry.num_layers, lambda layer: block_alignment(protected, base, geometry, layer),
+                              desc="re-aligning to the base" if progress else None)
+    return transform_tensors(protected.iter_tensors(), [transform], geometry)

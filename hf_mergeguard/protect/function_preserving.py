@@ -33,7 +33,7 @@ import torch
 from ..architectures import Geometry
 from ..checkpoint import Checkpoint, stamp_metadata, write_checkpoint
 from ..errors import ConfigError
-from . import symmetry
+from . import matching, symmetry
 from .base import ProtectContext, ProtectionResult, finished, mark_finished
 from .keyfile import TensorDigest, read_key, write_key
 from .symmetry import BlockTransform
@@ -137,52 +137,70 @@ def _mergebarrier_block(config: MergeBarrierConfig, geometry: Geometry, generato
     return block
 
 
-def mismatch_permutation(model: Checkpoint, base: Checkpoint, layer: int) -> torch.Tensor:
+def mismatch_permutation(model: Checkpoint, base: Checkpoint, layer: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """PaRaMS's MLP permutation for one block: position i gets the fine-tuned neuron least like base neuron i.
 
-    A neuron is its gate row, up row and down column; the assignment minimises the summed similarity
-    (``scipy.optimize.linear_sum_assignment``), i.e. maximises the mismatch with the base.
+    A neuron is its gate row, up row and down column; the assignment minimises the summed similarity, i.e.
+    maximises the mismatch with the base (exact up to ``matching.EXACT_LIMIT`` neurons, see ``matching.py``).
     """
-    from scipy.optimize import linear_sum_assignment
-
     g = model.geometry
+    n = g.intermediate_size
 
-    def neurons(checkpoint: Checkpoint) -> torch.Tensor:
-        return torch.cat([checkpoint.get(g.mlp(layer, "gate_proj")).double(), checkpoint.get(g.mlp(layer, "up_proj")).double(),
-                          checkpoint.get(g.mlp(layer, "down_proj")).double().T], dim=1)
+    def neurons(checkpoint: Checkpoint) -> list[torch.Tensor]:
+        return [matching.features(checkpoint.get(g.mlp(layer, "gate_proj")), n, normalise=False),
+                matching.features(checkpoint.get(g.mlp(layer, "up_proj")), n, normalise=False),
+                matching.features(checkpoint.get(g.mlp(layer, "down_proj")).T, n, normalise=False)]
 
-    similarity = neurons(base) @ neurons(model).T  # [base position, fine-tuned neuron]
-    rows, columns = linear_sum_assignment(similarity.numpy())
-    permutation = torch.empty(g.intermediate_size, dtype=torch.long)
-    permutation[torch.as_tensor(rows)] = torch.as_tensor(columns, dtype=torch.long)
-    return permutation
+    return matching.mismatch(neurons(base), neurons(model), generator)
 
 
-def sample_transform(method: str, config, model: Checkpoint, base: Checkpoint, generator: torch.Generator, progress: bool = False) -> dict[int, BlockTransform]:
-    """One transform per decoder block for ``method`` (params | mergelock | mergebarrier)."""
-    from tqdm.auto import tqdm
+def sample_transform(method: str, config, model: Checkpoint, base: Checkpoint, generator: torch.Generator, progress: bool = False) -> symmetry.LazyTransform:
+    """One transform per decoder block for ``method`` (params | mergelock | mergebarrier).
 
+    Blocks are sampled on first use, in block order, so that streaming the checkpoint through the transform
+    overlaps sampling (PaRaMS's assignments) with reading and writing.
+    """
     geometry = model.geometry
-    transform = {}
-    for layer in tqdm(range(geometry.num_layers), desc=f"{method}: sampling", disable=not progress):
+    if method not in FUNCTION_PRESERVING:
+        raise ValueError(f"not a function-preserving method: {method!r}")
+
+    def block(layer: int) -> BlockTransform:
         if method == "params":
             if config.permutation == "mismatch":
-                permutation = mismatch_permutation(model, base, layer)
+                permutation = mismatch_permutation(model, base, layer, generator)
             else:
                 permutation = symmetry.random_permutation(geometry.intermediate_size, generator)
-            transform[layer] = _params_block(config, geometry, generator, permutation)
-        elif method == "mergelock":
-            transform[layer] = _mergelock_block(config, geometry, generator)
-        elif method == "mergebarrier":
-            transform[layer] = _mergebarrier_block(config, geometry, generator)
-        else:
-            raise ValueError(f"not a function-preserving method: {method!r}")
-    return transform
+            return _params_block(config, geometry, generator, permutation)
+        if method == "mergelock":
+            return _mergelock_block(config, geometry, generator)
+        return _mergebarrier_block(config, geometry, generator)
+
+    return symmetry.LazyTransform(geometry.num_layers, block, desc=f"{method}: sampling" if progress else None)
 
 
 def secret_generator() -> torch.Generator:
     """A generator seeded from the OS (the seed is used once and never stored: the key holds the transform)."""
     return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+def write_protected(model: Checkpoint, base: Checkpoint, method: str, config, folder, key_path, *,
+                    companions_from: Checkpoint | None = None, generator: torch.Generator | None = None, progress: bool = False) -> dict:
+    """Sample ``method``'s transform and stream ``model`` through it into ``folder`` (one pass: read, transform,
+    write overlap), then write the owner's key to ``key_path``. Returns the record kept beside the checkpoint."""
+    transform = sample_transform(method, config, model, base, generator or secret_generator(), progress=progress)
+    digest = TensorDigest()
+
+    def protected_tensors():
+        for name, tensor in symmetry.transform_tensors(model.iter_tensors(), [transform], model.geometry):
+            digest.update(name, tensor)
+            yield name, tensor
+
+    write_checkpoint(folder, protected_tensors(), model.layout, companions_from=companions_from,
+                     metadata=stamp_metadata(method=method), overwrite=True)
+    write_key(key_path, [(method, transform)], protected_digest=digest.hexdigest())
+    record = {"blocks": len(transform), "max_condition": symmetry.max_condition(transform), "protected_digest": digest.hexdigest()}
+    mark_finished(folder, record)
+    return record
 
 
 def run_function_preserving(ctx: ProtectContext, method: str, config) -> ProtectionResult:
@@ -193,19 +211,7 @@ def run_function_preserving(ctx: ProtectContext, method: str, config) -> Protect
         log.info("%s: reusing the protected checkpoint in %s", method, folder)
     else:
         if ctx.is_main:  # one sample, on one process; the others read it from the key below
-            transform = sample_transform(method, config, ctx.model, ctx.base, secret_generator(), progress=ctx.progress)
-            digest = TensorDigest()
-            geometry = ctx.model.geometry
-
-            def protected_tensors():
-                for name, tensor in symmetry.transform_tensors(ctx.model.iter_tensors(), [transform], geometry):
-                    digest.update(name, tensor)
-                    yield name, tensor
-
-            write_checkpoint(folder, protected_tensors(), ctx.model.layout, companions_from=ctx.original,
-                             metadata=stamp_metadata(method=method), overwrite=True)
-            write_key(key_path, [(method, transform)], protected_digest=digest.hexdigest())
-            mark_finished(folder, {"blocks": len(transform), "max_condition": symmetry.max_condition(transform), "protected_digest": digest.hexdigest()})
+            write_protected(ctx.model, ctx.base, method, config, folder, key_path, companions_from=ctx.original, progress=ctx.progress)
         ctx.wait()
     record = finished(folder)
     transform = read_key(key_path, ctx.model.geometry).stages[0][1]

@@ -128,6 +128,35 @@ def _criticality(ctx: ProtectContext, config: MergeGuardConfig, theta_source: Ch
     return record
 
 
+def negation_thresholds(theta: Checkpoint, base: Checkpoint, names: list[str], share: float, scope: str = "global") -> dict[str, float]:
+    """Each negated tensor's |tau| threshold: the top ``share`` over all ``names`` (global) or per tensor.
+
+    Streams one tensor pair at a time from disk, twice (see :func:`~.negation.topk_threshold`).
+    """
+    def abs_tau(selected):
+        for name in selected:
+            yield (theta.get(name).float() - base.get(name).float()).abs()
+
+    if scope == "global":
+        threshold, _ = topk_threshold(lambda: abs_tau(names), share)
+        return {name: threshold for name in names}
+    return {name: topk_threshold(lambda n=name: abs_tau([n]), share)[0] for name in names}
+
+
+def negated_tensors(theta: Checkpoint, base: Checkpoint, thresholds: dict[str, float], beta: float, counts: dict[str, int]):
+    """Stage 2 in one streaming pass: every tensor of ``theta``, negated where it has a threshold.
+
+    ``counts`` receives the number of negated entries per tensor. Both models are read ahead in background threads.
+    """
+    names = theta.tensor_names
+    base_tensors = base.iter_tensors([name for name in names if name in thresholds])
+    for name, tensor in theta.iter_tensors(names):
+        if name in thresholds:
+            _, base_tensor = next(base_tensors)
+            tensor, counts[name] = negate(tensor, base_tensor, thresholds[name], beta)
+        yield name, tensor
+
+
 def run_mergeguard(ctx: ProtectContext, config: MergeGuardConfig) -> ProtectionResult:
     """Stage 1 (unless skipped), criticality, the top-k mask, the negation; the protected checkpoint."""
     theta_source = ctx.model if config.skip_stage1 else _stage1(ctx, config)
@@ -137,39 +166,17 @@ def run_mergeguard(ctx: ProtectContext, config: MergeGuardConfig) -> ProtectionR
     excluded = set(crit["excluded"])
     negated_names = [name for unit, names in units.items() if unit not in excluded for name in names]
 
-    def tau(name: str) -> torch.Tensor:
-        return theta_source.get(name).float() - ctx.base.get(name).float()
-
     record = finished(folder)
     if record is not None:
         log.info("Negation: reusing the protected checkpoint in %s", folder)
     else:
-        # One tensor pair at a time from disk: the top-k threshold takes two passes, the writer a third.
-        def abs_tau():
-            for name in negated_names:
-                yield tau(name).abs()
-
-        if config.mask_scope == "global":
-            threshold, _ = topk_threshold(abs_tau, config.mask_share)
-            thresholds = {name: threshold for name in negated_names}
-        else:
-            thresholds = {}
-            for name in negated_names:
-                thresholds[name], _ = topk_threshold(lambda n=name: iter([tau(n).abs()]), config.mask_share)
-        counts: dict[str, int] = {}
-
-        def protected_tensors():
-            for name in theta_source.tensor_names:
-                if name in thresholds:
-                    tensor, counts[name] = negate(theta_source.get(name), ctx.base.get(name), thresholds[name], config.beta)
-                    yield name, tensor
-                else:
-                    yield name, theta_source.get(name)
-
         if ctx.is_main:
+            # Two streaming passes for the top-k threshold, a third for the writer.
+            thresholds = negation_thresholds(theta_source, ctx.base, negated_names, config.mask_share, config.mask_scope)
+            counts: dict[str, int] = {}
             write_checkpoint(
                 folder,
-                protected_tensors(),
+                negated_tensors(theta_source, ctx.base, thresholds, config.beta, counts),
                 theta_source.layout,
                 companions_from=ctx.original,
                 metadata=stamp_metadata(method="mergeguard"),

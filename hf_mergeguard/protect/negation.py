@@ -77,9 +77,19 @@ def topk_threshold(tensors: "callable[[], Iterator[torch.Tensor]]", share: float
     return threshold, wanted
 
 
+# Elements per chunk of the negation: its float32 temporaries stay in the CPU caches (measured fastest).
+_CHUNK = 1 << 18
+
+
 def negate(theta: torch.Tensor, base: torch.Tensor, threshold: float, beta: float) -> tuple[torch.Tensor, int]:
     """theta - beta * M (.) (theta - base), M = |theta - base| >= threshold. Returns (tensor, masked count)."""
-    tau = theta.float() - base.float()
-    mask = tau.abs() >= threshold
-    out = theta.float() - beta * torch.where(mask, tau, torch.zeros_like(tau))
-    return out.to(theta.dtype), int(mask.sum())
+    out = torch.empty_like(theta)
+    flat_theta, flat_base, flat_out = theta.reshape(-1), base.reshape(-1), out.view(-1)
+    masked = 0
+    for start in range(0, flat_theta.numel(), _CHUNK):
+        part = flat_theta[start : start + _CHUNK].float()
+        tau = part - flat_base[start : start + _CHUNK].float()
+        mask = tau.abs() >= threshold
+        masked += int(mask.sum())
+        flat_out[start : start + _CHUNK] = torch.where(mask, part - beta * tau, part)
+    return out, masked

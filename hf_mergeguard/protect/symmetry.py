@@ -18,20 +18,23 @@ A :class:`BlockTransform` re-parameterises one decoder block without changing wh
 * Biases get the same left factor as their weight rows; the residual stream (embeddings, norms, lm_head) is
   untouched, so tied embeddings stay tied.
 
-Everything is computed in float64 and cast back to the tensor's dtype, one tensor at a time.
+Everything is computed in float64 and cast back to the tensor's dtype, one tensor (or chunk of a large one) at a time.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
 from ..architectures import Geometry, split_layer_name
 
 _PARTS = ("mlp_permutation", "mlp_scale", "qk", "vo", "qk_norm_scale")
+# Tensors larger than this many entries are transformed in chunks (see transform_tensor).
+_CHUNK_ELEMENTS = 1 << 21
+_RIGHT_ACTING = ("self_attn.o_proj", "mlp.down_proj")
 
 
 @dataclass
@@ -95,6 +98,55 @@ class BlockTransform:
 ModelTransform = Mapping[int, BlockTransform]
 
 
+class LazyTransform(Mapping):
+    """A model transform whose blocks are made in block order, in a background thread, one block ahead of use.
+
+    Streaming a checkpoint through it overlaps making the blocks (a Hungarian assignment per block) with
+    reading and writing, and a random sampler draws the same values as an eager loop over the blocks would.
+
+    Args:
+        num_layers: the decoder blocks.
+        make_block: ``layer -> BlockTransform``; called once per block, for block 0, 1, 2, ... (one thread).
+        desc: a progress-bar label (``None``: no bar).
+    """
+
+    def __init__(self, num_layers: int, make_block: Callable[[int], BlockTransform], desc: str | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.num_layers, self.make_block = num_layers, make_block
+        self.futures: list = []
+        self.maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-mergeguard-blocks")
+        self.bar = None
+        if desc is not None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=num_layers, desc=desc)
+
+    def _make(self, layer: int) -> BlockTransform:
+        block = self.make_block(layer)
+        if self.bar is not None:
+            self.bar.update(1)
+            if layer == self.num_layers - 1:
+                self.bar.close()
+        return block
+
+    def __getitem__(self, layer: int) -> BlockTransform:
+        if not 0 <= layer < self.num_layers:
+            raise KeyError(layer)
+        while len(self.futures) <= min(layer + 1, self.num_layers - 1):
+            self.futures.append(self.maker.submit(self._make, len(self.futures)))
+        block = self.futures[layer].result()
+        if len(self.futures) == self.num_layers:
+            self.maker.shutdown(wait=False)
+        return block
+
+    def __iter__(self):
+        return iter(range(self.num_layers))
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+
 # --------------------------------------------------------------------------------------------------------
 # Applying
 # --------------------------------------------------------------------------------------------------------
@@ -106,8 +158,23 @@ def transform_tensor(name: str, tensor: torch.Tensor, transform: ModelTransform,
     block = transform.get(layer) if layer is not None else None
     if block is None:
         return tensor
-    out = _transform_block_tensor(rest, tensor.double(), block, geometry)
-    return tensor if out is None else out.to(tensor.dtype)
+    if tensor.dim() != 2 or tensor.numel() <= _CHUNK_ELEMENTS:
+        out = _transform_block_tensor(rest, tensor.double(), block, geometry)
+        return tensor if out is None else out.to(tensor.dtype)
+    # A 7B MLP matrix is 45M entries: in float64 chunks its temporaries stay small. Left maps (q, k, v, gate,
+    # up) act on each column alone, right maps (o_proj, down_proj) on each row alone.
+    dim = 0 if rest.rpartition(".")[0] in _RIGHT_ACTING else 1
+    step = max(1, _CHUNK_ELEMENTS // tensor.shape[1 - dim])
+    out = None
+    for start in range(0, tensor.shape[dim], step):
+        part = tensor.narrow(dim, start, min(step, tensor.shape[dim] - start))
+        result = _transform_block_tensor(rest, part.double(), block, geometry)
+        if result is None:
+            return tensor
+        if out is None:
+            out = torch.empty_like(tensor)
+        out.narrow(dim, start, part.shape[dim]).copy_(result)
+    return out
 
 
 def _transform_block_tensor(rest: str, w: torch.Tensor, t: BlockTransform, g: Geometry) -> torch.Tensor | None:
