@@ -150,17 +150,17 @@ def realign_distance(realigned_dir: Path, original_dir: Path) -> float:
     return worst
 
 
-def bench_shape(shape: str, out: Path, runs: int) -> dict:
+def bench_shape(shape: str, out: Path, runs: int, ops: tuple[str, ...] = OPS) -> dict:
     folder = out / shape
     model, base = make_inputs(folder, shape)
     size_gb = sum(f.stat().st_size for f in model.glob("*.safetensors")) / 1e9
     threshold_file = folder / "threshold.json"
-    measured: dict[str, list[dict]] = {op: [] for op in ("threshold", *OPS)}
+    measured: dict[str, list[dict]] = {op: [] for op in ("threshold", *ops)}
     distance = math.nan
     measured["threshold"].append(in_child("threshold", model, base, folder / "unused", threshold_file))
     for round_index in range(runs):
         params_out = folder / "params-out"
-        for op in OPS:
+        for op in ops:
             source = params_out if op == "realign" else model
             target = folder / f"{op}-out"
             result = in_child(op, source, base, target, threshold_file)
@@ -192,7 +192,7 @@ def table(results: dict[str, dict], runs: int) -> str:
                          f"| {statistics.median(seconds):.1f} | {ratio} | {max(r['peak_rss_mb'] for r in rows):.0f} |")
     lines.append("")
     lines += [f"Re-aligned {shape} vs the original fine-tune (worst block tensor, relative): {result['realign_distance']:.4f}."
-              for shape, result in results.items()]
+              for shape, result in results.items() if not math.isnan(result["realign_distance"])]
     return "\n".join(lines)
 
 
@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("/tmp/hf-mergeguard-scale"))
+    parser.add_argument("--ops", default=",".join(OPS), help="the timed operations (copy first: the ratios divide by it)")
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
     parser.add_argument("--results", type=Path, default=RESULTS / "scale.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -214,7 +215,7 @@ def main() -> None:
         return
     results = {}
     for shape in args.shapes.split(","):
-        results[shape] = bench_shape(shape, args.out, args.runs)
+        results[shape] = bench_shape(shape, args.out, args.runs, tuple(args.ops.split(",")))
         if not args.keep:
             shutil.rmtree(args.out / shape, ignore_errors=True)
     text = (

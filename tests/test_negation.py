@@ -52,3 +52,17 @@ def test_excluded_count():
     assert excluded_count(36, 0.1) == 4
     assert excluded_count(5, 0.1) == 1
     assert excluded_count(36, 0.0) == 0
+
+
+def test_negate_in_chunks_equals_the_formula(monkeypatch):
+    from hf_mergeguard.protect import negation
+
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(37, 29, generator=generator).bfloat16()
+    theta = (base.float() + 0.1 * torch.randn(37, 29, generator=generator)).bfloat16()
+    tau = theta.float() - base.float()
+    expected = torch.where(tau.abs() >= 0.1, theta.float() - 2.0 * tau, theta.float()).bfloat16()
+    monkeypatch.setattr(negation, "_CHUNK", 100)  # 11 chunks, the last one short
+    chunked, count = negate(theta, base, threshold=0.1, beta=2.0)
+    assert torch.equal(chunked, expected)
+    assert count == int((tau.abs() >= 0.1).sum())

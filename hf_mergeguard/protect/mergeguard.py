@@ -134,8 +134,8 @@ def negation_thresholds(theta: Checkpoint, base: Checkpoint, names: list[str], s
     Streams one tensor pair at a time from disk, twice (see :func:`~.negation.topk_threshold`).
     """
     def abs_tau(selected):
-        for name in selected:
-            yield (theta.get(name).float() - base.get(name).float()).abs()
+        for (_, tensor), (_, anchor) in zip(theta.iter_tensors(selected), base.iter_tensors(selected)):
+            yield (tensor.float() - anchor.float()).abs_()
 
     if scope == "global":
         threshold, _ = topk_threshold(lambda: abs_tau(names), share)

@@ -14,9 +14,11 @@ import torch
 
 from ..architectures import Geometry, split_layer_name
 
-# Histogram bins over log2|x| for the exact two-pass top-k threshold (covers 2^-64 .. 2^63).
-_LOG_BINS = 2048
-_LOG_LOW, _LOG_HIGH = -64.0, 64.0
+# Histogram bins of the exact two-pass top-k threshold: the top 16 bits of a non-negative float32 (8 exponent
+# bits, 8 mantissa bits: 256 bins per octave over the whole float range). Its bit pattern orders like its
+# value, so a shift gives the bin without a logarithm, and the cut's bin holds few values for pass 2.
+_LOG_BINS = 1 << 16
+_MANTISSA_BITS_DROPPED = 15
 
 
 def negation_units(geometry: Geometry, names: Iterable[str], granularity: str = "matrix") -> dict[str, list[str]]:
@@ -44,16 +46,14 @@ def excluded_count(n_units: int, share: float) -> int:
 
 
 def _log_bins(values: torch.Tensor) -> torch.Tensor:
-    logs = torch.log2(values.float().clamp_min(2.0**_LOG_LOW))
-    scaled = (logs - _LOG_LOW) / (_LOG_HIGH - _LOG_LOW) * _LOG_BINS
-    return scaled.long().clamp_(0, _LOG_BINS - 1)
+    return values.float().contiguous().view(torch.int32) >> _MANTISSA_BITS_DROPPED
 
 
 def topk_threshold(tensors: "callable[[], Iterator[torch.Tensor]]", share: float) -> tuple[float, int]:
     """The value t such that exactly the ``share`` largest |values| (over all tensors) are >= t.
 
-    Exact and streaming: pass 1 builds a histogram of log2|x|, pass 2 keeps only the values in the bin that
-    holds the cut and sorts them. ``tensors`` is called once per pass and yields the |tau| tensors.
+    Exact and streaming: pass 1 builds a histogram of |x| (256 bins per octave), pass 2 keeps only the values
+    in the bin that holds the cut and sorts them. ``tensors`` is called once per pass and yields the |tau| tensors.
     Returns ``(threshold, selected count)``; ``(inf, 0)`` when nothing is selected.
     """
     counts = torch.zeros(_LOG_BINS, dtype=torch.long)
