@@ -52,8 +52,8 @@ def _log_bins(values: torch.Tensor) -> torch.Tensor:
 def topk_threshold(tensors: "callable[[], Iterator[torch.Tensor]]", share: float) -> tuple[float, int]:
     """The value t such that exactly the ``share`` largest |values| (over all tensors) are >= t.
 
-    Exact and streaming: pass 1 builds a histogram of |x| (256 bins per octave), pass 2 keeps only the values
-    in the bin that holds the cut and sorts them. ``tensors`` is called once per pass and yields the |tau| tensors.
+    Exact and streaming in constant memory: pass 1 builds a histogram of |x| on the top 16 bits of its float32
+    pattern (256 bins per octave), pass 2 a histogram of the low 15 bits of the values in the bin that holds the cut. ``tensors`` is called once per pass and yields the |tau| tensors.
     Returns ``(threshold, selected count)``; ``(inf, 0)`` when nothing is selected.
     """
     counts = torch.zeros(_LOG_BINS, dtype=torch.long)
@@ -68,12 +68,16 @@ def topk_threshold(tensors: "callable[[], Iterator[torch.Tensor]]", share: float
     cut_from_top = int(torch.searchsorted(from_top, torch.tensor(wanted)).item())
     cut_bin = _LOG_BINS - 1 - cut_from_top
     above = int(from_top[cut_from_top - 1]) if cut_from_top > 0 else 0
-    in_bin = []
+    # Pass 2: within the cut's bin the low bits tell the values apart; count them instead of keeping them
+    # (bf16 weights give |tau| few distinct values, so one bin can hold hundreds of millions of equal ones).
+    low_mask = (1 << _MANTISSA_BITS_DROPPED) - 1
+    low_counts = torch.zeros(low_mask + 1, dtype=torch.long)
     for values in tensors():
-        flat = values.reshape(-1)
-        in_bin.append(flat[_log_bins(flat) == cut_bin].float())
-    candidates = torch.sort(torch.cat(in_bin), descending=True).values
-    threshold = float(candidates[wanted - above - 1])
+        bits = values.float().contiguous().reshape(-1).view(torch.int32)
+        low_counts += torch.bincount(bits[(bits >> _MANTISSA_BITS_DROPPED) == cut_bin] & low_mask, minlength=low_mask + 1)
+    low_from_top = torch.flip(low_counts, [0]).cumsum(0)
+    low = low_mask - int(torch.searchsorted(low_from_top, torch.tensor(wanted - above)).item())
+    threshold = float(torch.tensor([(cut_bin << _MANTISSA_BITS_DROPPED) | low], dtype=torch.int32).view(torch.float32))
     return threshold, wanted
 
 
