@@ -7,7 +7,7 @@ Run by hand (about 5 minutes on 2 CPU cores, 2 GB of disk):
 A merge job is what the self-test does per grid point: merge the defender with one free-rider (and the base)
 one tensor at a time from disk (``merge_state_dict``), then build the ``transformers`` model from the merged
 tensors (no copy). Each job runs in a fresh process; its peak resident set (VmHWM) minus the peak of the
-same process doing everything but the merge (imports, opening the checkpoints) is the job's own memory, set
+same process doing everything but the merge (imports, mergekit's included, and opening the checkpoints) is the job's own memory, set
 against the size of the merged model. Two worlds: the toy world (count + rev, float32) and a mid-size
 random-weight Llama (270M parameters, bf16; base, a defender and a free-rider = base + noise).
 """
@@ -47,6 +47,8 @@ def worlds(out: Path) -> dict[str, tuple[Path, Path, Path]]:
 def child(method_name: str, base: str, defender: str, freerider: str) -> dict:
     from hf_mergeguard.attacks.merges import get_merge_method, merge_state_dict
     from hf_mergeguard.checkpoint import Checkpoint, model_from_state_dict
+
+    import mergekit.merge_methods  # noqa: F401  (imported before the clock and in the idle run alike)
 
     sources = [Checkpoint(base), Checkpoint(defender), Checkpoint(freerider)]
     result = {"model_mb": sum(sources[1].spec(n).nbytes for n in sources[1].tensor_names) / 2**20}

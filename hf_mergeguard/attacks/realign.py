@@ -4,7 +4,8 @@ Fine-tuning moves weights little, so the base is a static anchor (Git Re-Basin; 
 Guo et al. 2026). Per decoder block, from the protected block and the base block only:
 
 * MLP: Hungarian matching of neurons (``scipy.optimize.linear_sum_assignment`` on the cosine similarity of the
-  concatenated gate/up rows; above 4,096 neurons mutual best matches on a coordinate sample, see ``matching.py``), then a least-squares scale per neuron on its up row (undone on its down column);
+  concatenated gate/up rows; above 4,096 neurons unique best matches on a coordinate sample, see ``matching.py``),
+  then a least-squares scale per neuron on its up row (undone on its down column);
 * QK: per KV group the least-squares map A with q_protected ~ A q_base over the group's query heads (and the
   same from k, whose map is A^-T), projected onto the RoPE commutant (a scaled 2x2 rotation per rotary pair);
   QK-norm models: a sign per pair and a pair-constant scale of the norm gains;
