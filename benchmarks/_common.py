@@ -25,6 +25,14 @@ def measured_on(script: str) -> str:
             f"({platform.processor() or platform.machine()}, CPU only) with `python benchmarks/{script}`.")
 
 
+def peak_resident_mb() -> float:
+    """This process's peak resident set (VmHWM; ``ru_maxrss`` would count the parent's memory at fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def write_results(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

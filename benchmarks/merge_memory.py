@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import measured_on, parse_args, write_results
+from _common import measured_on, parse_args, peak_resident_mb, write_results
 
 MID_SIZE = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=16, num_attention_heads=16,
                 num_key_value_heads=16, max_position_embeddings=4096)
@@ -59,8 +59,6 @@ def child(method_name: str, base: str, defender: str, freerider: str) -> dict:
         model_from_state_dict(sources[1].config, tensors)
         result["merged_mb"] = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
     result["seconds"] = time.perf_counter() - started
-    from scale import peak_resident_mb
-
     result["peak_rss_mb"] = peak_resident_mb()
     return result
 

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, measured_on, write_results
+from _common import RESULTS, measured_on, peak_resident_mb, write_results
 
 SHAPES = ("1b", "7b")
 OPS = ("copy", "negation", "params", "mergelock", "mergebarrier", "realign")
@@ -88,6 +88,7 @@ def run_op(op: str, model_dir: Path, base_dir: Path, target: Path, threshold_fil
     from hf_mergeguard.protect.negation import negation_units
 
     model, base = Checkpoint(model_dir), Checkpoint(base_dir)
+    # Stage 2 with no layer excluded: every block tensor it may touch.
     negated = [name for names in negation_units(model.geometry, model.tensor_names).values() for name in names]
     started = time.perf_counter()
     result: dict = {}
@@ -113,14 +114,6 @@ def run_op(op: str, model_dir: Path, base_dir: Path, target: Path, threshold_fil
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_mb"] = peak_resident_mb()
     return result
-
-
-def peak_resident_mb() -> float:
-    """This process's peak resident set (VmHWM; ``ru_maxrss`` would count the parent's memory at fork)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def in_child(op: str, model: Path, base: Path, target: Path, threshold_file: Path) -> dict:

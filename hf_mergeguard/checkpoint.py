@@ -472,7 +472,8 @@ def layout_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:
 
 def assert_finite(name: str, tensor: torch.Tensor, where: str = "") -> None:
     """Raise :class:`NonFiniteWeightsError` if ``tensor`` holds NaN or Inf."""
-    # max |x| is NaN or Inf exactly when some entry is (amax propagates NaN); 4x faster than isfinite().all() in bf16.
+    # max |x| is NaN or Inf exactly when some entry is (amax propagates NaN); cheaper than isfinite().all(),
+    # which builds a boolean tensor as large as the weights.
     if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor.abs().amax())):
         bad = int((~torch.isfinite(tensor)).sum())
         raise NonFiniteWeightsError(

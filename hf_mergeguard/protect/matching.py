@@ -3,7 +3,8 @@
 A neuron is described by feature rows (its gate and up rows, for PaRaMS also its down column). Up to
 ``EXACT_LIMIT`` neurons the matching is a Hungarian assignment (``scipy.optimize.linear_sum_assignment``) on
 the full float64 similarity, as the official PaRaMS code and Git Re-Basin do. Above it (a 7B MLP has 11,008
-neurons) that costs 10-15 s and 1-2 GB per block, so:
+neurons) the float64 similarity alone is 11,008² × 8 bytes ≈ 1 GB per block, and the assignment on it is
+slow, so:
 
 * features keep ``SKETCH_COLUMNS`` fixed random input coordinates of each row (a coordinate sample: both
   models share the input coordinates, so the sample is the same for both);

@@ -81,7 +81,7 @@ def topk_threshold(tensors: "callable[[], Iterator[torch.Tensor]]", share: float
     return threshold, wanted
 
 
-# Elements per chunk of the negation: its float32 temporaries stay in the CPU caches (measured fastest).
+# Elements per chunk of the negation: its float32 temporaries stay in the CPU caches.
 _CHUNK = 1 << 18
 
 
