@@ -24,7 +24,7 @@ def open_freeriders(base: Checkpoint, merge_with: Sequence[str], freerider_tasks
     riders = []
     for index, path in enumerate(merge_with):
         checkpoint = Checkpoint.open(path, token=token)
-        check_compatible(checkpoint, base, role="base")
+        check_compatible(checkpoint, base, merge_partner=True)
         tasks = freerider_tasks[index if len(freerider_tasks) > 1 else 0] if freerider_tasks else ""
         riders.append(FreeRider(checkpoint, [t for t in tasks.split(",") if t]))
     return riders

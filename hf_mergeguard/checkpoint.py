@@ -395,6 +395,22 @@ class Checkpoint:
         tensors = ((name, self.get(name)) for name in wanted)
         return read_ahead(tensors, read_ahead_depth) if read_ahead_depth > 0 else tensors
 
+    def check_finite(self, progress: bool = False) -> None:
+        """Read every tensor once and refuse NaN/Inf (before any work, so a bad input fails in seconds, not after
+        hours of training). Remembered: a checkpoint is scanned once however often it is checked."""
+        if getattr(self, "_checked_finite", False):
+            return
+        from tqdm.auto import tqdm
+
+        names = self.tensor_names
+        bar = tqdm(total=self.total_bytes, unit="B", unit_scale=True, desc=f"Checking {self.path.name}",
+                   disable=not progress or self.total_bytes < 1 << 30)
+        with bar:
+            for name, tensor in self.iter_tensors(names):
+                assert_finite(name, tensor, f" of {self.source} ({self._file_of[name].name})")
+                bar.update(self.spec(name).nbytes)
+        self._checked_finite = True
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """All tensors in memory. Only for models that fit (the toy world, evaluation)."""
         return dict(self.iter_tensors())
@@ -475,9 +491,10 @@ def assert_finite(name: str, tensor: torch.Tensor, where: str = "") -> None:
     # max |x| is NaN or Inf exactly when some entry is (amax propagates NaN); cheaper than isfinite().all(),
     # which builds a boolean tensor as large as the weights.
     if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor.abs().amax())):
-        bad = int((~torch.isfinite(tensor)).sum())
+        nan = int(torch.isnan(tensor).sum())
+        inf = int(torch.isinf(tensor).sum())
         raise NonFiniteWeightsError(
-            f"Tensor {name!r}{where} holds {bad} NaN/Inf value(s); nothing was written.",
+            f"Tensor {name!r}{where} holds {nan} NaN and {inf} Inf value(s); nothing was written.",
             "If the input model has them, fix or re-export it; if a defense produced them, lower its "
             "strength (e.g. --beta, or the transform's conditioning) and rerun.",
         )

@@ -33,29 +33,31 @@ def check_geometry(checkpoint: Checkpoint) -> None:
         )
 
 
-def check_compatible(model: Checkpoint, base: Checkpoint, *, role: str = "base") -> None:
+def check_compatible(model: Checkpoint, base: Checkpoint, *, role: str = "base", merge_partner: bool = False) -> None:
     """Raise :class:`IncompatibleModelsError` unless ``model`` and ``base`` share architecture, names, shapes.
 
     Args:
         model: the fine-tune.
         base: the model it must have been fine-tuned from (``role`` names it in the message).
+        merge_partner: ``model`` is a ``--merge-with`` model (the message and the fix say so).
     """
     check_geometry(model)
     check_geometry(base)
     mg, bg = model.geometry, base.geometry
+    subject = f"--merge-with {model.source}" if merge_partner else model.source
     hint = (
-        f"Pass the {role} model that {model.source} was fine-tuned from (same architecture and size)."
-        if role == "base"
-        else f"Merge only with fine-tunes of the same base as {model.source}."
+        f"Merge only with fine-tunes of the same base ({base.source}) as the model you protect or check."
+        if merge_partner
+        else f"Pass the {role} model that {model.source} was fine-tuned from (same architecture and size)."
     )
     if mg.model_type != bg.model_type:
         raise IncompatibleModelsError(
-            f"{model.source} is a {mg.model_type} model but {role} {base.source} is a {bg.model_type} model.",
+            f"{subject} is a {mg.model_type} model but {role} {base.source} is a {bg.model_type} model.",
             hint,
         )
     if mg.vocab_size != bg.vocab_size:
         raise IncompatibleModelsError(
-            f"{model.source} has a vocabulary of {mg.vocab_size} tokens but {role} {base.source} has "
+            f"{subject} has a vocabulary of {mg.vocab_size} tokens but {role} {base.source} has "
             f"{bg.vocab_size}: resized embeddings cannot be merged or compared tensor by tensor.",
             hint + " If you added tokens, protect against the base with the same tokenizer.",
         )
@@ -68,7 +70,10 @@ def check_compatible(model: Checkpoint, base: Checkpoint, *, role: str = "base")
     problems += [f"{name}: in {role}, missing in model" for name in base.tensor_names if name not in model]
     if problems:
         raise IncompatibleModelsError(
-            f"{model.source} and {role} {base.source} do not have the same tensors "
+            f"{subject} and {role} {base.source} do not have the same tensors "
             f"({len(problems)} mismatch(es)): " + "; ".join(problems[:_SHOWN]) + ("; ..." if len(problems) > _SHOWN else ""),
             hint,
         )
+    # Structure first (cheap, from the headers), then the values: NaN/Inf in an input fails before any work.
+    model.check_finite(progress=True)
+    base.check_finite(progress=True)

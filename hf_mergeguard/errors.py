@@ -16,11 +16,12 @@ class MergeGuardError(Exception):
     """Base class of all hf-mergeguard errors."""
 
     exit_code = 2
+    default_hint: str | None = None  # what to do when the raise site has nothing more specific to say
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = hint or self.default_hint
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\nHint: {self.hint}"
@@ -94,9 +95,16 @@ class PushPermissionError(HubError, PermissionError):
 class ConfigError(MergeGuardError, ValueError):
     """A YAML config or an option value is invalid."""
 
+    default_hint = "Fix the value on the command line or in --config (`hf-mergeguard COMMAND --help` lists the options)."
+
 
 class TrainDataError(MergeGuardError, ValueError):
     """--train-data is missing, empty or has no usable columns."""
+
+    default_hint = "Pass a JSONL file whose rows have prompt+completion, question+answer or text, or a Hub dataset."
+
+
+_LISTED = 40  # names listed in full when no more are available
 
 
 class UnknownNameError(MergeGuardError, KeyError):
@@ -108,8 +116,11 @@ class UnknownNameError(MergeGuardError, KeyError):
         message = f"Unknown {kind} {name!r}."
         if close:
             message += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
-        message += " Available: " + ", ".join(available) + "."
-        super().__init__(message, hint)
+        if len(available) <= _LISTED:
+            message += " Available: " + ", ".join(available) + "."
+        else:  # lm-eval knows thousands of tasks: the suggestions are what helps
+            message += f" ({len(available)} are available.)"
+        super().__init__(message, hint or f"Check the spelling; use one of the available {kind}s.")
         self.name = name
         self.suggestions = close
 
@@ -131,6 +142,8 @@ class KeyFileError(MergeGuardError, ValueError):
 
 class TrainingError(MergeGuardError, RuntimeError):
     """Training diverged (NaN loss) or could not start."""
+
+    default_hint = "Lower the learning rate (--learning-rate) or check --train-data; rerun with --debug for details."
 
 
 # --- outcomes ------------------------------------------------------------------------------------------

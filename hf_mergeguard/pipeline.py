@@ -144,7 +144,8 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     if target.exists() and not config.overwrite:
         raise OutputExistsError(f"Output folder {target} already exists.", "Choose another --output-dir, or pass --overwrite.")
     key_path = key_path_for(config) if any(m in FUNCTION_PRESERVING for m in methods) else None
-    if key_path is not None and key_path.exists() and not config.overwrite:
+    work = work_dir_for(config)
+    if key_path is not None and key_path.exists() and not config.overwrite and not _key_of_a_killed_run(key_path, target, work, methods):
         raise OutputExistsError(f"Key file {key_path} already exists (the key of an earlier protection?).",
                                 "Move it somewhere safe first, choose another --key-file, or pass --overwrite.")
     if config.push_to:
@@ -175,7 +176,6 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     if config.train_data:
         train_examples()  # a bad --train-data fails now, not after an hour of work
 
-    work = work_dir_for(config)
     work.mkdir(parents=True, exist_ok=True)
     with _FileLog(work / LOG_FILE):
         log.info("hf-mergeguard %s protect %s (base %s), method %s, work folder %s", __version__, model.source, base.source, config.method, work)
@@ -232,10 +232,7 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     forced = config.force and not report["passed"]
     report = {**report, "release": {"name": config.push_to or target.name, "forced": forced}}
     if accelerator.is_main_process:
-        if key_path is not None:
-            # Before the release folder: a release whose owner has no key cannot be undone.
-            write_owner_key(key_path, results, model)
-        write_output(target, protected, report, config, work / LOG_FILE)
+        write_release(target, key_path, protected, results, model, report, config, work / LOG_FILE)
         if key_path is not None:
             report["release"]["key_file"] = str(key_path)  # for the caller only: a local path is not published
         if config.push_to and (report["passed"] or config.force):
@@ -276,6 +273,47 @@ def with_adaptive_attacks(report: dict, *, base, protected, riders, tokenizer, c
                                       config=config, examples=examples, device=device,
                                       progress=progress and accelerator.is_main_process, score_cache=score_cache_dir())
     return attach_robustness(report, robustness)
+
+
+def _key_of_a_killed_run(key_path: Path, target: Path, work: Path, methods: list[str]) -> bool:
+    """Is the existing key the one this very run writes, left by a run killed before its release folder was in place?
+
+    Then its digest is the one recorded by the work folder's last function-preserving step (a rerun resumes from
+    there and writes the same key again); any other key is someone's earlier key and is never replaced silently.
+    """
+    from .protect.function_preserving import FUNCTION_PRESERVING
+    from .protect.keyfile import key_protected_digest
+
+    if target.exists():
+        return False
+    index = max(i for i, name in enumerate(methods) if name in FUNCTION_PRESERVING)
+    record = finished(work / f"{index}-{methods[index]}" / f"{methods[index]}-protected")
+    return record is not None and key_protected_digest(key_path) == record.get("protected_digest")
+
+
+def write_release(target: Path, key_path: Path | None, protected: Checkpoint, results: list[ProtectionResult],
+                  model: Checkpoint, report: dict, config: ProtectConfig, log_file: Path) -> None:
+    """The owner's key, then the release folder: both or neither.
+
+    The key goes first (a release whose owner has no key cannot be undone); if the folder then fails (disk full,
+    an error), the new key is removed and a key it replaced (``--overwrite``) comes back, so the earlier release
+    and its key still match.
+    """
+    if key_path is None:
+        write_output(target, protected, report, config, log_file)
+        return
+    previous = key_path.with_name(f".{key_path.name}.previous-{os.getpid()}")
+    if key_path.exists():
+        os.replace(key_path, previous)
+    try:
+        write_owner_key(key_path, results, model)
+        write_output(target, protected, report, config, log_file)
+    except BaseException:
+        key_path.unlink(missing_ok=True)
+        if previous.exists():
+            os.replace(previous, key_path)
+        raise
+    previous.unlink(missing_ok=True)
 
 
 def write_owner_key(key_path: Path, results: list[ProtectionResult], model: Checkpoint) -> Path:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import TrainingError
+from .errors import ConfigError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,11 @@ class TrainingConfig:
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}")
+            raise ConfigError(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}.")
         if self.batch_size % self.gradient_accumulation_steps:
-            raise ValueError("batch_size must be a multiple of gradient_accumulation_steps")
+            raise ConfigError(
+                f"--train-batch-size {self.batch_size} is not a multiple of --gradient-accumulation-steps "
+                f"{self.gradient_accumulation_steps}.", "Choose a batch size that the accumulation steps divide.")
 
     def to_dict(self) -> dict:
         return asdict(self)

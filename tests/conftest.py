@@ -48,6 +48,8 @@ def hub(monkeypatch):
 
     with FakeHub() as fake:
         monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
+        # Built from ENDPOINT at import: without this, file downloads would go to huggingface.co.
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.delenv("HF_TOKEN", raising=False)
         yield fake

@@ -1,7 +1,8 @@
 """A local stand-in for the Hub's HTTP API, just the endpoints a push uses (the network edge, nothing more).
 
 whoami, auth-check, repo creation, preupload (every file answered "regular", so no LFS/Xet transfer) and the
-ndjson commit endpoint. Every request is recorded, so tests assert on exactly what would have been uploaded.
+ndjson commit endpoint; for downloads, only what a refusal needs (repo info and file metadata of a missing or a
+gated repo: ``hub.gated.add("org/name")``). Every request is recorded, so tests assert on exactly what would have been uploaded.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ class FakeHub:
         self.requests: list[dict] = []
         self.commits: list[dict] = []
         self.validated: list[dict] = []
+        self.gated: set[str] = set()
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # keep test output clean
                 pass
 
-            def _send(self, status: int, body: dict, headers: dict | None = None):
-                data = json.dumps(body).encode()
+            def _send(self, status: int, body: dict | list, headers: dict | None = None):
+                data = b"" if self.command == "HEAD" else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -53,6 +55,9 @@ class FakeHub:
             def do_POST(self):
                 self._handle("POST")
 
+            def do_HEAD(self):
+                self._handle("HEAD")
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -75,6 +80,24 @@ class FakeHub:
         if method == "GET" and path == "/api/whoami-v2":
             return 200, {"type": "user", "name": self.user, "orgs": [{"name": o} for o in self.orgs],
                          "auth": {"type": "access_token", "accessToken": {"role": "write"}}}, {}
+        if method == "GET" and path.startswith("/api/models/") and "/revision/" in path:
+            repo_id = path[len("/api/models/") :].split("/revision/")[0]
+            if repo_id in self.gated:  # a gated repo's card and file list are public; its files are not
+                return 200, {"id": repo_id, "sha": "0" * 40, "gated": "manual", "private": False,
+                             "siblings": [{"rfilename": "config.json"}, {"rfilename": "model.safetensors"}]}, {}
+            return not_found
+        if method == "GET" and path.startswith("/api/models/") and "/tree/" in path:
+            repo_id = path[len("/api/models/") :].split("/tree/")[0]
+            if repo_id in self.gated:
+                return 200, [{"type": "file", "path": name, "size": 100, "oid": "1" * 40}
+                             for name in ("config.json", "model.safetensors")], {}
+            return not_found
+        if method in ("GET", "HEAD") and "/resolve/" in path:
+            repo_id = path.lstrip("/").split("/resolve/")[0]
+            if repo_id in self.gated:
+                return 403, {"error": f"Access to model {repo_id} is restricted."}, {
+                    "X-Error-Code": "GatedRepo", "X-Error-Message": f"Access to model {repo_id} is restricted."}
+            return not_found
         if method == "GET" and path.startswith("/api/models/") and path.endswith("/auth-check/write"):
             repo_id = path[len("/api/models/") : -len("/auth-check/write")]
             if repo_id not in self.repos:

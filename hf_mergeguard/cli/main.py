@@ -6,6 +6,7 @@ fault); 130 interrupted. Errors print one ``Error:`` line and a ``Hint:``; ``--d
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import traceback
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return 2
     except MergeGuardError as exc:
+        _end_progress_bars()
         if debug:
             traceback.print_exc()
         typer.echo(f"Error: {exc.message}", err=True)
@@ -78,12 +80,27 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo(f"Hint: {exc.hint}", err=True)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback unless --debug
+        _end_progress_bars()
         if debug:
             traceback.print_exc()
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a write outside the output folder
+            typer.echo(f"Error: no space left on the device ({exc.filename or exc}); outputs are written atomically, "
+                       "so nothing half-written was left as finished.", err=True)
+            typer.echo("Hint: free some space (or point --output-dir / --work-dir / HF_MERGEGUARD_CACHE elsewhere) "
+                       "and rerun the same command: finished steps are reused.", err=True)
+            return 2
         typer.echo(f"Error: unexpected {type(exc).__name__}: {exc}", err=True)
         typer.echo("Hint: rerun with --debug for the traceback, and report it if it looks like a bug.", err=True)
         return 2
     return result if isinstance(result, int) else 0
+
+
+def _end_progress_bars() -> None:
+    """Close the bars an error interrupted, so that the error starts on a line of its own."""
+    import tqdm
+
+    for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+        bar.close()
 
 
 def console_main() -> None:

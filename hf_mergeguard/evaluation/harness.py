@@ -46,7 +46,8 @@ def _primary_metric(task: str, results: dict, config: dict) -> tuple[str, float,
     """The task's first metric under its first filter (e.g. GSM8K's ``exact_match,strict-match``)."""
     keys = [k for k in results if k != "alias" and "_stderr" not in k and "," in k]
     if not keys:
-        raise MergeGuardError(f"lm-eval returned no metric for task {task}.")
+        raise MergeGuardError(f"lm-eval returned no metric for task {task}.",
+                              "Give the task's YAML a metric_list (lm-eval scores nothing without one).")
     preferred = None
     metrics = config.get("metric_list") or []
     filters = [f.get("name") for f in (config.get("filter_list") or [])] or ["none"]

@@ -114,6 +114,18 @@ def write_key(path: str | os.PathLike, stages: Sequence[tuple[str, ModelTransfor
     return path
 
 
+def key_protected_digest(path: str | os.PathLike) -> str | None:
+    """The digest of the weights a key file was written for (``None`` if it is not a readable key)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception:  # noqa: BLE001 - not a safetensors key: the caller treats it as someone else's file
+        return None
+    return metadata.get("protected_digest") if metadata.get("format") == KEY_FORMAT else None
+
+
 def read_key(path: str | os.PathLike, geometry: Geometry | None = None) -> Key:
     """Read and check a key (permissions, format, shapes against ``geometry`` when given)."""
     from safetensors import SafetensorError, safe_open
