@@ -165,7 +165,8 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     tokenizer = load_tokenizer(model.path)
     st_config = selftest_config(config)
     evaluator = Evaluator(list(config.tasks), include_tasks=config.include_tasks, limit=st_config.limit,
-                          batch_size=st_config.batch_size, allow_code_eval=st_config.allow_code_eval)
+                          batch_size=st_config.batch_size, allow_code_eval=st_config.allow_code_eval,
+                          code_timeout=st_config.code_timeout)
     examples_cache: dict = {}
 
     def train_examples():

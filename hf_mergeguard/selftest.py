@@ -65,6 +65,7 @@ class SelfTestOptions:
     max_merged_retention: float = 0.25
     freerider_floor: float = 0.5
     allow_code_eval: bool = False
+    code_timeout: float = 3600.0  # seconds the child that runs model-written code may take
     # Adaptive attacks (attacks/adaptive.py): on in protect, off in check.
     adaptive: bool = False
     attacks: list[str] | None = None
@@ -189,6 +190,7 @@ def run_selftest(
         limit=config.limit,
         batch_size=config.batch_size,
         allow_code_eval=config.allow_code_eval,
+        code_timeout=config.code_timeout,
     )
     # Small models are read once and merged from memory; large ones stream from disk per merge.
     sources = {"base": base, "protected": protected}

@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from hf_mergeguard.checkpoint import (
     INDEX_FILE,

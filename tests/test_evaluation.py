@@ -3,7 +3,7 @@
 import pytest
 
 from hf_mergeguard.checkpoint import Checkpoint
-from hf_mergeguard.errors import CodeEvalNotAllowedError, OfflineError, UnknownTaskError
+from hf_mergeguard.errors import OfflineError, UnknownTaskError
 from hf_mergeguard.evaluation import Evaluator, TaskCatalog, load_tokenizer
 from hf_mergeguard.toyworld import exact_match, make_tokenizer
 
@@ -43,66 +43,9 @@ def test_known_tasks_use_the_cheap_index():
     assert catalog.code_tasks() == ["humaneval"]
 
 
-def test_humaneval_refused_without_allow_code_eval():
-    with pytest.raises(CodeEvalNotAllowedError) as info:
-        Evaluator("gsm8k,humaneval")
-    assert "--allow-code-eval" in info.value.hint
-
-
 def test_gsm8k_offline_without_cache_is_a_clear_error(toy_world, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
     evaluator = Evaluator("gsm8k", limit=2)
     with pytest.raises(OfflineError) as info:
         evaluator.evaluate(Checkpoint(toy_world.base).load_model(), load_tokenizer(toy_world.base))
     assert "--include-tasks" in info.value.hint
-
-
-CODE_TASK = """task: toy_code
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-unsafe_code: true
-output_type: generate_until
-test_split: test
-doc_to_text: prompt
-doc_to_target: test
-generation_kwargs:
-  until: ["\\n"]
-  do_sample: false
-  max_gen_toks: 8
-metric_list:
-  - metric: !function utils.pass_at_1
-    aggregation: mean
-    higher_is_better: true
-"""
-
-CODE_UTILS = '''import os, subprocess, sys
-
-
-def pass_at_1(references, predictions):
-    # Executes the reference program (the plumbing under test is where and how code runs).
-    completed = subprocess.run([sys.executable, "-c", references[0]], env=os.environ.copy(), timeout=30)
-    return float(completed.returncode == 0)
-'''
-
-
-def test_code_task_runs_in_a_child_without_tokens(toy_world, tmp_path, monkeypatch):
-    """Model-written code runs only with --allow-code-eval, in a child process that has no Hub token."""
-    import json
-
-    probe = tmp_path / "env-seen-by-code.txt"
-    program = f"import os; open({str(probe)!r}, 'w').write(os.environ.get('HF_TOKEN', '<none>') + '|' + os.environ.get('HF_ALLOW_CODE_EVAL', ''))"
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tmp_path / "code.jsonl").write_text(json.dumps({"prompt": "def f():\n", "test": program}) + "\n")
-    (tasks / "toy_code.yaml").write_text(CODE_TASK.format(data=json.dumps(str(tmp_path / "code.jsonl"))))
-    (tasks / "utils.py").write_text(CODE_UTILS)
-    monkeypatch.setenv("HF_TOKEN", "hf_test_secret_value")
-    with pytest.raises(CodeEvalNotAllowedError):
-        Evaluator("toy_code", include_tasks=[tasks])
-    assert not probe.exists()
-    evaluator = Evaluator("toy_code", include_tasks=[tasks], allow_code_eval=True)
-    scores = evaluator.evaluate(Checkpoint(toy_world.base).load_model(), load_tokenizer(toy_world.base))
-    assert scores["toy_code"].value == 1.0
-    assert probe.read_text() == "<none>|1"

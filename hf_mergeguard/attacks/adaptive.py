@@ -245,7 +245,8 @@ def run_adaptive_attacks(report: dict, *, base, protected, freeriders, tokenizer
     kinds = parse_attacks(config.attacks)
     fr_tasks = sorted({t for fr in freeriders for t in fr.tasks} - set(config.tasks))
     evaluator = Evaluator(list(config.tasks) + fr_tasks, include_tasks=config.include_tasks, limit=config.limit,
-                          batch_size=config.batch_size, allow_code_eval=config.allow_code_eval)
+                          batch_size=config.batch_size, allow_code_eval=config.allow_code_eval,
+                          code_timeout=config.code_timeout)
     base, protected = materialize(base), materialize(protected)
     freeriders = [type(fr)(model=materialize(fr.model), tasks=fr.tasks, name=fr.name) for fr in freeriders]
     scorer = _Scorer(report, freeriders, tokenizer, evaluator, protected.config, device)

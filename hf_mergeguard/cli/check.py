@@ -28,6 +28,7 @@ def check_command(
     max_merged_retention: float = options.MaxMergedRetention,
     freerider_floor: float = options.FreeriderFloor,
     allow_code_eval: bool = options.AllowCodeEval,
+    code_timeout: float = options.CodeTimeout,
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the report to this selftest.json path."),
     device: Optional[str] = options.Device,
     token: Optional[str] = options.Token,
@@ -62,6 +63,7 @@ def check_command(
         max_merged_retention=max_merged_retention,
         freerider_floor=freerider_floor,
         allow_code_eval=allow_code_eval,
+        code_timeout=code_timeout,
     )
     report = check_model(
         model,
@@ -74,6 +76,8 @@ def check_command(
     )
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=2) + "\n")
+        partial = output.with_name(f".{output.name}.partial")  # never a half-written report under the real name
+        partial.write_text(json.dumps(report, indent=2) + "\n")
+        partial.replace(output)
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     raise typer.Exit(0 if report["passed"] else 1)

@@ -20,6 +20,7 @@ def evaluate_command(
     limit: Optional[int] = options.Limit,
     batch_size: int = options.BatchSize,
     allow_code_eval: bool = options.AllowCodeEval,
+    code_timeout: float = options.CodeTimeout,
     revision: Optional[str] = options.Revision,
     device: Optional[str] = options.Device,
     as_json: bool = options.AsJson,
@@ -39,6 +40,7 @@ def evaluate_command(
         limit=limit,
         batch_size=batch_size,
         allow_code_eval=allow_code_eval,
+        code_timeout=code_timeout,
     )
     if as_json:
         typer.echo(json.dumps({t: s.to_dict() for t, s in scores.items()}, indent=2))

@@ -14,6 +14,9 @@ BatchSize = typer.Option(32, "--batch-size", help="Fixed generation batch size (
 AllowCodeEval = typer.Option(
     False, "--allow-code-eval", help="Allow tasks that execute model-written code (HumanEval): run in a child process without Hub tokens."
 )
+CodeTimeout = typer.Option(
+    3600.0, "--code-timeout", help="Seconds the child process that runs model-written code may take; then it and its children are killed."
+)
 AsJson = typer.Option(False, "--json", help="Print the full figures as JSON instead of a table.")
 Device = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 Token = typer.Option(None, "--token", help="Hub token (default: HF_TOKEN or your login). Never printed.", show_default=False)

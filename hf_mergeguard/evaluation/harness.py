@@ -4,6 +4,7 @@ scored without writing it to disk. Tasks that execute model-written code run in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -68,6 +69,30 @@ def scrubbed_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
     env.update(extra or {})
     return env
+
+
+def _run_with_time_limit(command: list[str], *, env: dict, cwd: str, timeout: float, what: str) -> subprocess.CompletedProcess:
+    """Run ``command`` in a session of its own; past ``timeout`` the whole session is killed (model-written code
+    may have started processes of its own, which ``subprocess.run``'s timeout would leave running)."""
+    import signal
+
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise MergeGuardError(
+            f"{what} ran past its time limit ({timeout:.0f} s); the child process and everything it started were killed.",
+            "Raise --code-timeout, or lower --limit.",
+        ) from None
+    except BaseException:  # interrupted: take the untrusted code down with us
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 class Evaluator:
@@ -178,20 +203,10 @@ class Evaluator:
             }
             (Path(tmp) / "spec.json").write_text(json.dumps(spec))
             env = scrubbed_environment({"HF_ALLOW_CODE_EVAL": "1", "TOKENIZERS_PARALLELISM": "false"})
-            try:
-                completed = subprocess.run(
-                    [sys.executable, "-m", "hf_mergeguard.evaluation.code_child", str(Path(tmp) / "spec.json")],
-                    env=env,
-                    cwd=tmp,
-                    capture_output=True,
-                    text=True,
-                    timeout=self.code_timeout,
-                )
-            except subprocess.TimeoutExpired:
-                raise MergeGuardError(
-                    f"Code evaluation of {', '.join(self.code_tasks)} ran past its time limit ({self.code_timeout:.0f} s).",
-                    "Raise --code-timeout, or lower --limit.",
-                ) from None
+            completed = _run_with_time_limit(
+                [sys.executable, "-m", "hf_mergeguard.evaluation.code_child", str(Path(tmp) / "spec.json")],
+                env=env, cwd=tmp, timeout=self.code_timeout, what=f"Code evaluation of {', '.join(self.code_tasks)}",
+            )
             if completed.returncode != 0:
                 raise MergeGuardError(
                     f"Code evaluation of {', '.join(self.code_tasks)} failed in its child process: "

@@ -8,7 +8,6 @@ folder, no key file; and push nothing (the fake Hub saw no repo creation and no 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 from dataclasses import dataclass, field

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
