@@ -32,3 +32,4 @@ if __name__ == "__main__":
     if accelerator.is_main_process:
         with open(sys.argv[1], "w") as handle:
             json.dump({"merges": report["merges"], "standalone": report["standalone"], "processes": accelerator.num_processes}, handle)
+    accelerator.end_training()  # destroys the process group: gloo threads left to interpreter exit can abort it

@@ -25,3 +25,4 @@ if __name__ == "__main__":
     weights, result = stage1_weights(build_toy_world(progress=False), accelerator)
     if accelerator.is_main_process:
         torch.save({"weights": weights, "losses": result.losses, "logs": result.logs, "processes": accelerator.num_processes}, sys.argv[1])
+    accelerator.end_training()  # destroys the process group: gloo threads left to interpreter exit can abort it

@@ -51,8 +51,6 @@ def _register_commands() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the exit code."""
-    from typer.exceptions import Abort, Exit, TyperException
-
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     _register_commands()
@@ -61,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     from hf_mergeguard.cli import main as registered
 
     command = typer.main.get_command(registered.app)
+    try:
+        return _run(command, argv, debug)
+    finally:
+        _end_distributed()
+
+
+def _run(command, argv: list[str], debug: bool) -> int:
+    from typer.exceptions import Abort, Exit, TyperException
+
     try:
         result = command.main(args=argv, prog_name="hf-mergeguard", standalone_mode=False)
     except Exit as exc:
@@ -93,6 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("Hint: rerun with --debug for the traceback, and report it if it looks like a bug.", err=True)
         return 2
     return result if isinstance(result, int) else 0
+
+
+def _end_distributed() -> None:
+    """Under `accelerate launch`: destroy the process group before exit (gloo's threads, left to interpreter
+    teardown, can abort the process: "terminate called without an active exception")."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _end_progress_bars() -> None:
