@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from . import __version__
+from .checkpoint import write_text_atomically
 from .errors import ConfigError
 from .protect.function_preserving import FUNCTION_PRESERVING
 from .report import coefficient_label
@@ -270,11 +271,7 @@ def write_card(folder: str | Path, *, model_name: str | None = None, license: st
     card = render_card(report, model_name=model_name or release.get("name") or folder.name, license=license,
                        protect_config=protect_config, forced=forced)
     plot_scores(report, folder / PLOT_FILE)
-    target = folder / CARD_FILE
-    temp = folder / f".{CARD_FILE}.{os.getpid()}.tmp"
-    temp.write_text(str(card) + ("" if str(card).endswith("\n") else "\n"), encoding="utf-8")
-    temp.replace(target)
-    return target
+    return write_text_atomically(folder / CARD_FILE, str(card) + ("" if str(card).endswith("\n") else "\n"))
 
 
 def source_license(folder: str | Path) -> str | None:

@@ -230,6 +230,7 @@ class Checkpoint:
         self._file_of: dict[str, Path] = {}
         self._offset_of: dict[str, int] = {}
         self._specs: dict[str, TensorSpec] = {}
+        self._checked_finite = False
         self.metadata: dict[str, str] = {}
         self._read_weight_headers()
 
@@ -398,15 +399,14 @@ class Checkpoint:
     def check_finite(self, progress: bool = False) -> None:
         """Read every tensor once and refuse NaN/Inf (before any work, so a bad input fails in seconds, not after
         hours of training). Remembered: a checkpoint is scanned once however often it is checked."""
-        if getattr(self, "_checked_finite", False):
+        if self._checked_finite:
             return
         from tqdm.auto import tqdm
 
-        names = self.tensor_names
         bar = tqdm(total=self.total_bytes, unit="B", unit_scale=True, desc=f"Checking {self.path.name}",
                    disable=not progress or self.total_bytes < 1 << 30)
         with bar:
-            for name, tensor in self.iter_tensors(names):
+            for name, tensor in self.iter_tensors():
                 assert_finite(name, tensor, f" of {self.source} ({self._file_of[name].name})")
                 bar.update(self.spec(name).nbytes)
         self._checked_finite = True
@@ -565,6 +565,20 @@ def _stale_partial(path: Path) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file beside it and a rename: a reader (or a rerun after a
+    crash) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 @contextlib.contextmanager

@@ -34,7 +34,8 @@ def check_geometry(checkpoint: Checkpoint) -> None:
 
 
 def check_compatible(model: Checkpoint, base: Checkpoint, *, role: str = "base", merge_partner: bool = False) -> None:
-    """Raise :class:`IncompatibleModelsError` unless ``model`` and ``base`` share architecture, names, shapes.
+    """Raise :class:`IncompatibleModelsError` unless ``model`` and ``base`` share architecture, names, shapes, and
+    :class:`NonFiniteWeightsError` if either holds NaN/Inf (each checkpoint is scanned once, however often checked).
 
     Args:
         model: the fine-tune.

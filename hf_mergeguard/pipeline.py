@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .card import source_license, write_card
-from .checkpoint import Checkpoint, atomic_output_dir
+from .checkpoint import Checkpoint, atomic_output_dir, write_text_atomically
 from .compat import check_compatible
 from .config import ProtectConfig, dump_yaml
 from .environment import package_versions
@@ -75,6 +75,11 @@ def key_path_for(config: ProtectConfig) -> Path:
     path = Path(config.key_file).expanduser().resolve() if config.key_file else default_key_path(config.output_dir)
     check_key_location(path, config.output_dir)
     return path
+
+
+def step_work_dir(work: Path, index: int, method: str) -> Path:
+    """The work folder of the ``index``-th defense of the stack."""
+    return work / f"{index}-{method}"
 
 
 def work_dir_for(config: ProtectConfig) -> Path:
@@ -187,7 +192,7 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
             ctx = ProtectContext(
                 model=current, base=base, original=model, tokenizer=tokenizer,
                 train_examples=train_examples if config.train_data else None, evaluator=evaluator,
-                work_dir=work / f"{index}-{name}", accelerator=accelerator, device=device, progress=progress, seed=config.seed,
+                work_dir=step_work_dir(work, index, name), accelerator=accelerator, device=device, progress=progress, seed=config.seed,
             )
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
             log.info("Applying %s", name)
@@ -282,13 +287,13 @@ def _key_of_a_killed_run(key_path: Path, target: Path, work: Path, methods: list
     Then its digest is the one recorded by the work folder's last function-preserving step (a rerun resumes from
     there and writes the same key again); any other key is someone's earlier key and is never replaced silently.
     """
-    from .protect.function_preserving import FUNCTION_PRESERVING
+    from .protect.function_preserving import FUNCTION_PRESERVING, protected_folder
     from .protect.keyfile import key_protected_digest
 
     if target.exists():
         return False
     index = max(i for i, name in enumerate(methods) if name in FUNCTION_PRESERVING)
-    record = finished(work / f"{index}-{methods[index]}" / f"{methods[index]}-protected")
+    record = finished(protected_folder(step_work_dir(work, index, methods[index]), methods[index]))
     return record is not None and key_protected_digest(key_path) == record.get("protected_digest")
 
 
@@ -374,9 +379,7 @@ def push_output(folder: str | Path, repo_id: str, *, token: str | None = None, c
     forced = force and not report.get("passed")
     if forced or (report.get("release") or {}).get("name") != repo_id:
         report["release"] = {"name": repo_id, "forced": forced}
-        temp = report_file.with_name(f".{report_file.name}.tmp")
-        temp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        temp.replace(report_file)
+        write_text_atomically(report_file, json.dumps(report, indent=2, default=str) + "\n")
         write_card(folder)
     return push_release(
         folder, repo_id, token=token, create_pr=create_pr, private=private,

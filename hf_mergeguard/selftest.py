@@ -24,14 +24,13 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
 from .attacks.merges import MergeMethod, merge_state_dict, parse_methods
-from .checkpoint import model_from_state_dict
+from .checkpoint import model_from_state_dict, write_text_atomically
 from .errors import ConfigError
 from .sources import TensorSource, materialize
 
@@ -238,9 +237,7 @@ def run_selftest(
         result = score(job)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            temp.write_text(json.dumps(result))
-            temp.replace(path)
+            write_text_atomically(path, json.dumps(result))
         return result
 
     results = run_jobs(jobs, cached_score, accelerator=accelerator, progress=progress)

@@ -49,6 +49,7 @@ def check_command(
     --freerider-tasks toy_sort --tasks toy_add --include-tasks demo/tasks
     """
     from ..check import check_model
+    from ..checkpoint import write_text_atomically
     from ..report import format_report
     from ..selftest import SelfTestConfig
 
@@ -76,8 +77,6 @@ def check_command(
     )
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
-        partial = output.with_name(f".{output.name}.partial")  # never a half-written report under the real name
-        partial.write_text(json.dumps(report, indent=2) + "\n")
-        partial.replace(output)
+        write_text_atomically(output, json.dumps(report, indent=2) + "\n")
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     raise typer.Exit(0 if report["passed"] else 1)

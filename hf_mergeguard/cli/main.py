@@ -14,7 +14,7 @@ import traceback
 import typer
 
 from .. import __version__
-from ..errors import MergeGuardError
+from ..errors import DiskFullError, MergeGuardError
 
 app = typer.Typer(
     name="hf-mergeguard",
@@ -79,27 +79,34 @@ def _run(command, argv: list[str], debug: bool) -> int:
         exc.show()
         return 2
     except MergeGuardError as exc:
-        _end_progress_bars()
-        if debug:
-            traceback.print_exc()
-        typer.echo(f"Error: {exc.message}", err=True)
-        if exc.hint:
-            typer.echo(f"Hint: {exc.hint}", err=True)
-        return exc.exit_code
+        return _report(exc, debug)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _report_unexpected(exc, debug)
+        # A full disk outside the output folder (which raises DiskFullError itself): the work folder, the cache.
+        return _report(DiskFullError(
+            f"No space left on the device while writing {exc.filename or 'a file'}; nothing half-written is taken as finished.",
+            "Free some space (or point --output-dir / --work-dir / HF_MERGEGUARD_CACHE elsewhere) and rerun the same "
+            "command: finished steps are reused."), debug)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback unless --debug
-        _end_progress_bars()
-        if debug:
-            traceback.print_exc()
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a write outside the output folder
-            typer.echo(f"Error: no space left on the device ({exc.filename or exc}); outputs are written atomically, "
-                       "so nothing half-written was left as finished.", err=True)
-            typer.echo("Hint: free some space (or point --output-dir / --work-dir / HF_MERGEGUARD_CACHE elsewhere) "
-                       "and rerun the same command: finished steps are reused.", err=True)
-            return 2
-        typer.echo(f"Error: unexpected {type(exc).__name__}: {exc}", err=True)
-        typer.echo("Hint: rerun with --debug for the traceback, and report it if it looks like a bug.", err=True)
-        return 2
+        return _report_unexpected(exc, debug)
     return result if isinstance(result, int) else 0
+
+
+def _report(error: MergeGuardError, debug: bool) -> int:
+    """``Error:`` and ``Hint:`` on stderr (the traceback of what is being handled first with --debug)."""
+    _end_progress_bars()
+    if debug:
+        traceback.print_exc()
+    typer.echo(f"Error: {error.message}", err=True)
+    if error.hint:
+        typer.echo(f"Hint: {error.hint}", err=True)
+    return error.exit_code
+
+
+def _report_unexpected(exc: Exception, debug: bool) -> int:
+    return _report(MergeGuardError(f"unexpected {type(exc).__name__}: {exc}",
+                                   "Rerun with --debug for the traceback, and report it if it looks like a bug."), debug)
 
 
 def _end_distributed() -> None:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -74,8 +75,6 @@ def scrubbed_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
 def _run_with_time_limit(command: list[str], *, env: dict, cwd: str, timeout: float, what: str) -> subprocess.CompletedProcess:
     """Run ``command`` in a session of its own; past ``timeout`` the whole session is killed (model-written code
     may have started processes of its own, which ``subprocess.run``'s timeout would leave running)."""
-    import signal
-
     process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:

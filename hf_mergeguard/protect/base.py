@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import Checkpoint, write_text_atomically
 from ..training import Example
 
 
@@ -80,7 +80,4 @@ def finished(folder: Path) -> dict | None:
 
 
 def mark_finished(folder: Path, record: dict) -> None:
-    marker = done_marker(folder)
-    temp = marker.with_suffix(".tmp")
-    temp.write_text(json.dumps(record, indent=2, default=str))
-    temp.replace(marker)
+    write_text_atomically(done_marker(folder), json.dumps(record, indent=2, default=str))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -203,9 +204,14 @@ def write_protected(model: Checkpoint, base: Checkpoint, method: str, config, fo
     return record
 
 
+def protected_folder(step_work_dir: Path, method: str) -> Path:
+    """Where ``method``'s protected checkpoint goes in its step's work folder."""
+    return step_work_dir / f"{method}-protected"
+
+
 def run_function_preserving(ctx: ProtectContext, method: str, config) -> ProtectionResult:
     """Sample the transform, stream the checkpoint through it into the work folder, keep the key beside it."""
-    folder = ctx.step_dir(f"{method}-protected")
+    folder = protected_folder(ctx.work_dir, method)
     key_path = ctx.step_dir(f"{method}.key.safetensors")  # beside the checkpoint folder: never linked into a release
     if finished(folder) is not None and key_path.is_file():
         log.info("%s: reusing the protected checkpoint in %s", method, folder)

@@ -17,7 +17,7 @@ from ..architectures import Geometry, split_layer_name
 # Histogram bins of the exact two-pass top-k threshold: the top 16 bits of a non-negative float32 (8 exponent
 # bits, 8 mantissa bits: 256 bins per octave over the whole float range). Its bit pattern orders like its
 # value, so a shift gives the bin without a logarithm, and the cut's bin holds few values for pass 2.
-_LOG_BINS = 1 << 16
+_BINS = 1 << 16
 _MANTISSA_BITS_DROPPED = 15
 
 
@@ -45,7 +45,7 @@ def excluded_count(n_units: int, share: float) -> int:
     return min(n_units, max(1, math.floor(share * n_units + 0.5)))
 
 
-def _log_bins(values: torch.Tensor) -> torch.Tensor:
+def _coarse_bins(values: torch.Tensor) -> torch.Tensor:
     return values.float().contiguous().view(torch.int32) >> _MANTISSA_BITS_DROPPED
 
 
@@ -53,20 +53,21 @@ def topk_threshold(tensors: "callable[[], Iterator[torch.Tensor]]", share: float
     """The value t such that exactly the ``share`` largest |values| (over all tensors) are >= t.
 
     Exact and streaming in constant memory: pass 1 builds a histogram of |x| on the top 16 bits of its float32
-    pattern (256 bins per octave), pass 2 a histogram of the low 15 bits of the values in the bin that holds the cut. ``tensors`` is called once per pass and yields the |tau| tensors.
+    pattern (256 bins per octave), pass 2 a histogram of the low 15 bits of the values in the bin that holds the
+    cut. ``tensors`` is called once per pass and yields the |tau| tensors.
     Returns ``(threshold, selected count)``; ``(inf, 0)`` when nothing is selected.
     """
-    counts = torch.zeros(_LOG_BINS, dtype=torch.long)
+    counts = torch.zeros(_BINS, dtype=torch.long)
     total = 0
     for values in tensors():
-        counts += torch.bincount(_log_bins(values.reshape(-1)), minlength=_LOG_BINS)
+        counts += torch.bincount(_coarse_bins(values.reshape(-1)), minlength=_BINS)
         total += values.numel()
     wanted = int(math.floor(share * total))
     if wanted <= 0:
         return math.inf, 0
     from_top = torch.flip(counts, [0]).cumsum(0)
     cut_from_top = int(torch.searchsorted(from_top, torch.tensor(wanted)).item())
-    cut_bin = _LOG_BINS - 1 - cut_from_top
+    cut_bin = _BINS - 1 - cut_from_top
     above = int(from_top[cut_from_top - 1]) if cut_from_top > 0 else 0
     # Pass 2: within the cut's bin the low bits tell the values apart; count them instead of keeping them
     # (bf16 weights give |tau| few distinct values, so one bin can hold hundreds of millions of equal ones).

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..checkpoint import Checkpoint, atomic_output_dir, save_model, stamp_metadata
+from ..checkpoint import Checkpoint, atomic_output_dir, save_model, stamp_metadata, write_text_atomically
 from ..training import Example, TrainingConfig, train_causal_lm
 from .scoring import exact_match
 from .skills import CHARACTERS, SPECIAL_TOKENS, make_split, make_tokenizer
@@ -177,9 +177,7 @@ def write_task_yamls(world: ToyWorld) -> None:
         path = world.tasks / f"{world.task_name(skill)}.yaml"
         if path.is_file() and path.read_text() == text:
             continue
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temp.write_text(text)
-        os.replace(temp, path)
+        write_text_atomically(path, text)
 
 
 def _with_replay(examples: list[Example], base_rows: dict[str, list[Example]], skill: str, config: ToyWorldConfig) -> list[Example]:

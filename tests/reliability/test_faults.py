@@ -45,10 +45,10 @@ def test_defense_producing_non_finite_weights_writes_nothing(release, refused, m
     assert not list((release.tmp / "work" / "0-params").glob(".*partial*"))
 
 
-@pytest.mark.parametrize("where", ["weights", "release-folder"])
+@pytest.mark.parametrize("where", ["weights", "release-folder", "key-file"])
 def test_disk_full_while_writing(release, refused, hub, where):
-    """ENOSPC in the middle of the protected weights (work folder) or of the release folder: nothing partial stays,
-    no key, no push; freeing space and rerunning the same command finishes the job."""
+    """ENOSPC in the middle of the protected weights (work folder), of the release folder, or of the owner's key:
+    nothing partial stays, no key, no push; freeing space and rerunning the same command finishes the job."""
     from hf_mergeguard import checkpoint, pipeline
 
     def no_space(*args, **kwargs):
@@ -66,8 +66,10 @@ def test_disk_full_while_writing(release, refused, hub, where):
                 return write(self, tensor)
 
             fault.setattr(checkpoint._ShardWriter, "write", filling_up)
-        else:
+        elif where == "release-folder":
             fault.setattr(pipeline, "write_card", no_space)
+        else:
+            fault.setattr(pipeline, "write_owner_key", no_space)
         refused(release.argv(), inputs=[release.model, release.base], out=release.out,
                 expect=[r"No space left on the device"], hint="[Ff]ree some space")
     if where == "weights":
