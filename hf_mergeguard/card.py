@@ -25,6 +25,11 @@ CARD_FILE = "README.md"
 PLOT_FILE = "selftest.png"
 
 METHOD_DESCRIPTIONS = {
+    "trap": (
+        "Merge trap (training-time, after Trap²): the model was trained further so that its own loss stays low at "
+        "its released weights but rises when its task vector is rescaled, randomly dropped (DARE), trimmed (TIES) "
+        "or added to another task vector, the changes a merge makes."
+    ),
     "mergeguard": (
         "MergeGuard (dual-stage weight protection): optional density-aware fine-tuning (stage 1), then the "
         "top-k largest entries of the task vector outside the most critical layers are negated "

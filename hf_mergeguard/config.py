@@ -18,6 +18,7 @@ from typing import Any
 from .errors import ConfigError
 from .protect.function_preserving import MergeBarrierConfig, MergeLockConfig, ParamsConfig
 from .protect.mergeguard import MergeGuardConfig
+from .protect.trap import TrapConfig
 from .selftest import SelfTestOptions
 
 
@@ -54,6 +55,7 @@ class ProtectConfig:
     seed: int = 0
     key_file: str | None = None
     mergeguard: MergeGuardConfig = field(default_factory=MergeGuardConfig)
+    trap: TrapConfig = field(default_factory=TrapConfig)
     params: ParamsConfig = field(default_factory=ParamsConfig)
     mergelock: MergeLockConfig = field(default_factory=MergeLockConfig)
     mergebarrier: MergeBarrierConfig = field(default_factory=MergeBarrierConfig)
@@ -70,13 +72,15 @@ class ProtectConfig:
             raise ConfigError("No --tasks given: the self-test needs the defender's tasks.", "e.g. --tasks gsm8k")
         if self.freerider_tasks and len(self.freerider_tasks) not in (1, len(self.merge_with)):
             raise ConfigError("Give one --freerider-tasks per --merge-with (in order), or one for all.")
+        from .errors import TrainDataError
+
+        if "trap" in self.method and not self.train_data:
+            raise TrainDataError("The merge trap trains on the defender's data.", "Pass --train-data (a JSONL file or a Hub dataset).")
         if "mergeguard" in self.method and not self.train_data:
             needs = [] if self.mergeguard.skip_stage1 else ["stage 1 trains on it"]
             if self.mergeguard.criticality == "fast":
                 needs.append("fast criticality takes its calibration set from it")
             if needs:
-                from .errors import TrainDataError
-
                 raise TrainDataError(
                     f"MergeGuard needs the defender's training data ({'; '.join(needs)}).",
                     "Pass --train-data (a JSONL file or a Hub dataset), or --skip-stage1 --criticality exact to do without.",

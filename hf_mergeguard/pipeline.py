@@ -35,17 +35,20 @@ LOG_FILE = "protect.log"
 RELEASE_ONLY_OPTIONS = (
     "output_dir", "overwrite", "work_dir", "device", "push_to", "create_pr", "private", "force", "key_file",
 )
-# A stack is applied in this order, whatever order --method names it: MergeGuard measures the task vector
-# against the base, which only means something before a function-preserving transform has moved the weights;
-# the function-preserving ones compose exactly in any order.
-STACK_ORDER = ("mergeguard", "params", "mergebarrier", "mergelock")
+# A stack is applied in this order, whatever order --method names it: the merge trap trains first (it can serve
+# as MergeGuard's stage 1); MergeGuard measures the task vector against the base, which only means something
+# before a function-preserving transform has moved the weights; the function-preserving ones compose exactly
+# in any order.
+STACK_ORDER = ("trap", "mergeguard", "params", "mergebarrier", "mergelock")
 
 
 def _defenses():
     from .protect.function_preserving import run_function_preserving
     from .protect.mergeguard import run_mergeguard
+    from .protect.trap import run_trap
 
     return {
+        "trap": lambda ctx, config: run_trap(ctx, config.trap),
         "mergeguard": lambda ctx, config: run_mergeguard(ctx, config.mergeguard),
         "params": lambda ctx, config: run_function_preserving(ctx, "params", config.params),
         "mergebarrier": lambda ctx, config: run_function_preserving(ctx, "mergebarrier", config.mergebarrier),
@@ -54,7 +57,7 @@ def _defenses():
 
 
 def parse_method(method: str) -> list[str]:
-    """``"mergelock+mergeguard"`` -> ``["mergeguard", "mergelock"]`` (the stack order, see STACK_ORDER)."""
+    """``"mergelock+trap"`` -> ``["trap", "mergelock"]`` (the stack order, see STACK_ORDER)."""
     names = [m.strip().lower() for m in method.split("+") if m.strip()]
     registry = _defenses()
     for name in names:

@@ -34,8 +34,8 @@ def test_l2_readings():
 
 
 def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path):
-    """Stage 1 under torchrun (2 CPU processes, gloo, DDP) ends with the weights of a 1-process run."""
-    from distributed_stage1 import stage1_weights
+    """Stage 1 and the merge trap under torchrun (2 CPU processes, gloo, DDP) end with the weights of 1-process runs."""
+    from distributed_stage1 import stage1_weights, trap_weights
 
     out = tmp_path / "two.pt"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
@@ -57,6 +57,15 @@ def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path):
     before = Checkpoint(toy_world.model("count")).state_dict()
     moved = max(float((weights[k] - before[k].float()).abs().max()) for k in before)
     assert moved > 1e-4, "stage 1 did not train at all"
+
+    # The trap's perturbed passes run on the unwrapped module; one backward still syncs every gradient.
+    trap, trap_result = trap_weights(toy_world, None)
+    assert two["trap_losses"] == pytest.approx(trap_result.losses, rel=1e-4)
+    assert set(two["trap_logs"][-1]) == set(trap_result.logs[-1])
+    differ = max(float((trap[k] - two["trap_weights"][k]).abs().max()) for k in trap)
+    assert differ < 1e-5, f"2-process trap weights differ from 1-process ones by {differ}"
+    moved = max(float((trap[k] - before[k].float()).abs().max()) for k in before)
+    assert moved > 1e-4, "the trap did not train at all"
 
 
 def criticality_inputs(world):

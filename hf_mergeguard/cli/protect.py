@@ -15,7 +15,7 @@ from .main import app
 def protect_command(
     model: Optional[str] = typer.Argument(None, help="The fine-tuned model (folder or repo id); or `model:` in --config."),
     base: Optional[str] = typer.Option(None, "--base", help="The base model it was fine-tuned from."),
-    method: Optional[str] = typer.Option(None, "--method", help="mergeguard (default) | params | mergelock | mergebarrier, or a stack joined by + (e.g. mergeguard+mergelock; applied in that order: mergeguard, params, mergebarrier, mergelock)."),
+    method: Optional[str] = typer.Option(None, "--method", help="mergeguard (default) | trap | params | mergelock | mergebarrier, or a stack joined by + (e.g. trap+mergeguard; applied in that order: trap, mergeguard, params, mergebarrier, mergelock)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Comma-separated lm-eval tasks of the model's skill."),
     train_data: Optional[str] = typer.Option(None, "--train-data", help="Defender's data: JSONL (question/answer, prompt/completion or text) or a Hub dataset name[:config]."),
     train_split: Optional[str] = typer.Option(None, "--train-split", help="Split of a Hub --train-data (default train)."),
@@ -34,13 +34,17 @@ def protect_command(
     run_stage1: Optional[bool] = typer.Option(None, "--stage1/--skip-stage1", help="MergeGuard: run stage 1 (density-aware fine-tuning) before stage 2, or stage 2 alone (default: alone, the best measured; see the README)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="MergeGuard stage 1: strength of the per-layer L2 term (0.01)."),
     stage1_reading: Optional[str] = typer.Option(None, "--stage1-reading", help="paper | paper-mean | base | base-mean."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Stage 1 optimizer steps."),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Stage 1 learning rate."),
-    train_batch_size: Optional[int] = typer.Option(None, "--train-batch-size", help="Stage 1 examples per step (all processes)."),
-    gradient_accumulation_steps: Optional[int] = typer.Option(None, "--gradient-accumulation-steps", help="Stage 1 micro-batches per step."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Stage 1 tokens per example."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16", help="Stage 1 in bf16 mixed precision."),
-    fsdp: Optional[bool] = typer.Option(None, "--fsdp", help="Stage 1 with FSDP (GPUs; FULL_STATE_DICT when saving)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps of stage 1 and of the trap."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Learning rate of stage 1 and of the trap."),
+    train_batch_size: Optional[int] = typer.Option(None, "--train-batch-size", help="Stage 1 / trap examples per step (all processes)."),
+    gradient_accumulation_steps: Optional[int] = typer.Option(None, "--gradient-accumulation-steps", help="Stage 1 / trap micro-batches per step."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Stage 1 / trap tokens per example."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16", help="Stage 1 / trap in bf16 mixed precision."),
+    fsdp: Optional[bool] = typer.Option(None, "--fsdp", help="Stage 1 with FSDP (GPUs; FULL_STATE_DICT when saving; not for the trap)."),
+    trap_weight: Optional[float] = typer.Option(None, "--trap-weight", help="Trap: weight of the trap term against the task loss (lambda)."),
+    trap_perturbations: Optional[str] = typer.Option(None, "--trap-perturbations", help="Trap: merge-shaped changes trained against (comma-separated): scale, dare, ties, rider."),
+    trap_samples: Optional[int] = typer.Option(None, "--trap-samples", help="Trap: perturbations per micro-batch."),
+    trap_ceiling: Optional[float] = typer.Option(None, "--trap-ceiling", help="Trap: cap of a perturbed loss, in units of the base model's loss on the batch."),
     beta: Optional[float] = typer.Option(None, "--beta", help="MergeGuard stage 2 strength: 1 resets masked entries to the base, 2 flips them."),
     criticality: Optional[str] = typer.Option(None, "--criticality", help="fast (calibration loss + first-order screen) | exact (the paper's)."),
     granularity: Optional[str] = typer.Option(None, "--granularity", help="matrix (each tensor of each block) | block."),
@@ -75,6 +79,16 @@ def protect_command(
     from ..pipeline import protect
     from ..report import format_report
 
+    # The training flags set every training stage of the run (MergeGuard's stage 1 and the trap).
+    training = {
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "batch_size": train_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "max_length": max_length,
+        "bf16": bf16,
+        "seed": seed,
+    }
     overrides = {
         "model": model,
         "base": base,
@@ -102,18 +116,14 @@ def protect_command(
             "granularity": granularity,
             "exclude_share": exclude_share,
             "mask_share": mask_share,
-            "stage1": {
-                "alpha": alpha,
-                "reading": stage1_reading,
-                "steps": steps,
-                "learning_rate": learning_rate,
-                "batch_size": train_batch_size,
-                "gradient_accumulation_steps": gradient_accumulation_steps,
-                "max_length": max_length,
-                "bf16": bf16,
-                "fsdp": fsdp,
-                "seed": seed,
-            },
+            "stage1": {"alpha": alpha, "reading": stage1_reading, "fsdp": fsdp, **training},
+        },
+        "trap": {
+            "weight": trap_weight,
+            "perturbations": trap_perturbations,
+            "samples": trap_samples,
+            "ceiling": trap_ceiling,
+            **training,
         },
         "selftest": {
             "methods": methods,

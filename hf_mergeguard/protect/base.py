@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..checkpoint import Checkpoint, write_text_atomically
+import torch
+
+from ..checkpoint import Checkpoint, stamp_metadata, write_checkpoint, write_text_atomically
+from ..errors import TrainDataError
 from ..training import Example
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,3 +87,34 @@ def finished(folder: Path) -> dict | None:
 
 def mark_finished(folder: Path, record: dict) -> None:
     write_text_atomically(done_marker(folder), json.dumps(record, indent=2, default=str))
+
+
+def trained_checkpoint(ctx: ProtectContext, step: str, method: str, train: Callable, *, needs: str):
+    """Fine-tune ``ctx.model`` with ``train(model, examples) -> TrainingResult`` into the step folder ``step``.
+
+    Resumable: a finished step is reused. Returns the checkpoint and the step's record (losses, last logs, time).
+    """
+    folder = ctx.step_dir(step)
+    record = finished(folder)
+    if record is not None:
+        log.info("%s: reusing the finished run in %s", step, folder)
+        return Checkpoint(folder), record
+    if ctx.train_examples is None:
+        raise TrainDataError(f"{needs}.", "Pass --train-data (a JSONL file or a Hub dataset).")
+    model = ctx.model.load_model(dtype=torch.float32, device=ctx.device)
+    result = train(model, ctx.train_examples())
+    record = {"losses": result.losses, "logs": result.logs[-1:], "seconds": result.seconds, "seconds_per_step": result.seconds_per_step}
+    if ctx.is_main:
+        layout = ctx.model.layout
+        tensors = {k: v.detach().to("cpu") for k, v in model.state_dict().items() if k in layout}
+        write_checkpoint(
+            folder,
+            ((name, tensors[name].to(layout[name].dtype)) for name in layout),
+            layout,
+            companions_from=ctx.model,
+            metadata=stamp_metadata(method=method),
+            overwrite=True,
+        )
+        mark_finished(folder, record)
+    ctx.wait()
+    return Checkpoint(folder), record

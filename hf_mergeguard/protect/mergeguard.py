@@ -10,11 +10,9 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 
-import torch
-
 from ..checkpoint import Checkpoint, stamp_metadata, write_checkpoint
 from ..errors import ConfigError, TrainDataError
-from .base import ProtectContext, ProtectionResult, finished, mark_finished
+from .base import ProtectContext, ProtectionResult, finished, mark_finished, trained_checkpoint
 from .criticality import exact_criticality, fast_criticality
 from .negation import negate, negation_units, topk_threshold
 from .stage1 import Stage1Config, density_aware_finetune
@@ -63,36 +61,16 @@ class MergeGuardConfig:
 
 
 def _stage1(ctx: ProtectContext, config: MergeGuardConfig) -> Checkpoint:
-    folder = ctx.step_dir("mergeguard-stage1")
-    record = finished(folder)
-    if record is not None:
-        log.info("Stage 1: reusing the finished run in %s", folder)
-        return Checkpoint(folder)
-    if ctx.train_examples is None:
-        raise TrainDataError(
-            "MergeGuard stage 1 needs the defender's training data.",
-            "Pass --train-data (a JSONL file or a Hub dataset), or --skip-stage1 to run stage 2 alone.",
-        )
-    examples = ctx.train_examples()
-    model = ctx.model.load_model(dtype=torch.float32, device=ctx.device)
-    base_state = ctx.base.state_dict() if config.stage1.reading.startswith("base") else None
-    result = density_aware_finetune(
-        model, ctx.tokenizer, examples, config.stage1, base_state=base_state, accelerator=ctx.accelerator, progress=ctx.progress
+    def train(model, examples):
+        base_state = ctx.base.state_dict() if config.stage1.reading.startswith("base") else None
+        return density_aware_finetune(model, ctx.tokenizer, examples, config.stage1, base_state=base_state,
+                                      accelerator=ctx.accelerator, progress=ctx.progress)
+
+    checkpoint, _ = trained_checkpoint(
+        ctx, "mergeguard-stage1", "mergeguard-stage1", train,
+        needs="MergeGuard stage 1 needs the defender's training data (or --skip-stage1 to run stage 2 alone)",
     )
-    if ctx.is_main:
-        layout = ctx.model.layout
-        tensors = {k: v.detach().to("cpu") for k, v in model.state_dict().items() if k in layout}
-        write_checkpoint(
-            folder,
-            ((name, tensors[name].to(layout[name].dtype)) for name in layout),
-            layout,
-            companions_from=ctx.model,
-            metadata=stamp_metadata(method="mergeguard-stage1"),
-            overwrite=True,
-        )
-        mark_finished(folder, {"losses": result.losses, "logs": result.logs[-1:], "seconds": result.seconds, "seconds_per_step": result.seconds_per_step})
-    ctx.wait()
-    return Checkpoint(folder)
+    return checkpoint
 
 
 def _criticality(ctx: ProtectContext, config: MergeGuardConfig, theta_source: Checkpoint, units: dict) -> dict:

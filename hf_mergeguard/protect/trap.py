@@ -1,0 +1,195 @@
+"""Merge-trap training: keep the defender's loss low at its own weights, raise it under merge-shaped changes.
+
+The objective extends Trap² (Jang et al., ICML 2026), which trains L(θ_pre + Δ) − λ·E_s[w(s)·L(θ_pre + s·Δ)]
+with s ~ U[0.05, 2] outside [0.95, 1.05] and w(s) = 1/√s, to every change a merge makes to a task vector:
+
+* ``scale``  θ_pre + s·Δ                                   (task arithmetic / linear at λ ≠ 1; Trap² as written)
+* ``dare``   θ_pre + c·(m ⊙ Δ)/(1 − p), m ~ Bernoulli(1 − p)  (DARE drops and rescales; p ~ U[0.5, 0.95])
+* ``ties``   θ_pre + c·top_d(|Δ|) ⊙ Δ per tensor              (TIES / breadcrumbs trimming; d ~ U[0.1, 0.5])
+* ``rider``  θ_pre + c·(Δ + r), r a stand-in free-rider task vector: per tensor a random direction of the
+  same norm as that tensor's Δ (times ``rider_norm``), drawn afresh each time  (two-model merges, λ = 1 included)
+
+with c ~ U[0.3, 1.2] (the self-test's task-arithmetic range) for the last three. Each micro-batch draws
+``samples`` perturbations. An unbounded −L would be maximised by making the perturbed model infinitely wrong
+and drags the clean loss along; so each perturbed loss is capped at ``ceiling`` × the *base* model's loss
+on the same batch: the trap only asks merges to be no better than the base, which is the goal.
+
+So the loss of a micro-batch is
+
+    L(θ) − λ · mean_k [ w_k · min(L(perturb_k(θ)), ceiling · L(θ_pre)) ]
+
+with w_k = 1/√s for ``scale`` and 1 otherwise. Each term is a forward pass of the same model with other
+weights (``torch.func.functional_call``: gradients flow to θ through the perturbation); the base's loss is one
+more forward without gradients. A step costs about (1 + samples) forward-backward passes and one forward;
+the run's seconds per step are in ``selftest.json``. The cap is applied per process and micro-batch, so
+N processes give the same result as one up to which examples share a micro-batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..training import Example, TrainingConfig, TrainingResult, count_target_tokens, make_accelerator, token_loss_sum, train_causal_lm
+from .base import ProtectContext, ProtectionResult, trained_checkpoint
+
+log = logging.getLogger(__name__)
+
+PERTURBATIONS = ("scale", "dare", "ties", "rider")
+
+
+@dataclass
+class TrapConfig(TrainingConfig):
+    """Merge-trap options: the training options plus the trap's."""
+
+    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
+    weight: float = field(default=1.0, metadata={"help": "λ: weight of the trap term against the task loss"})
+    perturbations: list[str] = field(default_factory=lambda: list(PERTURBATIONS), metadata={"help": "scale, dare, ties, rider"})
+    samples: int = field(default=2, metadata={"help": "perturbations drawn per micro-batch"})
+    ceiling: float = field(default=1.5, metadata={"help": "cap of a perturbed loss, in units of the base model's loss on the batch"})
+    scale_low: float = field(default=0.05, metadata={"help": "smallest s of the scale perturbation"})
+    scale_high: float = field(default=2.0, metadata={"help": "largest s of the scale perturbation"})
+    scale_gap: float = field(default=0.05, metadata={"help": "s is never within this distance of 1"})
+    rider_norm: float = field(default=1.0, metadata={"help": "norm of the stand-in free-rider vector per tensor, in units of |Δ|"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.perturbations, str):
+            self.perturbations = [p.strip() for p in self.perturbations.split(",") if p.strip()]
+        unknown = [p for p in self.perturbations if p not in PERTURBATIONS]
+        if unknown or not self.perturbations:
+            raise ConfigError(f"Unknown or empty trap perturbations {unknown or self.perturbations}.",
+                              f"Use a comma-separated subset of: {', '.join(PERTURBATIONS)}.")
+        if self.samples < 1 or self.weight < 0 or self.ceiling <= 0:
+            raise ConfigError("trap: samples must be >= 1, weight >= 0 and ceiling > 0.")
+        if not (0 < self.scale_low < 1 - self.scale_gap and self.scale_high > 1 + self.scale_gap):
+            raise ConfigError("trap: need 0 < scale_low < 1 - scale_gap and scale_high > 1 + scale_gap.")
+        if self.fsdp:
+            raise ConfigError("The merge trap does not run under FSDP (it evaluates whole perturbed copies of the weights).",
+                              "Drop --fsdp; the trap runs with DDP on several GPUs.")
+
+    def public_parameters(self) -> dict:
+        return {
+            "trap": f"{self.steps} steps, lr {self.learning_rate:g}, weight {self.weight:g}, ceiling {self.ceiling:g}× base loss",
+            "perturbations": ", ".join(self.perturbations) + f" ({self.samples} per batch)",
+        }
+
+
+class PerturbationSampler:
+    """Draws the merge-shaped perturbations of a task vector (same seed, same draws on every process)."""
+
+    def __init__(self, config: TrapConfig):
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.seed + 7919)
+
+    def _uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=self.generator))
+
+    def trap_scale(self) -> float:
+        """s ~ U[scale_low, scale_high] without (1 - gap, 1 + gap)."""
+        c = self.config
+        below, above = (1 - c.scale_gap) - c.scale_low, c.scale_high - (1 + c.scale_gap)
+        u = self._uniform(0, below + above)
+        return c.scale_low + u if u < below else 1 + c.scale_gap + (u - below)
+
+    def draw(self) -> dict:
+        kinds = self.config.perturbations
+        kind = kinds[int(torch.randint(len(kinds), (), generator=self.generator))]
+        if kind == "scale":
+            s = self.trap_scale()
+            return {"kind": kind, "coefficient": s, "weight": 1 / math.sqrt(s)}
+        draw = {"kind": kind, "coefficient": self._uniform(0.3, 1.2), "weight": 1.0, "seed": int(torch.randint(2**31, (), generator=self.generator))}
+        if kind == "dare":
+            draw["drop"] = self._uniform(0.5, 0.95)
+        elif kind == "ties":
+            draw["density"] = self._uniform(0.1, 0.5)
+        return draw
+
+
+def perturbed_parameters(params: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], draw: dict) -> dict[str, torch.Tensor]:
+    """θ_pre + (the draw's change of Δ = θ − θ_pre), differentiable in θ."""
+    generator = torch.Generator().manual_seed(draw["seed"]) if "seed" in draw else None
+    out = {}
+    for name, param in params.items():
+        anchor = base[name]
+        delta = param - anchor
+        kind = draw["kind"]
+        if kind == "dare":
+            keep = torch.rand(delta.shape, generator=generator).to(delta.device) >= draw["drop"]
+            delta = delta * keep / (1 - draw["drop"])
+        elif kind == "ties":
+            flat = delta.detach().abs().flatten()
+            k = max(1, int(round(draw["density"] * flat.numel())))
+            cut = flat.kthvalue(flat.numel() - k + 1).values if k < flat.numel() else flat.min()
+            delta = delta * (delta.detach().abs() >= cut)
+        elif kind == "rider":
+            direction = torch.randn(delta.shape, generator=generator).to(delta.device, delta.dtype)
+            norm = delta.detach().norm() * draw.get("rider_norm", 1.0)
+            delta = delta + direction * (norm / direction.norm().clamp_min(1e-12))
+        out[name] = anchor + draw["coefficient"] * delta
+    return out
+
+
+def merge_trap_finetune(
+    model: torch.nn.Module,
+    tokenizer,
+    examples: Sequence[Example],
+    config: TrapConfig,
+    *,
+    base_state: Mapping[str, torch.Tensor],
+    accelerator=None,
+    progress: bool = True,
+) -> TrainingResult:
+    """Train ``model`` (the defender's fine-tune) in place with the merge-trap objective."""
+    from torch.func import functional_call
+
+    accelerator = accelerator or make_accelerator(config)
+    names = [name for name, param in model.named_parameters() if param.requires_grad]
+    base = {name: base_state[name].to(accelerator.device, torch.float32) for name in names}
+    sampler = PerturbationSampler(config)
+
+    def objective(wrapped, batch, scale):
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        logits = wrapped(**inputs).logits
+        clean = token_loss_sum(logits, batch["labels"]) * scale
+        module = getattr(wrapped, "module", wrapped)  # the perturbed passes bypass DDP; the backward below is one
+        params = dict(module.named_parameters())
+        tokens = max(1, count_target_tokens(batch["labels"]))
+        with torch.no_grad():
+            base_mean = token_loss_sum(functional_call(module, base, kwargs=inputs).logits, batch["labels"]) / tokens
+        cap = config.ceiling * base_mean
+        trap_terms, logged = [], {}
+        for _ in range(config.samples):
+            draw = sampler.draw()
+            draw["rider_norm"] = config.rider_norm
+            perturbed = perturbed_parameters({n: params[n] for n in names}, base, draw)
+            mean = token_loss_sum(functional_call(module, perturbed, kwargs=inputs).logits, batch["labels"]) / tokens
+            trap_terms.append(draw["weight"] * torch.minimum(mean, cap))
+            logged[f"trap_{draw['kind']}"] = logged.get(f"trap_{draw['kind']}", 0.0) + float(mean.detach()) / config.samples
+        # As a share of the global mean (the clean loss's scale): this micro-batch's tokens x scale.
+        trap = torch.stack(trap_terms).mean() * tokens * scale
+        loss = clean - config.weight * trap
+        share = tokens * scale  # the logs are summed over micro-batches and averaged over processes
+        return loss, {"task_loss": float(clean.detach()), "base_loss": float(base_mean) * share,
+                      **{k: v * share for k, v in logged.items()}}
+
+    return train_causal_lm(model, tokenizer, examples, config, objective=objective, accelerator=accelerator,
+                           desc="merge-trap training", progress=progress)
+
+
+def run_trap(ctx: ProtectContext, config: TrapConfig) -> ProtectionResult:
+    """Train the merge trap into the model; the trained checkpoint (resumable in the work folder)."""
+
+    def train(model, examples):
+        return merge_trap_finetune(model, ctx.tokenizer, examples, config, base_state=ctx.base.state_dict(),
+                                   accelerator=ctx.accelerator, progress=ctx.progress)
+
+    checkpoint, record = trained_checkpoint(ctx, "trap-trained", "trap", train, needs="The merge trap trains on the defender's data")
+    details = {"config": asdict(config), "training": record}
+    return ProtectionResult(checkpoint, "trap", config.public_parameters(), details)

@@ -1,0 +1,82 @@
+"""The merge trap: its perturbations, its options, and on the toy world what it does to merges."""
+
+import math
+
+import pytest
+import torch
+
+from hf_mergeguard.errors import ConfigError
+from hf_mergeguard.protect.trap import PerturbationSampler, TrapConfig, perturbed_parameters
+
+
+def _pair(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    base = {"a": torch.randn(40, 50, generator=generator), "b": torch.randn(200, generator=generator)}
+    params = {k: (v + 0.1 * torch.randn(v.shape, generator=generator)).requires_grad_() for k, v in base.items()}
+    return params, base
+
+
+def test_scales_are_drawn_away_from_one_and_weighted():
+    sampler = PerturbationSampler(TrapConfig(perturbations=["scale"]))
+    draws = [sampler.draw() for _ in range(2000)]
+    scales = [d["coefficient"] for d in draws]
+    assert min(scales) >= 0.05 and max(scales) <= 2.0
+    assert not any(0.95 < s < 1.05 for s in scales)
+    assert sum(s < 1 for s in scales) / len(scales) == pytest.approx(0.9 / 1.85, abs=0.04)  # uniform on both sides
+    assert all(d["weight"] == pytest.approx(1 / math.sqrt(d["coefficient"])) for d in draws)
+    # Same seed, same draws (every process draws the same perturbations).
+    again = PerturbationSampler(TrapConfig(perturbations=["scale"]))
+    assert [again.draw()["coefficient"] for _ in range(5)] == scales[:5]
+
+
+def test_each_perturbation_is_the_merge_change_it_names():
+    params, base = _pair()
+    delta = {k: params[k].detach() - base[k] for k in base}
+
+    scaled = perturbed_parameters(params, base, {"kind": "scale", "coefficient": 0.4, "weight": 1.0})
+    assert torch.allclose(scaled["a"], base["a"] + 0.4 * delta["a"])
+
+    dare = perturbed_parameters(params, base, {"kind": "dare", "coefficient": 1.0, "drop": 0.9, "seed": 3})
+    moved = dare["a"].detach() - base["a"]
+    kept = moved.abs() > 0
+    assert 0.05 < kept.float().mean() < 0.15  # about 10% kept
+    assert torch.allclose(moved[kept], delta["a"][kept] / 0.1, atol=1e-5)  # and rescaled by 1 / (1 - p)
+
+    ties = perturbed_parameters(params, base, {"kind": "ties", "coefficient": 1.0, "density": 0.2, "seed": 3})
+    moved = ties["a"].detach() - base["a"]
+    kept = moved.abs() > 0
+    assert kept.sum() == round(0.2 * moved.numel())
+    assert delta["a"].abs()[kept].min() >= delta["a"].abs()[~kept].max()  # the largest |Δ| are the ones kept
+
+    rider = perturbed_parameters(params, base, {"kind": "rider", "coefficient": 1.0, "seed": 3, "rider_norm": 1.0})
+    added = rider["b"].detach() - params["b"].detach()
+    assert added.norm() == pytest.approx(float(delta["b"].norm()), rel=1e-4)  # a direction of matched norm
+    assert abs(float(torch.nn.functional.cosine_similarity(added, delta["b"], dim=0))) < 0.3
+
+    # Gradients reach the weights through every perturbation.
+    total = sum(p.sum() for d in (scaled, dare, ties, rider) for p in d.values())
+    total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params.values())
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"perturbations": ["scale", "shuffle"]}, "Unknown or empty trap perturbations"),
+    ({"perturbations": []}, "Unknown or empty trap perturbations"),
+    ({"samples": 0}, "samples must be >= 1"),
+    ({"scale_low": 0.97}, "scale_low"),
+    ({"fsdp": True}, "FSDP"),
+])
+def test_bad_trap_options_are_config_errors(options, problem):
+    with pytest.raises(ConfigError, match=problem):
+        TrapConfig(**options)
+
+
+def test_trap_options_from_yaml_and_flags():
+    from hf_mergeguard.config import build_protect_config
+
+    config = build_protect_config(None, {"model": "m", "base": "b", "output_dir": "o", "method": "mergelock+trap",
+                                         "trap": {"perturbations": "scale,rider", "weight": 0.5}})
+    assert config.trap.perturbations == ["scale", "rider"] and config.trap.weight == 0.5
+    from hf_mergeguard.pipeline import parse_method
+
+    assert parse_method(config.method) == ["trap", "mergelock"]
