@@ -184,6 +184,8 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
 
     if config.train_data:
         train_examples()  # a bad --train-data fails now, not after an hour of work
+    if "trap" in methods and config.trap.rider_data:
+        load_train_examples(config.trap.rider_data)  # and a bad --trap-rider-data
 
     work.mkdir(parents=True, exist_ok=True)
     with _FileLog(work / LOG_FILE):

@@ -1,5 +1,6 @@
 """The merge trap: its perturbations, its options, and on the toy world what it does to merges."""
 
+import json
 import math
 
 import pytest
@@ -80,3 +81,30 @@ def test_trap_options_from_yaml_and_flags():
     from hf_mergeguard.pipeline import parse_method
 
     assert parse_method(config.method) == ["trap", "mergelock"]
+
+
+def test_trap_on_the_toy_world(toy_world, tmp_path, capsys):
+    """`protect --method trap` on the toy world's count fine-tune: trained in the test, self-tested against rev."""
+    from hf_mergeguard.cli.main import main
+
+    out = tmp_path / "protected"
+    code = main([
+        "protect", str(toy_world.model("count")), "--base", str(toy_world.base), "--train-data", str(toy_world.data("count", "train")),
+        "--tasks", "toy_count", "--include-tasks", str(toy_world.tasks), "--merge-with", str(toy_world.model("rev")),
+        "--freerider-tasks", "toy_rev", "--methods", "task_arithmetic,ties,dare_ties,dare_linear", "--batch-size", "128",
+        "--method", "trap", "--trap-rider-data", str(toy_world.stand_in_data()), "--no-adaptive",
+        "--output-dir", str(out), "--work-dir", str(tmp_path / "work"),
+    ])
+    capsys.readouterr()
+    report = json.loads((out / "selftest.json").read_text())
+    standalone = report["standalone"]
+    base, original, protected = (100 * standalone[v]["toy_count"] for v in ("base", "original", "protected"))
+    best = {method: max(100 * m["scores"]["toy_count"] for m in report["merges"] if m["variant"] == "protected" and m["method"] == method)
+            for method in ("task_arithmetic", "ties", "dare_ties", "dare_linear")}
+    unprotected = {method: max(100 * m["scores"]["toy_count"] for m in report["merges"] if m["variant"] == "original" and m["method"] == method)
+                   for method in best}
+    FIGURES_PLACEHOLDER
+    training = report["protection"][0]["details"]["training"]
+    assert training["seconds_per_step"] > 0 and len(training["losses"]) == report["protection"][0]["details"]["config"]["steps"]
+    card = (out / "README.md").read_text()
+    assert "Merge trap" in card

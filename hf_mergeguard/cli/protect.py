@@ -45,6 +45,7 @@ def protect_command(
     trap_perturbations: Optional[str] = typer.Option(None, "--trap-perturbations", help="Trap: merge-shaped changes trained against (comma-separated): scale, dare, ties, rider."),
     trap_samples: Optional[int] = typer.Option(None, "--trap-samples", help="Trap: perturbations per micro-batch."),
     trap_ceiling: Optional[float] = typer.Option(None, "--trap-ceiling", help="Trap: cap of a perturbed loss, in units of the base model's loss on the batch."),
+    trap_rider_data: Optional[str] = typer.Option(None, "--trap-rider-data", help="Trap: another task's data (JSONL or Hub dataset); the base fine-tuned on it stands in for a free-rider (default: random directions)."),
     beta: Optional[float] = typer.Option(None, "--beta", help="MergeGuard stage 2 strength: 1 resets masked entries to the base, 2 flips them."),
     criticality: Optional[str] = typer.Option(None, "--criticality", help="fast (calibration loss + first-order screen) | exact (the paper's)."),
     granularity: Optional[str] = typer.Option(None, "--granularity", help="matrix (each tensor of each block) | block."),
@@ -123,6 +124,7 @@ def protect_command(
             "perturbations": trap_perturbations,
             "samples": trap_samples,
             "ceiling": trap_ceiling,
+            "rider_data": trap_rider_data,
             **training,
         },
         "selftest": {

@@ -6,8 +6,10 @@ with s ~ U[0.05, 2] outside [0.95, 1.05] and w(s) = 1/√s, to every change a me
 * ``scale``  θ_pre + s·Δ                                   (task arithmetic / linear at λ ≠ 1; Trap² as written)
 * ``dare``   θ_pre + c·(m ⊙ Δ)/(1 − p), m ~ Bernoulli(1 − p)  (DARE drops and rescales; p ~ U[0.5, 0.95])
 * ``ties``   θ_pre + c·top_d(|Δ|) ⊙ Δ per tensor              (TIES / breadcrumbs trimming; d ~ U[0.1, 0.5])
-* ``rider``  θ_pre + c·(Δ + r), r a stand-in free-rider task vector: per tensor a random direction of the
-  same norm as that tensor's Δ (times ``rider_norm``), drawn afresh each time  (two-model merges, λ = 1 included)
+* ``rider``  θ_pre + c·(Δ + r), r a stand-in free-rider task vector  (two-model merges, λ = 1 included): with
+  ``rider_data``, a·τ_s, τ_s the task vector of the base fine-tuned ``rider_steps`` steps on that other dataset
+  (a ~ U[0.5, 1.5]); without it, per tensor a random direction of the same norm as that tensor's Δ (times
+  ``rider_norm``), drawn afresh each time
 
 with c ~ U[0.3, 1.2] (the self-test's task-arithmetic range) for the last three. Each micro-batch draws
 ``samples`` perturbations. An unbounded −L would be maximised by making the perturbed model infinitely wrong
@@ -49,14 +51,18 @@ class TrapConfig(TrainingConfig):
 
     steps: int = field(default=200, metadata={"help": "optimizer steps"})
     learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
-    weight: float = field(default=1.0, metadata={"help": "λ: weight of the trap term against the task loss"})
+    # weight and ceiling: the setting that kept the toy world's model within a point (README, "The merge trap").
+    weight: float = field(default=0.3, metadata={"help": "λ: weight of the trap term against the task loss"})
     perturbations: list[str] = field(default_factory=lambda: list(PERTURBATIONS), metadata={"help": "scale, dare, ties, rider"})
     samples: int = field(default=2, metadata={"help": "perturbations drawn per micro-batch"})
-    ceiling: float = field(default=1.5, metadata={"help": "cap of a perturbed loss, in units of the base model's loss on the batch"})
+    ceiling: float = field(default=1.0, metadata={"help": "cap of a perturbed loss, in units of the base model's loss on the batch"})
     scale_low: float = field(default=0.05, metadata={"help": "smallest s of the scale perturbation"})
     scale_high: float = field(default=2.0, metadata={"help": "largest s of the scale perturbation"})
     scale_gap: float = field(default=0.05, metadata={"help": "s is never within this distance of 1"})
-    rider_norm: float = field(default=1.0, metadata={"help": "norm of the stand-in free-rider vector per tensor, in units of |Δ|"})
+    rider_norm: float = field(default=1.0, metadata={"help": "norm of the random stand-in free-rider vector per tensor, in units of |Δ|"})
+    rider_data: str | None = field(default=None, metadata={"help": "another task's data (JSONL or Hub dataset): the stand-in free-rider is the base fine-tuned on it"})
+    rider_steps: int = field(default=100, metadata={"help": "steps of the stand-in free-rider's fine-tune"})
+    rider_learning_rate: float = field(default=3e-4, metadata={"help": "learning rate of the stand-in free-rider's fine-tune"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -105,15 +111,18 @@ class PerturbationSampler:
             s = self.trap_scale()
             return {"kind": kind, "coefficient": s, "weight": 1 / math.sqrt(s)}
         draw = {"kind": kind, "coefficient": self._uniform(0.3, 1.2), "weight": 1.0, "seed": int(torch.randint(2**31, (), generator=self.generator))}
-        if kind == "dare":
+        if kind == "rider":
+            draw["rider_scale"] = self._uniform(0.5, 1.5)
+        elif kind == "dare":
             draw["drop"] = self._uniform(0.5, 0.95)
         elif kind == "ties":
             draw["density"] = self._uniform(0.1, 0.5)
         return draw
 
 
-def perturbed_parameters(params: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], draw: dict) -> dict[str, torch.Tensor]:
-    """θ_pre + (the draw's change of Δ = θ − θ_pre), differentiable in θ."""
+def perturbed_parameters(params: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], draw: dict,
+                         rider: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """θ_pre + (the draw's change of Δ = θ − θ_pre), differentiable in θ. ``rider``: a stand-in task vector."""
     generator = torch.Generator().manual_seed(draw["seed"]) if "seed" in draw else None
     out = {}
     for name, param in params.items():
@@ -128,12 +137,34 @@ def perturbed_parameters(params: Mapping[str, torch.Tensor], base: Mapping[str, 
             k = max(1, int(round(draw["density"] * flat.numel())))
             cut = flat.kthvalue(flat.numel() - k + 1).values if k < flat.numel() else flat.min()
             delta = delta * (delta.detach().abs() >= cut)
+        elif kind == "rider" and rider is not None:
+            delta = delta + draw.get("rider_scale", 1.0) * rider[name]
         elif kind == "rider":
             direction = torch.randn(delta.shape, generator=generator).to(delta.device, delta.dtype)
             norm = delta.detach().norm() * draw.get("rider_norm", 1.0)
             delta = delta + direction * (norm / direction.norm().clamp_min(1e-12))
         out[name] = anchor + draw["coefficient"] * delta
     return out
+
+
+def stand_in_task_vector(model, tokenizer, config: TrapConfig, base: Mapping[str, torch.Tensor], accelerator, progress: bool) -> dict[str, torch.Tensor]:
+    """τ_s: the base fine-tuned ``rider_steps`` steps on ``rider_data`` (the defender's guess at a free-rider), minus the base."""
+    import copy
+
+    from ..data import load_train_examples
+
+    stand_in = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, param in stand_in.named_parameters():
+            if name in base:
+                param.copy_(base[name])
+    options = {f: getattr(config, f) for f in TrainingConfig.__dataclass_fields__}
+    options.update(steps=config.rider_steps, learning_rate=config.rider_learning_rate)
+    train_causal_lm(stand_in, tokenizer, load_train_examples(config.rider_data), TrainingConfig(**options),
+                    accelerator=accelerator, desc="stand-in free-rider", progress=progress)
+    vector = {name: (param.detach() - base[name]).to(accelerator.device) for name, param in stand_in.named_parameters() if name in base}
+    del stand_in
+    return vector
 
 
 def merge_trap_finetune(
@@ -153,6 +184,7 @@ def merge_trap_finetune(
     names = [name for name, param in model.named_parameters() if param.requires_grad]
     base = {name: base_state[name].to(accelerator.device, torch.float32) for name in names}
     sampler = PerturbationSampler(config)
+    rider = stand_in_task_vector(model, tokenizer, config, base, accelerator, progress) if config.rider_data and "rider" in config.perturbations else None
 
     def objective(wrapped, batch, scale):
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -168,7 +200,7 @@ def merge_trap_finetune(
         for _ in range(config.samples):
             draw = sampler.draw()
             draw["rider_norm"] = config.rider_norm
-            perturbed = perturbed_parameters({n: params[n] for n in names}, base, draw)
+            perturbed = perturbed_parameters({n: params[n] for n in names}, base, draw, rider)
             mean = token_loss_sum(functional_call(module, perturbed, kwargs=inputs).logits, batch["labels"]) / tokens
             trap_terms.append(draw["weight"] * torch.minimum(mean, cap))
             logged[f"trap_{draw['kind']}"] = logged.get(f"trap_{draw['kind']}", 0.0) + float(mean.detach()) / config.samples

@@ -29,6 +29,9 @@ from .skills import CHARACTERS, SPECIAL_TOKENS, make_split, make_tokenizer
 RECIPE_VERSION = 4
 
 
+STAND_IN_SKILL = "copy"
+
+
 @dataclass(frozen=True)
 class ToyWorldConfig:
     """Everything that determines the toy world (its digest keys the cache).
@@ -93,6 +96,16 @@ class ToyWorld:
 
     def task_name(self, skill: str) -> str:
         return f"toy_{skill}"
+
+    def stand_in_data(self) -> Path:
+        """Training rows of ``copy``, a skill no model of the world was trained on: what a defender who does not
+        know the free-riders' data can fine-tune a stand-in free-rider on (the merge trap's ``rider_data``)."""
+        path = self.data(STAND_IN_SKILL, "train")
+        if not path.is_file():
+            train, _ = make_split(STAND_IN_SKILL, self.config.train_size, 10, self.config.seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in train))
+        return path
 
     def rows(self, skill: str, split: str = "test") -> list[dict]:
         return [json.loads(line) for line in self.data(skill, split).read_text().splitlines() if line]

@@ -1,0 +1,126 @@
+"""Every defense side by side on the toy world: every merge method, every adaptive attack, the issue-10 goal.
+
+Run by hand (about 20 minutes on 2 CPU cores once the toy world is cached):
+
+    python benchmarks/all_defenses.py [--out DIR] [--results benchmarks/results/all_defenses.md]
+
+Defender: the ``count`` fine-tune; free-rider: ``rev``; all nine merge methods at the attacker's best coefficient;
+the four adaptive attacks (64 defender examples, 30 steps for the fine-tuning ones). Same world and seed for every
+row; function-preserving keys are random; the trap's stand-in free-rider is the base fine-tuned on ``copy``
+(a skill no model of the world learned). Scores are on 300 prompts: ± is the binomial standard error.
+The goal: the best merge of each method and every attack stays at most 5 points above the base's score
+while the protected model stays within 1 point of the original.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from _common import measured_on, parse_args, run_settings, write_results
+
+from hf_mergeguard.attacks.adaptive import ATTACKS
+
+# MergeBarrier is left out for time (its merges: README, function-preserving table; it falls to realign like MergeLock).
+DEFENSES = {
+    "mergeguard": {"method": "mergeguard"},
+    "params": {"method": "params"},
+    "mergelock": {"method": "mergelock"},
+    "trap (default)": {"method": "trap"},
+    "trap, weight 1, ceiling 1.5": {"method": "trap", "trap": {"weight": 1.0, "ceiling": 1.5}},
+    "trap+mergeguard": {"method": "trap+mergeguard"},
+    "trap+mergelock": {"method": "trap+mergelock"},
+}
+METHODS = ["task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "della", "linear", "model_stock", "slerp"]
+PROMPTS = 300
+TASK, RIDER_TASK = "toy_count", "toy_rev"
+
+
+def points(score: float) -> str:
+    """A score in points with its binomial standard error."""
+    return f"{100 * score:.1f} ± {100 * math.sqrt(score * (1 - score) / PROMPTS):.1f}"
+
+
+def best_merged(report: dict, method: str) -> dict:
+    """The attacker's best merge of ``method``: the highest defender score at any coefficient (what the goal bounds)."""
+    merges = [m for m in report["merges"] if m["variant"] == "protected" and m["method"] == method]
+    return max(merges, key=lambda m: m["scores"][TASK])
+
+
+def attack_score(report: dict, attack: str) -> float:
+    """The defender score of the attack's best result (its best merge, or the fine-tuned merge)."""
+    result = report["robustness"]["attacks"][attack]
+    return result.get("best", result)["defender_score"]
+
+
+def goal(report: dict) -> tuple[bool, float]:
+    """(goal met, the highest defender score any merge or attack reached)."""
+    base, original = report["standalone"]["base"][TASK], report["standalone"]["original"][TASK]
+    highest = max(best_merged(report, m)["scores"][TASK] for m in METHODS)
+    for attack in report.get("robustness", {}).get("attacks", {}):
+        highest = max(highest, attack_score(report, attack))
+    kept = report["standalone"]["protected"][TASK] >= original - 0.01
+    return kept and highest <= base + 0.05, highest
+
+
+def merges_table(rows) -> str:
+    first = rows[0][1]
+    lines = [
+        "| defense | count, protected | " + " | ".join(METHODS) + " |",
+        "|---" * (2 + len(METHODS)) + "|",
+        f"| none (original {points(first['standalone']['original'][TASK])}; base {points(first['standalone']['base'][TASK])}) | – | "
+        + " | ".join(points(max(m["scores"][TASK] for m in first["merges"] if m["variant"] == "original" and m["method"] == method)) for method in METHODS) + " |",
+    ]
+    for name, report, _ in rows:
+        cells = []
+        for method in METHODS:
+            merge = best_merged(report, method)
+            cells.append(f"{points(merge['scores'][TASK])} (rev {100 * merge['scores'][RIDER_TASK]:.0f})")
+        lines.append(f"| {name} | {points(report['standalone']['protected'][TASK])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def attacks_table(rows) -> str:
+    lines = ["| defense | " + " | ".join(ATTACKS) + " | examples alone | goal met | highest count reached |", "|---" * (4 + len(ATTACKS)) + "|"]
+    for name, report, _ in rows:
+        robustness = report["robustness"]
+        cells = []
+        for attack in ATTACKS:
+            row = next(r for r in robustness["rows"] if r["attack"] == attack)
+            cells.append(f"{points(attack_score(report, attack))}, credited {row['credited_share']:.2f}{' **defeats**' if row['defeats'] else ''}")
+        data_only = robustness["attacks"]["recover"]["setup"]["data_only"]
+        met, highest = goal(report)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {points(data_only['defender_score'])} | {'yes' if met else 'no'} | {100 * highest:.1f} |")
+    return "\n".join(lines)
+
+
+def trap_costs(rows) -> str:
+    parts = []
+    for name, report, seconds in rows:
+        trap = [p for p in report["protection"] if p["method"] == "trap"]
+        cost = f", trap {trap[0]['details']['training']['seconds_per_step']:.2f} s/step" if trap else ""
+        parts.append(f"{name} {seconds:.0f} s{cost}")
+    return "; ".join(parts)
+
+
+def main() -> None:
+    args = parse_args(__doc__, "all-defenses", "all_defenses.md")
+    from hf_mergeguard.toyworld import build_toy_world
+
+    stand_in = str(build_toy_world().stand_in_data())  # the trap's stand-in free-rider: the base fine-tuned on copy
+    settings = {name: {**overrides, "trap": {"rider_data": stand_in, **overrides.get("trap", {})}} for name, overrides in DEFENSES.items()}
+    rows = run_settings(settings, args.out, riders=("rev",), selftest={"methods": METHODS})
+    text = (
+        "# Every defense on the toy world\n\n" + measured_on("all_defenses.py") + "\n\n"
+        "Defender count, free-rider rev, 300 prompts per task (± binomial standard error), defaults of every defense, "
+        "one random key per function-preserving defense.\n\n"
+        "## The attacker's best merge per method (count score, rev score of that merge in brackets)\n\n" + merges_table(rows) + "\n\n"
+        "## Adaptive attacks (count score after the attack; credited: share of the gain beyond what the examples alone give)\n\n"
+        + attacks_table(rows) + "\n\n"
+        "Seconds per run (protect + self-test + attacks): " + trap_costs(rows) + ".\n"
+    )
+    write_results(args.results, text)
+
+
+if __name__ == "__main__":
+    main()
