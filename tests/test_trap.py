@@ -108,3 +108,14 @@ def test_trap_on_the_toy_world(toy_world, tmp_path, capsys):
     assert training["seconds_per_step"] > 0 and len(training["losses"]) == report["protection"][0]["details"]["config"]["steps"]
     card = (out / "README.md").read_text()
     assert "Merge trap" in card
+
+
+def test_options_of_unused_defenses_do_not_key_the_work_folder():
+    from hf_mergeguard.config import build_protect_config
+    from hf_mergeguard.pipeline import work_dir_for
+
+    def folder(method, **sections):
+        return work_dir_for(build_protect_config(None, {"model": "m", "base": "b", "output_dir": "o", "method": method, **sections}))
+
+    assert folder("params") == folder("params", trap={"weight": 2.0})  # a run of params is not redone
+    assert folder("trap") != folder("trap", trap={"weight": 2.0})
