@@ -103,7 +103,15 @@ def test_trap_on_the_toy_world(toy_world, tmp_path, capsys):
             for method in ("task_arithmetic", "ties", "dare_ties", "dare_linear")}
     unprotected = {method: max(100 * m["scores"]["toy_count"] for m in report["merges"] if m["variant"] == "original" and m["method"] == method)
                    for method in best}
-    FIGURES_PLACEHOLDER
+    # Measured (defaults: weight 0.3, ceiling 1.0, 200 steps; 300 prompts, ±3 points): base 71.0, original 99.0,
+    # protected 99.7. The attacker's best count score per method, protected (unprotected): TA 97.3 (96.0),
+    # TIES 36.0 (80.3), DARE-TIES 94.0 (96.0), DARE-linear 95.3 (95.7). The default keeps the model and breaks
+    # TIES merges only; TA and DARE merges keep the skill (README, "The merge trap", for the stronger settings).
+    assert (base, original) == (pytest.approx(71.0, abs=0.5), pytest.approx(99.0, abs=0.5))
+    assert protected >= original - 1.5
+    assert best["ties"] <= 45 and unprotected["ties"] >= 75
+    for method in ("task_arithmetic", "dare_ties", "dare_linear"):
+        assert best[method] == pytest.approx(unprotected[method], abs=5), method
     training = report["protection"][0]["details"]["training"]
     assert training["seconds_per_step"] > 0 and len(training["losses"]) == report["protection"][0]["details"]["config"]["steps"]
     card = (out / "README.md").read_text()
