@@ -44,7 +44,7 @@ def protect_command(
     trap_weight: Optional[float] = typer.Option(None, "--trap-weight", help="Trap: weight of the trap term against the task loss (lambda)."),
     trap_perturbations: Optional[str] = typer.Option(None, "--trap-perturbations", help="Trap: merge-shaped changes trained against (comma-separated): scale, dare, ties, rider."),
     trap_samples: Optional[int] = typer.Option(None, "--trap-samples", help="Trap: perturbations per micro-batch."),
-    trap_ceiling: Optional[float] = typer.Option(None, "--trap-ceiling", help="Trap: cap of a perturbed loss, in units of the base model's loss on the batch."),
+    trap_ceiling: Optional[float] = typer.Option(None, "--trap-ceiling", help="Trap: cap of a perturbed loss, in units of the base model's loss on the same example."),
     trap_rider_data: Optional[str] = typer.Option(None, "--trap-rider-data", help="Trap: another task's data (JSONL or Hub dataset); the base fine-tuned on it stands in for a free-rider (default: random directions)."),
     beta: Optional[float] = typer.Option(None, "--beta", help="MergeGuard stage 2 strength: 1 resets masked entries to the base, 2 flips them."),
     criticality: Optional[str] = typer.Option(None, "--criticality", help="fast (calibration loss + first-order screen) | exact (the paper's)."),

@@ -13,18 +13,18 @@ with s ~ U[0.05, 2] outside [0.95, 1.05] and w(s) = 1/√s, to every change a me
 
 with c ~ U[0.3, 1.2] (the self-test's task-arithmetic range) for the last three. Each micro-batch draws
 ``samples`` perturbations. An unbounded −L would be maximised by making the perturbed model infinitely wrong
-and drags the clean loss along; so each perturbed loss is capped at ``ceiling`` × the *base* model's loss
-on the same batch: the trap only asks merges to be no better than the base, which is the goal.
+and drags the clean loss along; so each example's perturbed loss is capped at ``ceiling`` × the *base*
+model's loss on that example: the trap only asks merges to be no better than the base, which is the goal.
 
 So the loss of a micro-batch is
 
-    L(θ) − λ · mean_k [ w_k · min(L(perturb_k(θ)), ceiling · L(θ_pre)) ]
+    L(θ) − λ · mean_k [ w_k · Σ_examples min(L_i(perturb_k(θ)), ceiling · L_i(θ_pre)) ]   (token-weighted)
 
 with w_k = 1/√s for ``scale`` and 1 otherwise. Each term is a forward pass of the same model with other
 weights (``torch.func.functional_call``: gradients flow to θ through the perturbation); the base's loss is one
 more forward without gradients. A step costs about (1 + samples) forward-backward passes and one forward;
-the run's seconds per step are in ``selftest.json``. The cap is applied per process and micro-batch, so
-N processes give the same result as one up to which examples share a micro-batch.
+the run's seconds per step are in ``selftest.json``. Because the cap is per example, N processes give the
+weights of one.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import ConfigError
-from ..training import Example, TrainingConfig, TrainingResult, count_target_tokens, make_accelerator, token_loss_sum, train_causal_lm
+from ..training import Example, TrainingConfig, TrainingResult, make_accelerator, token_loss_sum, train_causal_lm
 from .base import ProtectContext, ProtectionResult, trained_checkpoint
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class TrapConfig(TrainingConfig):
     weight: float = field(default=0.3, metadata={"help": "λ: weight of the trap term against the task loss"})
     perturbations: list[str] = field(default_factory=lambda: list(PERTURBATIONS), metadata={"help": "scale, dare, ties, rider"})
     samples: int = field(default=2, metadata={"help": "perturbations drawn per micro-batch"})
-    ceiling: float = field(default=1.0, metadata={"help": "cap of a perturbed loss, in units of the base model's loss on the batch"})
+    ceiling: float = field(default=1.0, metadata={"help": "cap of a perturbed loss, in units of the base model's loss on the same example"})
     scale_low: float = field(default=0.05, metadata={"help": "smallest s of the scale perturbation"})
     scale_high: float = field(default=2.0, metadata={"help": "largest s of the scale perturbation"})
     scale_gap: float = field(default=0.05, metadata={"help": "s is never within this distance of 1"})
@@ -147,6 +147,13 @@ def perturbed_parameters(params: Mapping[str, torch.Tensor], base: Mapping[str, 
     return out
 
 
+def example_loss_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per example, the sum of next-token cross-entropy over its labelled positions."""
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    losses = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
+    return losses.sum(dim=1)
+
+
 def stand_in_task_vector(model, tokenizer, config: TrapConfig, base: Mapping[str, torch.Tensor], accelerator, progress: bool) -> dict[str, torch.Tensor]:
     """τ_s: the base fine-tuned ``rider_steps`` steps on ``rider_data`` (the defender's guess at a free-rider), minus the base."""
     import copy
@@ -188,28 +195,26 @@ def merge_trap_finetune(
 
     def objective(wrapped, batch, scale):
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        logits = wrapped(**inputs).logits
-        clean = token_loss_sum(logits, batch["labels"]) * scale
+        labels = batch["labels"]
+        clean = token_loss_sum(wrapped(**inputs).logits, labels) * scale
         module = getattr(wrapped, "module", wrapped)  # the perturbed passes bypass DDP; the backward below is one
         params = dict(module.named_parameters())
-        tokens = max(1, count_target_tokens(batch["labels"]))
         with torch.no_grad():
-            base_mean = token_loss_sum(functional_call(module, base, kwargs=inputs).logits, batch["labels"]) / tokens
-        cap = config.ceiling * base_mean
-        trap_terms, logged = [], {}
+            cap = config.ceiling * example_loss_sums(functional_call(module, base, kwargs=inputs).logits, labels)
+        trap_terms, perturbed_sum = [], 0.0
         for _ in range(config.samples):
             draw = sampler.draw()
             draw["rider_norm"] = config.rider_norm
             perturbed = perturbed_parameters({n: params[n] for n in names}, base, draw, rider)
-            mean = token_loss_sum(functional_call(module, perturbed, kwargs=inputs).logits, batch["labels"]) / tokens
-            trap_terms.append(draw["weight"] * torch.minimum(mean, cap))
-            logged[f"trap_{draw['kind']}"] = logged.get(f"trap_{draw['kind']}", 0.0) + float(mean.detach()) / config.samples
-        # As a share of the global mean (the clean loss's scale): this micro-batch's tokens x scale.
-        trap = torch.stack(trap_terms).mean() * tokens * scale
+            sums = example_loss_sums(functional_call(module, perturbed, kwargs=inputs).logits, labels)
+            # Capped per example, so how the batch is split over processes and micro-batches changes nothing.
+            trap_terms.append(draw["weight"] * torch.minimum(sums, cap).sum())
+            perturbed_sum += float(sums.detach().sum()) / config.samples
+        trap = torch.stack(trap_terms).mean() * scale  # a share of the global token mean, like the clean loss
         loss = clean - config.weight * trap
-        share = tokens * scale  # the logs are summed over micro-batches and averaged over processes
-        return loss, {"task_loss": float(clean.detach()), "base_loss": float(base_mean) * share,
-                      **{k: v * share for k, v in logged.items()}}
+        # Logged as global token means (summed over micro-batches, averaged over processes like task_loss).
+        return loss, {"task_loss": float(clean.detach()), "base_loss": float(cap.sum()) / config.ceiling * scale,
+                      "perturbed_loss": perturbed_sum * scale}
 
     return train_causal_lm(model, tokenizer, examples, config, objective=objective, accelerator=accelerator,
                            desc="merge-trap training", progress=progress)
