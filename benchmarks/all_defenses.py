@@ -1,6 +1,6 @@
 """Every defense side by side on the toy world: every merge method, every adaptive attack, the issue-10 goal.
 
-Run by hand (about 20 minutes on 2 CPU cores once the toy world is cached):
+Run by hand (about 35 minutes on 2 CPU cores once the toy world is cached):
 
     python benchmarks/all_defenses.py [--out DIR] [--results benchmarks/results/all_defenses.md]
 
@@ -21,13 +21,13 @@ from _common import measured_on, parse_args, run_settings, write_results
 
 from hf_mergeguard.attacks.adaptive import ATTACKS
 
-# MergeBarrier is left out for time (its merges: README, function-preserving table; it falls to realign like MergeLock).
 DEFENSES = {
     "mergeguard": {"method": "mergeguard"},
     "params": {"method": "params"},
     "mergelock": {"method": "mergelock"},
-    "trap (default)": {"method": "trap"},
-    "trap, weight 1, ceiling 1.5": {"method": "trap", "trap": {"weight": 1.0, "ceiling": 1.5}},
+    "mergebarrier": {"method": "mergebarrier"},
+    "trap": {"method": "trap"},
+    "trap, random stand-in (no rider data)": {"method": "trap", "trap": {"rider_data": None}},  # None: the default
     "trap+mergeguard": {"method": "trap+mergeguard"},
     "trap+mergelock": {"method": "trap+mergelock"},
 }

@@ -49,13 +49,15 @@ PERTURBATIONS = ("scale", "dare", "ties", "rider")
 class TrapConfig(TrainingConfig):
     """Merge-trap options: the training options plus the trap's."""
 
-    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    # Defaults: the best setting measured on the toy world (README, "The merge trap"): the cosine decay lets the
+    # clean loss recover at the end while the trap term holds.
+    steps: int = field(default=400, metadata={"help": "optimizer steps"})
     learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
-    # weight and ceiling: the setting that kept the toy world's model within a point (README, "The merge trap").
-    weight: float = field(default=0.3, metadata={"help": "λ: weight of the trap term against the task loss"})
+    schedule: str = field(default="cosine", metadata={"help": "constant or cosine decay after warm-up"})
+    weight: float = field(default=1.0, metadata={"help": "λ: weight of the trap term against the task loss"})
     perturbations: list[str] = field(default_factory=lambda: list(PERTURBATIONS), metadata={"help": "scale, dare, ties, rider"})
     samples: int = field(default=2, metadata={"help": "perturbations drawn per micro-batch"})
-    ceiling: float = field(default=1.0, metadata={"help": "cap of a perturbed loss, in units of the base model's loss on the same example"})
+    ceiling: float = field(default=1.5, metadata={"help": "cap of a perturbed loss, in units of the base model's loss on the same example"})
     scale_low: float = field(default=0.05, metadata={"help": "smallest s of the scale perturbation"})
     scale_high: float = field(default=2.0, metadata={"help": "largest s of the scale perturbation"})
     scale_gap: float = field(default=0.05, metadata={"help": "s is never within this distance of 1"})
