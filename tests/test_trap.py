@@ -91,7 +91,7 @@ def test_trap_on_the_toy_world(toy_world, tmp_path, capsys):
     code = main([
         "protect", str(toy_world.model("count")), "--base", str(toy_world.base), "--train-data", str(toy_world.data("count", "train")),
         "--tasks", "toy_count", "--include-tasks", str(toy_world.tasks), "--merge-with", str(toy_world.model("rev")),
-        "--freerider-tasks", "toy_rev", "--methods", "task_arithmetic,ties,dare_ties,dare_linear", "--batch-size", "128",
+        "--freerider-tasks", "toy_rev", "--methods", "task_arithmetic,ties,dare_ties", "--batch-size", "128",
         "--method", "trap", "--trap-rider-data", str(toy_world.stand_in_data()), "--no-adaptive",
         "--output-dir", str(out), "--work-dir", str(tmp_path / "work"),
     ])
@@ -100,18 +100,19 @@ def test_trap_on_the_toy_world(toy_world, tmp_path, capsys):
     standalone = report["standalone"]
     base, original, protected = (100 * standalone[v]["toy_count"] for v in ("base", "original", "protected"))
     best = {method: max(100 * m["scores"]["toy_count"] for m in report["merges"] if m["variant"] == "protected" and m["method"] == method)
-            for method in ("task_arithmetic", "ties", "dare_ties", "dare_linear")}
+            for method in ("task_arithmetic", "ties", "dare_ties")}
     unprotected = {method: max(100 * m["scores"]["toy_count"] for m in report["merges"] if m["variant"] == "original" and m["method"] == method)
                    for method in best}
-    # Measured (defaults: weight 0.3, ceiling 1.0, 200 steps; 300 prompts, ±3 points): base 71.0, original 99.0,
-    # protected 99.7. The attacker's best count score per method, protected (unprotected): TA 97.3 (96.0),
-    # TIES 36.0 (80.3), DARE-TIES 94.0 (96.0), DARE-linear 95.3 (95.7). The default keeps the model and breaks
-    # TIES merges only; TA and DARE merges keep the skill (README, "The merge trap", for the stronger settings).
+    # Measured (defaults: weight 1.0, ceiling 1.5, 400 steps, cosine; 300 prompts, ±3 points): base 71.0,
+    # original 99.0, protected 99.7. The attacker's best count score at any coefficient, protected (unprotected):
+    # TA 63.0 (96.0), TIES 24.0 (80.3), DARE-TIES 75.3 (96.0): every merge at most the base + 5 points.
     assert (base, original) == (pytest.approx(71.0, abs=0.5), pytest.approx(99.0, abs=0.5))
-    assert protected >= original - 1.5
-    assert best["ties"] <= 45 and unprotected["ties"] >= 75
-    for method in ("task_arithmetic", "dare_ties", "dare_linear"):
-        assert best[method] == pytest.approx(unprotected[method], abs=5), method
+    assert protected >= original - 1.0
+    assert all(unprotected[method] >= 80 for method in best)
+    assert all(best[method] <= base + 5 for method in best), best
+    # The free-rider's skill is not what breaks: TA at 0.8 keeps most of rev's gain while count is lost.
+    ta = next(m for m in report["merges"] if m["variant"] == "protected" and m["method"] == "task_arithmetic" and m["value"] == 0.8)
+    assert ta["scores"]["toy_rev"] >= 0.8 and ta["scores"]["toy_count"] <= 0.7
     training = report["protection"][0]["details"]["training"]
     assert training["seconds_per_step"] > 0 and len(training["losses"]) == report["protection"][0]["details"]["config"]["steps"]
     card = (out / "README.md").read_text()
