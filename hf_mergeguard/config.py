@@ -74,8 +74,10 @@ class ProtectConfig:
             raise ConfigError("Give one --freerider-tasks per --merge-with (in order), or one for all.")
         from .errors import TrainDataError
 
-        if "trap" in self.method and not self.train_data:
-            raise TrainDataError("The merge trap trains on the defender's data.", "Pass --train-data (a JSONL file or a Hub dataset).")
+        if "trap" in self.method:
+            if not self.train_data:
+                raise TrainDataError("The merge trap trains on the defender's data.", "Pass --train-data (a JSONL file or a Hub dataset).")
+            self.trap.check_runnable()
         if "mergeguard" in self.method and not self.train_data:
             needs = [] if self.mergeguard.skip_stage1 else ["stage 1 trains on it"]
             if self.mergeguard.criticality == "fast":

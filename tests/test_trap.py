@@ -65,11 +65,22 @@ def test_each_perturbation_is_the_merge_change_it_names():
     ({"perturbations": []}, "Unknown or empty trap perturbations"),
     ({"samples": 0}, "samples must be >= 1"),
     ({"scale_low": 0.97}, "scale_low"),
-    ({"fsdp": True}, "FSDP"),
 ])
 def test_bad_trap_options_are_config_errors(options, problem):
     with pytest.raises(ConfigError, match=problem):
         TrapConfig(**options)
+
+
+def test_fsdp_is_refused_only_when_the_trap_runs():
+    from hf_mergeguard.config import build_protect_config
+
+    def config(method):
+        return build_protect_config(None, {"model": "m", "base": "b", "output_dir": "o", "tasks": ["t"], "train_data": "d",
+                                           "method": method, "trap": {"fsdp": True}, "mergeguard": {"stage1": {"fsdp": True}}})
+
+    config("mergeguard").validate()
+    with pytest.raises(ConfigError, match="does not run under FSDP"):
+        config("trap+mergeguard").validate()
 
 
 def test_trap_options_from_yaml_and_flags():

@@ -40,7 +40,7 @@ def protect_command(
     gradient_accumulation_steps: Optional[int] = typer.Option(None, "--gradient-accumulation-steps", help="Stage 1 / trap micro-batches per step."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Stage 1 / trap tokens per example."),
     bf16: Optional[bool] = typer.Option(None, "--bf16", help="Stage 1 / trap in bf16 mixed precision."),
-    fsdp: Optional[bool] = typer.Option(None, "--fsdp", help="Stage 1 with FSDP (GPUs; FULL_STATE_DICT when saving; not for the trap)."),
+    fsdp: Optional[bool] = typer.Option(None, "--fsdp", help="Stage 1 with FSDP (GPUs; FULL_STATE_DICT when saving); the trap refuses it."),
     trap_weight: Optional[float] = typer.Option(None, "--trap-weight", help="Trap: weight of the trap term against the task loss (lambda)."),
     trap_perturbations: Optional[str] = typer.Option(None, "--trap-perturbations", help="Trap: merge-shaped changes trained against (comma-separated): scale, dare, ties, rider."),
     trap_samples: Optional[int] = typer.Option(None, "--trap-samples", help="Trap: perturbations per micro-batch."),
@@ -88,6 +88,7 @@ def protect_command(
         "gradient_accumulation_steps": gradient_accumulation_steps,
         "max_length": max_length,
         "bf16": bf16,
+        "fsdp": fsdp,
         "seed": seed,
     }
     overrides = {
@@ -117,7 +118,7 @@ def protect_command(
             "granularity": granularity,
             "exclude_share": exclude_share,
             "mask_share": mask_share,
-            "stage1": {"alpha": alpha, "reading": stage1_reading, "fsdp": fsdp, **training},
+            "stage1": {"alpha": alpha, "reading": stage1_reading, **training},
         },
         "trap": {
             "weight": trap_weight,

@@ -78,6 +78,9 @@ class TrapConfig(TrainingConfig):
             raise ConfigError("trap: samples must be >= 1, weight >= 0 and ceiling > 0.")
         if not (0 < self.scale_low < 1 - self.scale_gap and self.scale_high > 1 + self.scale_gap):
             raise ConfigError("trap: need 0 < scale_low < 1 - scale_gap and scale_high > 1 + scale_gap.")
+
+    def check_runnable(self) -> None:
+        """Checks that depend on how the run is set up (``--fsdp`` is shared with MergeGuard's stage 1)."""
         if self.fsdp:
             raise ConfigError("The merge trap does not run under FSDP (it evaluates whole perturbed copies of the weights).",
                               "Drop --fsdp; the trap runs with DDP on several GPUs.")
@@ -189,6 +192,7 @@ def merge_trap_finetune(
     """Train ``model`` (the defender's fine-tune) in place with the merge-trap objective."""
     from torch.func import functional_call
 
+    config.check_runnable()
     accelerator = accelerator or make_accelerator(config)
     names = [name for name, param in model.named_parameters() if param.requires_grad]
     base = {name: base_state[name].to(accelerator.device, torch.float32) for name in names}

@@ -199,6 +199,17 @@ def test_empty_or_malformed_train_data(release, refused, content, problem):
             expect=[problem], hint=r"\S")
 
 
+@pytest.mark.parametrize("extra, problem, hint", [
+    (["--trap-rider-data", "BROKEN"], r":1 is not valid JSON", r"\S"),
+    (["--fsdp"], r"does not run under FSDP", r"Drop --fsdp"),
+], ids=["malformed-rider-data", "fsdp"])
+def test_bad_trap_options(release, refused, extra, problem, hint):
+    broken = release.tmp / "rider.jsonl"
+    broken.write_text('{"prompt": oops}\n')
+    extra = [str(broken) if arg == "BROKEN" else arg for arg in extra]
+    refused(release.argv(method="trap") + extra, inputs=[release.model, broken], out=release.out, expect=[problem], hint=hint)
+
+
 def test_output_folder_exists(release, refused):
     release.out.mkdir()
     (release.out / "notes.txt").write_text("an earlier release: keep me")
