@@ -23,13 +23,13 @@ So the loss of a micro-batch is
 with w_k = 1/√s for ``scale`` and 1 otherwise. Each term is a forward pass of the same model with other
 weights (``torch.func.functional_call``: gradients flow to θ through the perturbation); the base's loss is one
 more forward without gradients. A step costs about (1 + samples) forward-backward passes and one forward;
-the run's seconds per step are in ``selftest.json``. Because the cap is per example, N processes give the
-weights of one.
+the run's seconds per step are in ``selftest.json``. Memory: the weights, the base, the stand-in vector and one
+perturbed copy per sample held for the backward (about 3 + samples copies of the model in float32, plus
+activations). Because the cap is per example, N processes give the weights of one.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
@@ -39,8 +39,6 @@ import torch
 from ..errors import ConfigError
 from ..training import Example, TrainingConfig, TrainingResult, make_accelerator, token_loss_sum, train_causal_lm
 from .base import ProtectContext, ProtectionResult, trained_checkpoint
-
-log = logging.getLogger(__name__)
 
 PERTURBATIONS = ("scale", "dare", "ties", "rider")
 
