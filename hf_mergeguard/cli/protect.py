@@ -32,7 +32,7 @@ def protect_command(
     key_file: Optional[Path] = typer.Option(None, "--key-file", help="params/mergelock/mergebarrier: where the owner's key goes (default: OUT.key.safetensors beside --output-dir; never inside it, never pushed)."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Folder of resumable steps (default: cache, keyed by the config)."),
     run_stage1: Optional[bool] = typer.Option(None, "--stage1/--skip-stage1", help="MergeGuard: run stage 1 (density-aware fine-tuning) before stage 2, or stage 2 alone (default: alone, the best measured; see the README)."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="MergeGuard stage 1: strength of the per-layer L2 term (0.01)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="MergeGuard stage 1: strength of the per-layer L2 term (0.001; the paper's 0.01)."),
     stage1_reading: Optional[str] = typer.Option(None, "--stage1-reading", help="paper | paper-mean | base | base-mean."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps of stage 1 and of the trap."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Learning rate of stage 1 and of the trap."),

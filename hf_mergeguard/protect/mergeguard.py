@@ -1,7 +1,7 @@
 """MergeGuard (dual-stage weight protection): stage 1 density-aware fine-tuning, stage 2 adversarial weight
 negation. Paper: ``shared/seeds/002_60348e0bc0400fd5.txt`` section 5; hyper-parameters from its section 6.1
-(alpha = 0.01, k' = 10% critical layers kept, k = 10% of the rest masked), except two defaults changed by
-measurement: beta = 2 (the paper's beta = 1) and stage 1 off (``--stage1`` turns it on).
+(alpha = 0.01, k' = 10% critical layers kept, k = 10% of the rest masked), except three defaults changed by
+measurement: beta = 2 (the paper's beta = 1), stage 1 off (``--stage1`` turns it on) and, when on, alpha = 0.001.
 """
 
 from __future__ import annotations
