@@ -10,12 +10,15 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def parse_args(doc: str, out: str | None, results: str) -> argparse.Namespace:
-    """``--out`` (working folder of the runs, when the script has one) and ``--results`` (the markdown file)."""
+def parse_args(doc: str, out: str | None, results: str, extra=None) -> argparse.Namespace:
+    """``--out`` (working folder of the runs, when the script has one) and ``--results`` (the markdown file);
+    ``extra(parser)`` adds a script's own options."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if out is not None:
         parser.add_argument("--out", type=Path, default=Path(out))
     parser.add_argument("--results", type=Path, default=RESULTS / results)
+    if extra is not None:
+        extra(parser)
     return parser.parse_args()
 
 

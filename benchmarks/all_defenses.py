@@ -2,7 +2,7 @@
 
 Run by hand (about 35 minutes on 2 CPU cores once the toy world is cached):
 
-    python benchmarks/all_defenses.py [--out DIR] [--results benchmarks/results/all_defenses.md]
+    python benchmarks/all_defenses.py [--out DIR] [--results benchmarks/results/all_defenses.md] [--seed N] [--only ROWS]
 
 Defender: the ``count`` fine-tune; free-rider: ``rev``; all nine merge methods at the attacker's best coefficient;
 the four adaptive attacks (64 defender examples, 30 steps for the fine-tuning ones). Same world and seed for every
@@ -104,14 +104,20 @@ def trap_costs(rows) -> str:
 
 
 def main() -> None:
-    args = parse_args(__doc__, "all-defenses", "all_defenses.md")
+    def options(parser):
+        parser.add_argument("--seed", type=int, default=0, help="seed of training, merges and attacks (keys are random anyway)")
+        parser.add_argument("--only", default=None, help="comma-separated rows of DEFENSES to run (default all)")
+
+    args = parse_args(__doc__, "all-defenses", "all_defenses.md", options)
     from hf_mergeguard.toyworld import build_toy_world
 
     stand_in = str(build_toy_world().stand_in_data())  # the trap's stand-in free-rider: the base fine-tuned on copy
-    settings = {name: {**overrides, "trap": {"rider_data": stand_in, **overrides.get("trap", {})}} for name, overrides in DEFENSES.items()}
+    chosen = {name: overrides for name, overrides in DEFENSES.items() if args.only is None or name in args.only.split(",")}
+    settings = {name: {**overrides, "seed": args.seed, "trap": {"rider_data": stand_in, **overrides.get("trap", {})}}
+                for name, overrides in chosen.items()}
     rows = run_settings(settings, args.out, riders=("rev",), selftest={"methods": METHODS})
     text = (
-        "# Every defense on the toy world\n\n" + measured_on("all_defenses.py") + "\n\n"
+        "# Every defense on the toy world\n\n" + measured_on("all_defenses.py") + f" Seed {args.seed}.\n\n"
         "Defender count, free-rider rev, 300 prompts per task (± binomial standard error), defaults of every defense, "
         "one random key per function-preserving defense.\n\n"
         "## The attacker's best merge per method (count score, rev score of that merge in brackets)\n\n" + merges_table(rows) + "\n\n"

@@ -12,10 +12,9 @@ the world's ``copy`` rows unless the row says otherwise.
 from __future__ import annotations
 
 from _common import measured_on, parse_args, run_settings, write_results
-from all_defenses import PROMPTS, points
+from all_defenses import PROMPTS, RIDER_TASK, TASK, best_merged, points
 
 METHODS = ["task_arithmetic", "ties", "dare_ties", "dare_linear"]
-TASK, RIDER_TASK = "toy_count", "toy_rev"
 SETTINGS = {
     "weight 0.3, ceiling 1.0, 200 steps, constant lr": {"weight": 0.3, "ceiling": 1.0, "steps": 200, "schedule": "constant"},
     "weight 0.5, ceiling 1.5, 200 steps, constant lr": {"weight": 0.5, "ceiling": 1.5, "steps": 200, "schedule": "constant"},
@@ -44,7 +43,7 @@ def main() -> None:
     for name, report, _ in rows:
         cells = []
         for method in METHODS:
-            merge = max((m for m in report["merges"] if m["variant"] == "protected" and m["method"] == method), key=lambda m: m["scores"][TASK])
+            merge = best_merged(report, method)
             cells.append(f"{points(merge['scores'][TASK])} (rev {100 * merge['scores'][RIDER_TASK]:.0f})")
         per_step = report["protection"][0]["details"]["training"]["seconds_per_step"]
         lines.append(f"| {name} | {points(report['standalone']['protected'][TASK])} | " + " | ".join(cells) + f" | {per_step:.2f} |")
