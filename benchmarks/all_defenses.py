@@ -105,7 +105,7 @@ def trap_costs(rows) -> str:
 
 def main() -> None:
     def options(parser):
-        parser.add_argument("--seed", type=int, default=0, help="seed of training, merges and attacks (keys are random anyway)")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the training, merges and attacks (keys are random anyway)")
         parser.add_argument("--only", default=None, help="comma-separated rows of DEFENSES to run (default all)")
 
     args = parse_args(__doc__, "all-defenses", "all_defenses.md", options)
@@ -113,7 +113,9 @@ def main() -> None:
 
     stand_in = str(build_toy_world().stand_in_data())  # the trap's stand-in free-rider: the base fine-tuned on copy
     chosen = {name: overrides for name, overrides in DEFENSES.items() if args.only is None or name in args.only.split(",")}
-    settings = {name: {**overrides, "seed": args.seed, "trap": {"rider_data": stand_in, **overrides.get("trap", {})}}
+    # --seed as on the command line: training (the trap, stage 1), merges and attacks.
+    settings = {name: {**overrides, "seed": args.seed, "mergeguard": {"stage1": {"seed": args.seed}},
+                       "trap": {"rider_data": stand_in, "seed": args.seed, **overrides.get("trap", {})}}
                 for name, overrides in chosen.items()}
     rows = run_settings(settings, args.out, riders=("rev",), selftest={"methods": METHODS})
     text = (
