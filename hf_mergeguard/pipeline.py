@@ -92,7 +92,7 @@ def work_dir_for(config: ProtectConfig) -> Path:
 
     # Only what changes the result keys the work folder: not where the output goes, nor the options of defenses
     # the run does not apply (the mergeguard section stays: its training options also build the accelerator).
-    unused = {"trap", "params", "mergelock", "mergebarrier"} - set(parse_method(config.method))
+    unused = set(STACK_ORDER) - {"mergeguard"} - set(parse_method(config.method))
     keyed = {k: v for k, v in config.to_dict().items() if k not in RELEASE_ONLY_OPTIONS and k not in unused}
     return default_cache_dir() / "runs" / config_digest({"tool": __version__, **keyed})
 

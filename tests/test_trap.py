@@ -83,7 +83,7 @@ def test_fsdp_is_refused_only_when_the_trap_runs():
         config("trap+mergeguard").validate()
 
 
-def test_trap_options_from_yaml_and_flags():
+def test_trap_options_and_stack_order():
     from hf_mergeguard.config import build_protect_config
 
     config = build_protect_config(None, {"model": "m", "base": "b", "output_dir": "o", "method": "mergelock+trap",

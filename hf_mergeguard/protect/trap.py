@@ -115,7 +115,8 @@ class PerturbationSampler:
             return {"kind": kind, "coefficient": s, "weight": 1 / math.sqrt(s)}
         draw = {"kind": kind, "coefficient": self._uniform(0.3, 1.2), "weight": 1.0, "seed": int(torch.randint(2**31, (), generator=self.generator))}
         if kind == "rider":
-            draw["rider_scale"] = self._uniform(0.5, 1.5)
+            draw["rider_scale"] = self._uniform(0.5, 1.5)  # of the stand-in fine-tune's vector
+            draw["rider_norm"] = self.config.rider_norm  # of a random direction, when there is no stand-in
         elif kind == "dare":
             draw["drop"] = self._uniform(0.5, 0.95)
         elif kind == "ties":
@@ -208,7 +209,6 @@ def merge_trap_finetune(
         trap_terms, perturbed_sum = [], 0.0
         for _ in range(config.samples):
             draw = sampler.draw()
-            draw["rider_norm"] = config.rider_norm
             perturbed = perturbed_parameters({n: params[n] for n in names}, base, draw, rider)
             sums = example_loss_sums(functional_call(module, perturbed, kwargs=inputs).logits, labels)
             # Capped per example, so how the batch is split over processes and micro-batches changes nothing.
