@@ -36,6 +36,17 @@ def peak_resident_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
+def attack_cells(report: dict, score) -> list[str]:
+    """One cell per adaptive attack (the order of ``ATTACKS``): ``score(row)``, the credited share, whether it defeats."""
+    from hf_mergeguard.attacks.adaptive import ATTACKS
+
+    cells = []
+    for attack in ATTACKS:
+        row = next(r for r in report["robustness"]["rows"] if r["attack"] == attack)
+        cells.append(f"{score(row)}, credited {row['credited_share']:.2f}{' **defeats**' if row['defeats'] else ''}")
+    return cells
+
+
 def write_results(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

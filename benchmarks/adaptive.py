@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _common import measured_on, parse_args, run_settings, write_results
+from _common import attack_cells, measured_on, parse_args, run_settings, write_results
 
 from hf_mergeguard.attacks.adaptive import ATTACKS
 
@@ -30,12 +30,8 @@ def table(rows) -> str:
         "|---" * (5 + len(ATTACKS)) + "|",
     ]
     for defense, report, _ in rows:
-        robustness = report["robustness"]
-        cells = []
-        for attack in ATTACKS:
-            row = next(r for r in robustness["rows"] if r["attack"] == attack)
-            cells.append(f"{row['score']}, credited {row['credited_share']:.2f}{' **defeats**' if row['defeats'] else ''}")
-        data_only = robustness["attacks"]["recover"]["setup"]["data_only"]
+        cells = attack_cells(report, lambda row: row["score"])
+        data_only = report["robustness"]["attacks"]["recover"]["setup"]["data_only"]
         plain = report["gates"]["merged_retention"]["value"]
         lines.append(f"| {defense} | {100 * report['standalone']['protected']['toy_count']:.1f} | {plain:.2f} | " + " | ".join(cells)
                      + f" | {100 * data_only['defender_score']:.1f} | {'passes' if report['passed'] else 'fails'} |")

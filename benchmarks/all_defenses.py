@@ -15,9 +15,8 @@ while the protected model stays within 1 point of the original.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-from _common import measured_on, parse_args, run_settings, write_results
+from _common import attack_cells, measured_on, parse_args, run_settings, write_results
 
 from hf_mergeguard.attacks.adaptive import ATTACKS
 
@@ -63,32 +62,36 @@ def goal(report: dict) -> tuple[bool, float]:
     return kept and highest <= base + 0.05, highest
 
 
-def merges_table(rows) -> str:
+def _table_row(cells) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def merges_table(rows, methods=METHODS, first_column="defense", extra=None) -> str:
+    """The attacker's best count score per method (rev's in brackets), one row per run, the unprotected merges
+    first. ``extra``: (header, report -> cell) for one more column."""
     first = rows[0][1]
-    lines = [
-        "| defense | count, protected | " + " | ".join(METHODS) + " |",
-        "|---" * (2 + len(METHODS)) + "|",
-        f"| none (original {points(first['standalone']['original'][TASK])}; base {points(first['standalone']['base'][TASK])}) | – | "
-        + " | ".join(points(max(m["scores"][TASK] for m in first["merges"] if m["variant"] == "original" and m["method"] == method)) for method in METHODS) + " |",
+    more = [extra[0]] if extra else []
+    header = [first_column, "count, protected", *methods, *more]
+    unprotected = [
+        f"none (original {points(first['standalone']['original'][TASK])}; base {points(first['standalone']['base'][TASK])})", "–",
+        *(points(max(m["scores"][TASK] for m in first["merges"] if m["variant"] == "original" and m["method"] == method)) for method in methods),
+        *(["–"] if extra else []),
     ]
+    lines = [_table_row(header), "|---" * len(header) + "|", _table_row(unprotected)]
     for name, report, _ in rows:
-        cells = []
-        for method in METHODS:
+        cells = [name, points(report["standalone"]["protected"][TASK])]
+        for method in methods:
             merge = best_merged(report, method)
             cells.append(f"{points(merge['scores'][TASK])} (rev {100 * merge['scores'][RIDER_TASK]:.0f})")
-        lines.append(f"| {name} | {points(report['standalone']['protected'][TASK])} | " + " | ".join(cells) + " |")
+        lines.append(_table_row(cells + ([extra[1](report)] if extra else [])))
     return "\n".join(lines)
 
 
 def attacks_table(rows) -> str:
     lines = ["| defense | " + " | ".join(ATTACKS) + " | examples alone | goal met | highest count reached |", "|---" * (4 + len(ATTACKS)) + "|"]
     for name, report, _ in rows:
-        robustness = report["robustness"]
-        cells = []
-        for attack in ATTACKS:
-            row = next(r for r in robustness["rows"] if r["attack"] == attack)
-            cells.append(f"{points(attack_score(report, attack))}, credited {row['credited_share']:.2f}{' **defeats**' if row['defeats'] else ''}")
-        data_only = robustness["attacks"]["recover"]["setup"]["data_only"]
+        cells = attack_cells(report, lambda row: points(attack_score(report, row["attack"])))
+        data_only = report["robustness"]["attacks"]["recover"]["setup"]["data_only"]
         met, highest = goal(report)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {points(data_only['defender_score'])} | {'yes' if met else 'no'} | {100 * highest:.1f} |")
     return "\n".join(lines)

@@ -5,13 +5,11 @@ Run by hand (about 20 minutes on 2 CPU cores; steps are cached under $HF_MERGEGU
     python benchmarks/stage1_readings.py [--out DIR] [--results benchmarks/results/stage1_readings.md]
 
 Same world, defender, free-riders and cells as ``mergeguard_settings.py`` (the share of the defender's gain the
-attacker's best merge keeps); the adaptive attacks are off (``benchmarks/trap.py`` runs them on the finalists).
+attacker's best merge keeps); the adaptive attacks are off (``all_defenses.py`` runs them on every defense's defaults).
 The size of each reading's term against the task loss is in the last column (stage 1's last step).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from _common import measured_on, parse_args, run_settings, write_results
 from mergeguard_settings import table

@@ -12,7 +12,7 @@ the world's ``copy`` rows unless the row says otherwise.
 from __future__ import annotations
 
 from _common import measured_on, parse_args, run_settings, write_results
-from all_defenses import PROMPTS, RIDER_TASK, TASK, best_merged, points
+from all_defenses import PROMPTS, merges_table
 
 METHODS = ["task_arithmetic", "ties", "dare_ties", "dare_linear"]
 SETTINGS = {
@@ -32,26 +32,13 @@ def main() -> None:
     stand_in = str(build_toy_world().stand_in_data())
     settings = {name: {"method": "trap", "trap": {"rider_data": stand_in, **trap}} for name, trap in SETTINGS.items()}
     rows = run_settings(settings, args.out, riders=("rev",), selftest={"methods": METHODS, "adaptive": False})
-    first = rows[0][1]
-    lines = [
-        "| setting | count, protected | " + " | ".join(METHODS) + " | s / step |",
-        "|---" * (3 + len(METHODS)) + "|",
-        f"| none (original {points(first['standalone']['original'][TASK])}, base {points(first['standalone']['base'][TASK])}) | – | "
-        + " | ".join(points(max(m["scores"][TASK] for m in first["merges"] if m["variant"] == "original" and m["method"] == method)) for method in METHODS)
-        + " | – |",
-    ]
-    for name, report, _ in rows:
-        cells = []
-        for method in METHODS:
-            merge = best_merged(report, method)
-            cells.append(f"{points(merge['scores'][TASK])} (rev {100 * merge['scores'][RIDER_TASK]:.0f})")
-        per_step = report["protection"][0]["details"]["training"]["seconds_per_step"]
-        lines.append(f"| {name} | {points(report['standalone']['protected'][TASK])} | " + " | ".join(cells) + f" | {per_step:.2f} |")
+    per_step = ("s / step", lambda report: f"{report['protection'][0]['details']['training']['seconds_per_step']:.2f}")
     text = (
         "# Merge-trap settings on the toy world\n\n" + measured_on("trap_settings.py") + "\n\n"
         f"Cells: the attacker's best count score at any coefficient ({PROMPTS} prompts, ± binomial standard error), rev's "
         "score of that merge in brackets; free-rider rev; one seed; `s / step` is the trap's training time per step "
-        "(one CPU thread per process when run as documented).\n\n" + "\n".join(lines) + "\n"
+        "(one CPU thread per process when run as documented).\n\n"
+        + merges_table(rows, METHODS, first_column="setting", extra=per_step) + "\n"
     )
     write_results(args.results, text)
 
