@@ -1,6 +1,6 @@
 """Every defense side by side on the toy world: every merge method, every adaptive attack, the issue-10 goal.
 
-Run by hand (about 35 minutes on 2 CPU cores once the toy world is cached):
+Run by hand (about 27 minutes for all eight rows, one CPU thread, once the toy world is cached):
 
     python benchmarks/all_defenses.py [--out DIR] [--results benchmarks/results/all_defenses.md] [--seed N] [--only ROWS]
 

@@ -1,6 +1,6 @@
 """Merge-trap settings on the toy world: the trap's weight, ceiling, schedule and stand-in free-rider.
 
-Run by hand (about 15 minutes on 2 CPU cores; steps are cached under $HF_MERGEGUARD_CACHE/runs):
+Run by hand (about 10 minutes, one CPU thread; steps are cached under $HF_MERGEGUARD_CACHE/runs):
 
     python benchmarks/trap_settings.py [--out DIR] [--results benchmarks/results/trap_settings.md]
 
