@@ -38,7 +38,7 @@ def peak_resident_mb() -> float:
 
 def attack_cells(report: dict, score) -> list[str]:
     """One cell per adaptive attack (the order of ``ATTACKS``): ``score(row)``, the credited share, whether it defeats."""
-    from hf_mergeguard.attacks.adaptive import ATTACKS
+    from hf_mergeguard.attacks.base import parse_attacks
 
     cells = []
     for attack in ATTACKS:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from _common import attack_cells, measured_on, parse_args, run_settings, write_results
 
-from hf_mergeguard.attacks.adaptive import ATTACKS
+from hf_mergeguard.attacks.base import parse_attacks
 
 DEFENSES = ["mergeguard", "params", "mergelock", "mergebarrier", "mergeguard+mergelock"]
 

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_mergeguard import criticality_inputs  # noqa: E402
 
 from hf_mergeguard.data import load_train_examples  # noqa: E402
-from hf_mergeguard.protect.criticality import agreement, fast_criticality  # noqa: E402
-from hf_mergeguard.protect.mergeguard import MergeGuardConfig  # noqa: E402
+from hf_mergeguard.protect.mergeguard.criticality import agreement, fast_criticality  # noqa: E402
+from hf_mergeguard.protect.mergeguard.config import MergeGuardConfig  # noqa: E402
 from hf_mergeguard.toyworld import build_toy_world  # noqa: E402
 
 CALIBRATION_SIZES = (32, 64, 128)
@@ -45,9 +45,10 @@ def mid_size_table(world, examples) -> str:
 
     import torch
 
-    from hf_mergeguard.checkpoint import Checkpoint, model_state_dict
+    from hf_mergeguard.io.checkpoint import Checkpoint
+    from hf_mergeguard.io.hf_models import model_state_dict
     from hf_mergeguard.evaluation import load_tokenizer
-    from hf_mergeguard.protect.negation import negation_units
+    from hf_mergeguard.protect.mergeguard.negation import negation_units
     from hf_mergeguard.testing import FAMILY_EXTRAS, write_random_checkpoint
     from hf_mergeguard.training import TrainingConfig, train_causal_lm
 

@@ -30,10 +30,11 @@ from test_symmetry import _logits, _models  # noqa: E402
 from hf_mergeguard.architectures import SUPPORTED_MODEL_TYPES  # noqa: E402
 from hf_mergeguard.attacks.realign import realigned_tensors  # noqa: E402
 from hf_mergeguard.checkpoint import Checkpoint  # noqa: E402
-from hf_mergeguard.sources import StateDictSource  # noqa: E402
+from hf_mergeguard.io.sources import StateDictSource  # noqa: E402
 from hf_mergeguard.toyworld import build_toy_world  # noqa: E402
 from hf_mergeguard.protect import symmetry  # noqa: E402
-from hf_mergeguard.protect.function_preserving import FUNCTION_PRESERVING, sample_transform  # noqa: E402
+from hf_mergeguard.protect.base import DEFENSES, function_preserving_methods  # noqa: E402
+from hf_mergeguard.protect.function_preserving import sample_transform  # noqa: E402
 
 
 def _worst_relative(tensors: dict, reference: dict) -> float:
@@ -45,8 +46,8 @@ def toy_world_rows() -> list[str]:
     model, base = Checkpoint(world.model("count")), Checkpoint(world.base)
     original = model.state_dict()
     rows = []
-    for method in sorted(FUNCTION_PRESERVING):
-        transform = sample_transform(method, FUNCTION_PRESERVING[method](), model, base, torch.Generator().manual_seed(0))
+    for method in sorted(function_preserving_methods()):
+        transform = sample_transform(method, DEFENSES.get(method).options(), model, base, torch.Generator().manual_seed(0))
         protected = dict(symmetry.transform_tensors(original.items(), [transform], model.geometry))
         restored = dict(symmetry.transform_tensors(protected.items(), symmetry.compose_inverse([transform]), model.geometry))
         realigned = dict(realigned_tensors(StateDictSource(protected, model.config), base))
@@ -64,10 +65,10 @@ def main() -> None:
             original = model.state_dict()
             reference = _logits(model.config, original)
             floor = (_logits(model.config, original, torch.bfloat16) - reference).abs().max().item()
-            for method in sorted(FUNCTION_PRESERVING):
+            for method in sorted(function_preserving_methods()):
                 worst32, worst16 = 0.0, 0.0
                 for seed in range(3):
-                    transform = sample_transform(method, FUNCTION_PRESERVING[method](), model, base, torch.Generator().manual_seed(seed))
+                    transform = sample_transform(method, DEFENSES.get(method).options(), model, base, torch.Generator().manual_seed(seed))
                     protected = dict(symmetry.transform_tensors(original.items(), [transform], model.geometry))
                     worst32 = max(worst32, (_logits(model.config, protected) - reference).abs().max().item())
                     bf16 = {k: v.to(torch.bfloat16) for k, v in protected.items()}

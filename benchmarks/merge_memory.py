@@ -46,7 +46,8 @@ def worlds(out: Path) -> dict[str, tuple[Path, Path, Path]]:
 
 def child(method_name: str, base: str, defender: str, freerider: str) -> dict:
     from hf_mergeguard.attacks.merges import get_merge_method, merge_state_dict
-    from hf_mergeguard.checkpoint import Checkpoint, model_from_state_dict
+    from hf_mergeguard.io.checkpoint import Checkpoint
+    from hf_mergeguard.io.hf_models import model_from_state_dict
 
     import mergekit.merge_methods  # noqa: F401  (imported before the clock and in the idle run alike)
 

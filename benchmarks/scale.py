@@ -82,10 +82,12 @@ def evict(*folders: Path) -> None:
 
 def run_op(op: str, model_dir: Path, base_dir: Path, target: Path, threshold_file: Path) -> dict:
     from hf_mergeguard.attacks.realign import realigned_tensors
-    from hf_mergeguard.checkpoint import Checkpoint, write_checkpoint
-    from hf_mergeguard.protect.function_preserving import FUNCTION_PRESERVING, write_protected
+    from hf_mergeguard.io.checkpoint import Checkpoint
+    from hf_mergeguard.io.writer import write_checkpoint
+    from hf_mergeguard.protect.base import DEFENSES, function_preserving_methods
+    from hf_mergeguard.protect.function_preserving import write_protected
     from hf_mergeguard.protect.mergeguard import negated_tensors, negation_thresholds
-    from hf_mergeguard.protect.negation import negation_units
+    from hf_mergeguard.protect.mergeguard.negation import negation_units
 
     model, base = Checkpoint(model_dir), Checkpoint(base_dir)
     # Stage 2 with no layer excluded: every block tensor it may touch.
@@ -104,8 +106,8 @@ def run_op(op: str, model_dir: Path, base_dir: Path, target: Path, threshold_fil
         write_checkpoint(target, negated_tensors(model, base, {n: threshold for n in negated}, 2.0, counts), model.layout,
                          companions_from=model, overwrite=True)
         result["negated_share"] = sum(counts.values()) / sum(math.prod(model.spec(n).shape) for n in negated)
-    elif op in FUNCTION_PRESERVING:
-        write_protected(model, base, op, FUNCTION_PRESERVING[op](), target, target.parent / f"{op}.key.safetensors", companions_from=model)
+    elif op in function_preserving_methods():
+        write_protected(model, base, op, DEFENSES.get(op).options(), target, target.parent / f"{op}.key.safetensors", companions_from=model)
     elif op == "realign":
         protected = Checkpoint(model_dir)  # the PaRaMS output
         write_checkpoint(target, realigned_tensors(protected, base), protected.layout, companions_from=protected, overwrite=True)
@@ -132,7 +134,7 @@ def in_child(op: str, model: Path, base: Path, target: Path, threshold_file: Pat
 def realign_distance(realigned_dir: Path, original_dir: Path) -> float:
     """Worst relative distance ||realigned - original|| / ||original|| over the block tensors (is the attack exact?)."""
     from hf_mergeguard.architectures import split_layer_name
-    from hf_mergeguard.checkpoint import Checkpoint
+    from hf_mergeguard.io.checkpoint import Checkpoint
 
     realigned, original = Checkpoint(realigned_dir), Checkpoint(original_dir)
     worst = 0.0

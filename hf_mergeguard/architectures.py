@@ -2,7 +2,7 @@
 
 Everything a defense or an attack needs to know about a checkpoint's layout comes from here: tensor names
 of attention, MLP, norms, embeddings and lm_head; head counts, KV groups, head_dim, rotary layout, biases,
-QK-norm, tied embeddings. Nothing else in the package spells a tensor name.
+QK-norm, tied embeddings. (The symmetry transforms still dispatch on the projection names within a block.)
 """
 
 from __future__ import annotations
@@ -178,10 +178,6 @@ class Geometry:
         if rest.endswith("layernorm.weight"):
             return (h,)
         raise KeyError(name)
-
-    def is_excluded_from_negation(self, name: str) -> bool:
-        """Embeddings, the final norm and lm_head: the tensors MergeGuard's stage 2 never touches."""
-        return name in (EMBED, FINAL_NORM, LM_HEAD)
 
 
 def split_layer_name(name: str) -> tuple[int | None, str]:

@@ -1,8 +1,10 @@
-"""``protect``'s configuration: one dataclass tree, loadable from YAML, overridable from the CLI.
+"""The configuration of ``check``, ``attack`` and ``protect``: one dataclass tree, loadable from YAML, overridable by flags.
 
-Precedence: defaults < ``--config protect.yml`` < command-line flags. Unknown keys are errors with a
-"did you mean". The resolved configuration is written to ``protect_config.yml`` in the output folder (never
-a token).
+Precedence: defaults < ``--config protect.yml`` < command-line flags. Unknown keys are errors with a "did you mean".
+Every option is declared once, on its dataclass field (``metadata={"help": ..., "flag": ...}``): the CLI's flags are
+built from these fields (:mod:`hf_mergeguard.cli.config_flags`), and each registered defense's options are a section
+of their own (``mergeguard:``, ``trap:``, ...). The resolved configuration of a run is written to
+``protect_config.yml`` in the output folder (never a token).
 """
 
 from __future__ import annotations
@@ -16,80 +18,109 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .protect.function_preserving import MergeBarrierConfig, MergeLockConfig, ParamsConfig
-from .protect.mergeguard import MergeGuardConfig
-from .protect.trap import TrapConfig
-from .selftest import SelfTestOptions
+from .protect.base import DEFENSES
+from .protect.stack import stack, stack_order
+from .selftest.config import SelfTestConfig
+from .training import RunConfig
+
+# Options that change where the result goes, not what it is (they do not key the work folder).
+RELEASE_ONLY_OPTIONS = ("output_dir", "overwrite", "work_dir", "push_to", "create_pr", "private", "force", "key_file")
+
+
+def _option(default=None, help: str = "", flag: str | tuple | None = None, **more):
+    metadata = {"help": help, **({"flag": flag} if flag else {}), **more}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
-class ProtectSelfTestOptions(SelfTestOptions):
-    """``protect``'s self-test: the adaptive attacks are on by default (``--no-adaptive`` for speed)."""
+class ModelInputs:
+    """What is tested: the model and its base, the tasks that measure its skill, the free-riders, the defender's data."""
 
-    adaptive: bool = True
+    model: str | None = _option(None, "the fine-tuned model (folder or Hub repo id)")
+    base: str | None = _option(None, "the base model it was fine-tuned from (folder or Hub repo id)", "--base")
+    revision: str | None = _option(None, "branch, tag or commit of a Hub MODEL", "--revision")
+    base_revision: str | None = _option(None, "branch, tag or commit of a Hub --base", "--base-revision")
+    tasks: list[str] = _option([], "comma-separated lm-eval tasks of the model's skill, e.g. gsm8k,humaneval", ("--tasks", "-t"))
+    include_tasks: list[str] = _option([], "folder of extra lm-eval task YAMLs (lm-eval's include_path); repeatable",
+                                       "--include-tasks", repeatable=True)
+    merge_with: list[str] = _option([], "a free-rider model (folder or repo id) merged with MODEL; repeatable", "--merge-with", repeatable=True)
+    freerider_tasks: list[str] = _option([], "tasks measuring a --merge-with model's own skill (one per --merge-with, in order); "
+                                         "repeatable", "--freerider-tasks", repeatable=True)
+    train_data: str | None = _option(None, "defender's data: JSONL (question/answer, prompt/completion or text) or a Hub dataset "
+                                     "name[:config]", "--train-data")
+    train_split: str = _option("train", "split of a Hub --train-data", "--train-split")
+
+    def check_inputs(self) -> None:
+        if not self.tasks:
+            raise ConfigError("No --tasks given: the self-test needs the defender's tasks.", "e.g. --tasks gsm8k")
+        if self.freerider_tasks and len(self.freerider_tasks) not in (1, len(self.merge_with)):
+            raise ConfigError("Give one --freerider-tasks per --merge-with (in order), or one for all.")
 
 
 @dataclass
-class ProtectConfig:
-    """Everything ``protect`` does, in one place (the YAML file mirrors it)."""
+class CheckConfig(ModelInputs):
+    """``check`` and ``attack``: a model as it is, self-tested."""
 
-    model: str | None = None
-    base: str | None = None
-    output_dir: str | None = None
-    method: str = "mergeguard"
-    tasks: list[str] = field(default_factory=list)
-    include_tasks: list[str] = field(default_factory=list)
-    train_data: str | None = None
-    train_split: str = "train"
-    merge_with: list[str] = field(default_factory=list)
-    freerider_tasks: list[str] = field(default_factory=list)
-    revision: str | None = None
-    base_revision: str | None = None
-    overwrite: bool = False
-    push_to: str | None = None
-    create_pr: bool = True
-    private: bool = False
-    force: bool = False
-    work_dir: str | None = None
-    device: str | None = None
-    seed: int = 0
-    key_file: str | None = None
-    mergeguard: MergeGuardConfig = field(default_factory=MergeGuardConfig)
-    trap: TrapConfig = field(default_factory=TrapConfig)
-    params: ParamsConfig = field(default_factory=ParamsConfig)
-    mergelock: MergeLockConfig = field(default_factory=MergeLockConfig)
-    mergebarrier: MergeBarrierConfig = field(default_factory=MergeBarrierConfig)
-    selftest: ProtectSelfTestOptions = field(default_factory=ProtectSelfTestOptions)
+    run: RunConfig = field(default_factory=RunConfig)
+    selftest: SelfTestConfig = field(default_factory=SelfTestConfig)
+
+
+def _defense_sections() -> dict[str, Any]:
+    return {spec.name: spec.options() for spec in DEFENSES.values()}
+
+
+@dataclass
+class ProtectConfig(CheckConfig):
+    """Everything ``protect`` does (the YAML file mirrors it; each defense's options are a top-level section).
+
+    ``config.trap``, ``config.mergeguard``, ...: the options of each registered defense (``config.defenses[name]``).
+    """
+
+    method: str = _option("mergeguard", "the defense, or a stack joined by + (e.g. trap+mergeguard), applied in the order listed",
+                          "--method", choices=stack_order)
+    output_dir: str | None = _option(None, "where the protected model and its report go", ("--output-dir", "-o"))
+    overwrite: bool = _option(False, "replace --output-dir if it exists", "--overwrite")
+    push_to: str | None = _option(None, "Hub repo (ORG/NAME) to push weights, card, plot and selftest.json to, in one commit, only if "
+                                  "every gate passed", "--push-to")
+    create_pr: bool = _option(True, "push as a pull request, or commit to main directly", "--create-pr/--no-create-pr")
+    private: bool = _option(False, "create the --push-to repo as private", "--private")
+    force: bool = _option(False, "push even if a gate failed (the card then says so in a warning)", "--force")
+    key_file: str | None = _option(None, "params/mergelock/mergebarrier: where the owner's key goes (default: OUT.key.safetensors "
+                                   "beside --output-dir; never inside it, never pushed)", "--key-file")
+    work_dir: str | None = _option(None, "folder of resumable steps (default: the cache, keyed by the configuration)", "--work-dir")
+    selftest: SelfTestConfig = field(default_factory=lambda: SelfTestConfig(adaptive=True))  # the attacks on by default
+    defenses: dict[str, Any] = field(default_factory=_defense_sections, metadata={"sections": True})
+
+    def __getattr__(self, name: str):
+        defenses = self.__dict__.get("defenses")
+        if defenses is not None and name in defenses:
+            return defenses[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def validate(self) -> None:
+        """Everything that can be checked before any work: required options, and each defense of the stack."""
         missing = [name for name in ("model", "base", "output_dir") if not getattr(self, name)]
         if missing:
             flags = {"model": "MODEL (first argument)", "base": "--base", "output_dir": "--output-dir"}
             raise ConfigError(
                 "Missing " + ", ".join(flags[m] for m in missing) + ".", "Give them on the command line or in --config."
             )
-        if not self.tasks:
-            raise ConfigError("No --tasks given: the self-test needs the defender's tasks.", "e.g. --tasks gsm8k")
-        if self.freerider_tasks and len(self.freerider_tasks) not in (1, len(self.merge_with)):
-            raise ConfigError("Give one --freerider-tasks per --merge-with (in order), or one for all.")
-        from .errors import TrainDataError
-
-        if "trap" in self.method:
-            if not self.train_data:
-                raise TrainDataError("The merge trap trains on the defender's data.", "Pass --train-data (a JSONL file or a Hub dataset).")
-            self.trap.check_runnable()
-        if "mergeguard" in self.method and not self.train_data:
-            needs = [] if self.mergeguard.skip_stage1 else ["stage 1 trains on it"]
-            if self.mergeguard.criticality == "fast":
-                needs.append("fast criticality takes its calibration set from it")
-            if needs:
-                raise TrainDataError(
-                    f"MergeGuard needs the defender's training data ({'; '.join(needs)}).",
-                    "Pass --train-data (a JSONL file or a Hub dataset), or --skip-stage1 --criticality exact to do without.",
-                )
+        self.check_inputs()
+        for spec in stack(self.method):
+            if spec.check is not None:
+                spec.check(self.defenses[spec.name], self.run, bool(self.train_data))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The YAML layout: each defense's section at the top level."""
+        data = dataclasses.asdict(self)
+        return {**{k: v for k, v in data.items() if k != "defenses"}, **data["defenses"]}
+
+
+# --------------------------------------------------------------------------------------------------------
+# From YAML and flags
+# --------------------------------------------------------------------------------------------------------
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -129,20 +160,45 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _dataclass_default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of ``cls`` when it is a dataclass instance (from its default factory), else None."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return default if dataclasses.is_dataclass(default) and not isinstance(default, type) else None
+
+
 def from_dict(cls: type, data: dict, where: str = "config") -> Any:
-    """Build dataclass ``cls`` from ``data`` (nested dicts for nested dataclasses), checking every key."""
+    """Build dataclass ``cls`` from ``data`` (nested dicts for nested dataclasses), checking every key.
+
+    A field marked ``sections`` (``ProtectConfig.defenses``) takes the top-level keys named after registered
+    defenses, each parsed with that defense's options class.
+    """
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    sections = next((f.name for f in fields if f.metadata.get("sections")), None)
+    names = [f.name for f in fields if f.name != sections]
+    known = names + (DEFENSES.names() if sections else [])
+    kwargs: dict[str, Any] = {}
+    chosen_sections: dict[str, Any] = {}
     for key, value in data.items():
         key_name = str(key).replace("-", "_")
+        if sections and key_name in DEFENSES:
+            chosen_sections[key_name] = _coerce(value, DEFENSES.get(key_name).options, f"{where}.{key_name}")
+            continue
         if key_name not in names:
-            close = difflib.get_close_matches(key_name, names, n=1)
+            close = difflib.get_close_matches(key_name, known, n=1)
             raise ConfigError(
                 f"Unknown option {where}.{key}." + (f" Did you mean {close[0]!r}?" if close else ""),
-                f"Options of {where}: {', '.join(names)}.",
+                f"Options of {where}: {', '.join(known)}.",
             )
+        default = _dataclass_default(cls, key_name)
+        if default is not None and isinstance(value, dict):
+            # A section given in part keeps the rest of this field's own defaults (``selftest.adaptive`` is on in
+            # protect, off in check: one class, two defaults).
+            value = merge_dicts(dataclasses.asdict(default), value)
         kwargs[key_name] = _coerce(value, hints[key_name], f"{where}.{key_name}")
+    if sections:
+        kwargs[sections] = {**_defense_sections(), **chosen_sections}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -177,13 +233,6 @@ def merge_dicts(base: dict, override: dict) -> dict:
     return out
 
 
-def build_protect_config(config_file: str | Path | None, overrides: dict) -> ProtectConfig:
-    """Defaults < YAML file < ``overrides`` (the flags the user gave; None values are ignored)."""
-    data = load_yaml_config(config_file) if config_file else {}
-    data = merge_dicts(data, _drop_none(overrides))
-    return from_dict(ProtectConfig, data, "config")
-
-
 def _drop_none(data: dict) -> dict:
     out = {}
     for key, value in data.items():
@@ -194,6 +243,16 @@ def _drop_none(data: dict) -> dict:
         elif value is not None and value != []:
             out[key] = value
     return out
+
+
+def build_config(cls: type, config_file: str | Path | None, overrides: dict) -> Any:
+    """Defaults < YAML file < ``overrides`` (the flags the user gave; None values are ignored)."""
+    data = load_yaml_config(config_file) if config_file else {}
+    return from_dict(cls, merge_dicts(data, _drop_none(overrides)), "config")
+
+
+def build_protect_config(config_file: str | Path | None, overrides: dict) -> ProtectConfig:
+    return build_config(ProtectConfig, config_file, overrides)
 
 
 def dump_yaml(config: ProtectConfig) -> str:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from .errors import OfflineError, TrainDataError
+from .io.hub import looks_offline
 from .training import Example
 
 COLUMN_SETS = (("prompt", "completion"), ("question", "answer"), ("text",))
@@ -68,10 +69,11 @@ def _load_hub_dataset(name: str, split: str, limit: int | None) -> list[Example]
         dataset = datasets.load_dataset(dataset_name, config or None, split=split)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for "cannot reach"
         text = f"{type(exc).__name__}: {exc}"
-        if "offline" in text.lower() or "connect" in text.lower() or "couldn't" in text.lower():
+        if looks_offline(text):
             raise OfflineError(
-                f"Dataset {name} is not in the local cache and the Hub cannot be reached.",
-                "Run once with network access, or pass a local JSONL file.",
+                f"Dataset {name} cannot be loaded: it is not in the local cache and the Hub cannot be reached, or no "
+                "such dataset exists.",
+                "Check the name; run once with network access so it lands in the HF cache, or pass a local JSONL file.",
             ) from exc
         raise TrainDataError(f"Cannot load dataset {name} (split {split}): {text[:300]}") from exc
     rows = dataset.select(range(min(limit, len(dataset)))) if limit else dataset

@@ -28,21 +28,29 @@ class Example:
 
 
 @dataclass
-class TrainingConfig:
-    """Options of a fine-tuning run (every field is a CLI / YAML option of the commands that train)."""
+class RunConfig:
+    """How a run executes, for every stage of it: where, at what precision, sharded or not, with which seed."""
 
-    steps: int = field(default=100, metadata={"help": "optimizer steps"})
-    learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
-    batch_size: int = field(default=16, metadata={"help": "examples per optimizer step, over all processes"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per step"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda when available)", "flag": "--device"})
+    seed: int = field(default=0, metadata={"help": "seed of training, random merges and attacks", "flag": "--seed"})
+    bf16: bool = field(default=False, metadata={"help": "train in bf16 mixed precision", "flag": "--bf16"})
+    fsdp: bool = field(default=False, metadata={"help": "shard training with FSDP (GPUs; saves a FULL_STATE_DICT)", "flag": "--fsdp"})
+
+
+@dataclass
+class TrainingConfig:
+    """Options of a fine-tuning run (every field is a YAML option of the stages that train)."""
+
+    steps: int = field(default=100, metadata={"help": "optimizer steps", "flag": "--steps"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate", "flag": "--learning-rate"})
+    batch_size: int = field(default=16, metadata={"help": "examples per optimizer step, over all processes", "flag": "--train-batch-size"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per step", "flag": "--gradient-accumulation-steps"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
     schedule: str = field(default="constant", metadata={"help": "constant or cosine decay after warm-up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping (None: off)"})
-    max_length: int = field(default=512, metadata={"help": "tokens per example (longer ones are cut)"})
-    seed: int = field(default=0, metadata={"help": "seed of batch order and dropout"})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision"})
-    fsdp: bool = field(default=False, metadata={"help": "shard the model with FSDP (GPUs only)"})
+    max_length: int = field(default=512, metadata={"help": "tokens per example (longer ones are cut)", "flag": "--max-length"})
+    seed: int = field(default=0, metadata={"help": "seed of batch order and dropout", "flag": "--seed"})
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine"):
@@ -103,10 +111,6 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def count_target_tokens(labels: torch.Tensor) -> int:
-    return int((labels[:, 1:] != -100).sum())
-
-
 # An objective gets the (wrapped) model, a local micro-batch and the factor that turns a token-loss sum
 # into this process's share of the global mean; it returns the loss to backpropagate and numbers to log.
 Objective = Callable[[torch.nn.Module, dict, float], tuple[torch.Tensor, dict]]
@@ -130,16 +134,17 @@ def _lr_lambda(config: TrainingConfig) -> Callable[[int], float]:
     return factor
 
 
-def make_accelerator(config: TrainingConfig, cpu: bool | None = None):
-    """An ``Accelerator`` for this config (FSDP with FULL_STATE_DICT when asked and GPUs are present)."""
+def make_accelerator(run: RunConfig | None = None):
+    """The run's ``Accelerator`` (FSDP with FULL_STATE_DICT when asked and GPUs are present)."""
     from accelerate import Accelerator
 
+    run = run or RunConfig()
     kwargs = {}
-    if config.fsdp and torch.cuda.is_available():
+    if run.fsdp and torch.cuda.is_available():
         from accelerate.utils import FullyShardedDataParallelPlugin
 
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(state_dict_type="FULL_STATE_DICT")
-    return Accelerator(mixed_precision="bf16" if config.bf16 else "no", cpu=bool(cpu), **kwargs)
+    return Accelerator(mixed_precision="bf16" if run.bf16 else "no", **kwargs)
 
 
 def train_causal_lm(
@@ -152,7 +157,6 @@ def train_causal_lm(
     accelerator=None,
     desc: str = "fine-tuning",
     progress: bool = True,
-    on_step: Callable[[int, torch.nn.Module], None] | None = None,
     on_gradients: Callable[[torch.nn.Module], None] | None = None,
 ) -> TrainingResult:
     """Fine-tune ``model`` in place on ``examples`` and return the loss history.
@@ -164,14 +168,13 @@ def train_causal_lm(
         examples: the training data.
         config: see :class:`TrainingConfig`.
         objective: the loss; default next-token cross-entropy on completions.
-        accelerator: an ``accelerate.Accelerator``; default one built from ``config``.
-        on_step: called after each optimizer step with ``(step, unwrapped_model)``.
+        accelerator: the run's ``accelerate.Accelerator``; default: a plain one (one process, float32).
         on_gradients: called with the unwrapped model once its gradients of a step are complete, before
             clipping (GradErase projects them there).
     """
     from tqdm.auto import tqdm
 
-    accelerator = accelerator or make_accelerator(config)
+    accelerator = accelerator or make_accelerator()
     world, rank = accelerator.num_processes, accelerator.process_index
     encoded = encode_examples(tokenizer, examples, config.max_length)
     if not encoded:
@@ -238,8 +241,6 @@ def train_causal_lm(
         losses.append(total)
         logs.append({k: _reduce_mean(accelerator, v) for k, v in step_log.items()})
         bar.set_postfix(loss=f"{total:.4f}")
-        if on_step is not None:
-            on_step(step, accelerator.unwrap_model(wrapped))
     seconds = time.perf_counter() - start
     unwrapped = accelerator.unwrap_model(wrapped)
     unwrapped.eval()

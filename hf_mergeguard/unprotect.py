@@ -12,11 +12,12 @@ import logging
 import os
 from pathlib import Path
 
-from .checkpoint import Checkpoint, stamp_metadata, write_checkpoint
 from .errors import KeyFileError
+from .io.checkpoint import Checkpoint
+from .io.writer import stamp_metadata, write_checkpoint
 from .protect.keyfile import TensorDigest, read_key
-from .protect.symmetry import compose_inverse, transform_tensors
-from .selftest import SELFTEST_FILE
+from .report.schema import SELFTEST_FILE
+from .symmetry.transforms import compose_inverse, transform_tensors
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,15 @@
-"""Shared fixtures. Everything is offline: tests build their own models and data."""
+"""Shared fixtures and helpers. Everything is offline: tests build their own models and data.
+
+Two lanes: ``python -m pytest -q`` runs everything (what CI runs); ``python -m pytest -q -m "not slow"`` skips the
+tests marked ``slow``, every test that trains or runs the toy world end to end (any test using the ``toy_world``
+fixture is marked automatically) and the multi-process and packaging runs. The fast lane covers every module on
+``pico_world``, a toy world small enough to build in seconds.
+"""
 
 import os
 from pathlib import Path
 
-# Before anything imports huggingface_hub / datasets / transformers.
+# Before anything imports huggingface_hub / datasets / transformers / torch.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -13,7 +19,57 @@ REPO = Path(__file__).resolve().parents[1]
 # One toy-world build per checkout (CI builds it once per run; developers keep theirs).
 os.environ.setdefault("HF_MERGEGUARD_CACHE", str(REPO / ".cache" / "hf_mergeguard"))
 
+from hf_mergeguard.environment import reproducible_cpu_env  # noqa: E402 - imports no torch
+
+# The same CPU code paths on every machine, so that the figures the tests pin are the figures CI measures.
+os.environ.update(reproducible_cpu_env())
+
 import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "toy_world" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _protect_argv(world, out, *extra: str, model="count", base=None, rider: str = "rev", merge_with=None, train_data=True,
+                 tasks: str = "toy_count", methods: str | None = "task_arithmetic,ties,dare_ties", batch_size: int = 128,
+                 work=None) -> list[str]:
+    """A ``protect`` command on a toy world: the ``model`` fine-tune (a skill, or any folder) merged with ``rider``'s
+    fine-tune (or the folder ``merge_with``, scored on the rider's task), scored on ``tasks``; ``extra`` flags last."""
+    model_path = world.model(model) if model in world.config.skills else model
+    argv = ["protect", str(model_path), "--base", str(base or world.base), "--tasks", tasks, "--include-tasks", str(world.tasks),
+            "--merge-with", str(merge_with or world.model(rider)), "--freerider-tasks", f"toy_{rider}"]
+    if train_data:
+        argv += ["--train-data", str(world.data("count", "train") if train_data is True else train_data)]
+    if methods:
+        argv += ["--methods", methods]
+    argv += ["--batch-size", str(batch_size), "--output-dir", str(out)]
+    if work is not None:
+        argv += ["--work-dir", str(work)]
+    return argv + list(extra)
+
+
+@pytest.fixture
+def free_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture
+def protect_argv():
+    """``protect_argv(world, out, *extra, model=, rider=, merge_with=, train_data=, tasks=, methods=, batch_size=, work=)``:
+    the argv of a ``protect`` run on a toy world (see :func:`_protect_argv`)."""
+    return _protect_argv
 
 
 @pytest.fixture
@@ -38,6 +94,16 @@ def toy_world():
     from hf_mergeguard.toyworld import build_toy_world
 
     return build_toy_world(progress=False)
+
+
+@pytest.fixture(scope="session")
+def pico_world():
+    """A toy world of the same layout, small enough to build in seconds (its models learn little: for code paths,
+    not figures)."""
+    from hf_mergeguard.testing import PICO_WORLD
+    from hf_mergeguard.toyworld import build_toy_world
+
+    return build_toy_world(config=PICO_WORLD, progress=False)
 
 
 @pytest.fixture

@@ -5,25 +5,29 @@ import sys
 
 from accelerate import Accelerator
 
-from hf_mergeguard.checkpoint import Checkpoint
 from hf_mergeguard.evaluation import load_tokenizer
-from hf_mergeguard.selftest import FreeRider, SelfTestConfig, run_selftest
+from hf_mergeguard.io.checkpoint import Checkpoint
+from hf_mergeguard.selftest.config import SelfTestConfig
+from hf_mergeguard.selftest.freeriders import FreeRider, selftest_evaluator
+from hf_mergeguard.selftest.matrix import run_selftest
 from hf_mergeguard.toyworld import build_toy_world
 
 
-def matrix(world, accelerator=None):
-    config = SelfTestConfig(
-        tasks=["toy_count"], include_tasks=[str(world.tasks)], methods=["task_arithmetic", "dare_linear"], limit=40, batch_size=64
-    )
-    return run_selftest(
+def matrix(world, accelerator=None) -> dict:
+    config = SelfTestConfig(methods=["task_arithmetic", "dare_linear"], limit=40, batch_size=64)
+    riders = [FreeRider(Checkpoint(world.model("rev")), ["toy_rev"])]
+    report = run_selftest(
         base=Checkpoint(world.base),
         protected=Checkpoint(world.model("count")),
         tokenizer=load_tokenizer(world.base),
+        evaluator=selftest_evaluator(["toy_count"], [str(world.tasks)], riders, config),
+        tasks=["toy_count"],
         config=config,
-        freeriders=[FreeRider(Checkpoint(world.model("rev")), ["toy_rev"])],
+        freeriders=riders,
         accelerator=accelerator,
         progress=False,
     )
+    return report.to_dict()
 
 
 if __name__ == "__main__":

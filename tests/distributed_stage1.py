@@ -6,10 +6,10 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from hf_mergeguard.checkpoint import Checkpoint
+from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.data import load_train_examples
 from hf_mergeguard.evaluation import load_tokenizer
-from hf_mergeguard.protect.stage1 import Stage1Config, density_aware_finetune
+from hf_mergeguard.protect.mergeguard.stage1 import Stage1Config, density_aware_finetune
 from hf_mergeguard.protect.trap import TrapConfig, merge_trap_finetune
 from hf_mergeguard.toyworld import build_toy_world
 

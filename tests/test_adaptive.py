@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from hf_mergeguard.attacks.realign import realigned_tensors
-from hf_mergeguard.checkpoint import Checkpoint
-from hf_mergeguard.protect import symmetry
-from hf_mergeguard.protect.function_preserving import FUNCTION_PRESERVING, sample_transform
-from hf_mergeguard.sources import StateDictSource
+from hf_mergeguard.io.checkpoint import Checkpoint
+from hf_mergeguard.symmetry import transforms as symmetry
+from hf_mergeguard.protect.base import DEFENSES, function_preserving_methods
+from hf_mergeguard.protect.function_preserving import sample_transform
+from hf_mergeguard.io.sources import StateDictSource
 
 
 def _relative_distance(a: dict, b: dict) -> float:
@@ -19,12 +20,12 @@ def _relative_distance(a: dict, b: dict) -> float:
 
 @pytest.mark.parametrize("method", ["params", "mergelock"])
 def test_realign_recovers_the_original_weights_and_the_merge_regains_the_skill(toy_world, method):
-    from hf_mergeguard.check import check_model
-    from hf_mergeguard.selftest import SelfTestConfig
+    from hf_mergeguard.selftest.check import check_model
+    from hf_mergeguard.selftest.config import SelfTestConfig
 
     model, base = Checkpoint(toy_world.model("count")), Checkpoint(toy_world.base)
     original = model.state_dict()
-    transform = sample_transform(method, FUNCTION_PRESERVING[method](), model, base, torch.Generator().manual_seed(0))
+    transform = sample_transform(method, DEFENSES.get(method).options(), model, base, torch.Generator().manual_seed(0))
     protected = StateDictSource(dict(symmetry.transform_tensors(original.items(), [transform], model.geometry)), model.config)
     realigned = StateDictSource(dict(realigned_tensors(protected, base)), model.config, source="realigned")
 
@@ -33,14 +34,15 @@ def test_realign_recovers_the_original_weights_and_the_merge_regains_the_skill(t
     assert _relative_distance(protected.state_dict(), original) > 1.0
     assert _relative_distance(realigned.state_dict(), original) < 0.1
 
-    config = SelfTestConfig(tasks=["toy_count"], include_tasks=[str(toy_world.tasks)], methods=["dare_ties"], limit=100, batch_size=128)
+    config = SelfTestConfig(methods=["dare_ties"], limit=100, batch_size=128)
     kept = {}
     for name, source in (("protected", protected), ("realigned", realigned)):
-        report = check_model(source, base, config, merge_with=[str(toy_world.model("rev"))], freerider_tasks=["toy_rev"], progress=False)
-        kept[name] = {m: report["best"][m]["protected"]["defender_kept"] for m in report["best"]}
+        report = check_model(source, base, config, tasks=["toy_count"], include_tasks=[str(toy_world.tasks)],
+                             merge_with=[str(toy_world.model("rev"))], freerider_tasks=["toy_rev"], progress=False)
+        kept[name] = {m: report.best[m]["protected"].defender_kept for m in report.best}
         if name == "realigned":
-            assert report["standalone"]["protected"]["toy_count"] == pytest.approx(0.99, abs=0.01)
-            assert all(report["best"][m]["protected"]["freerider_constraint_met"] for m in report["best"])
+            assert report.standalone["protected"]["toy_count"] == pytest.approx(0.99, abs=0.01)
+            assert all(report.best[m]["protected"].freerider_constraint_met for m in report.best)
     # Unprotected, DARE-TIES merges keep 0.89 of the gain (300 prompts); measured here (100 prompts): protected
     # -2.09 (below the base) for both defenses, re-aligned 0.84 for both.
     assert kept["protected"]["dare_ties"] < 0
@@ -66,25 +68,21 @@ def test_attack_command_realigns_a_protected_release(toy_world, tmp_path, capsys
     assert (tmp_path / "attack" / "realigned" / "model.safetensors").is_file()
 
 
-def test_fine_tuning_attacks_give_the_same_figures_on_two_processes(toy_world, tmp_path):
+def test_fine_tuning_attacks_give_the_same_figures_on_two_processes(toy_world, tmp_path, protect_argv, free_port):
     """protect under torchrun (2 CPU processes, gloo): the attacks' DDP fine-tuning meets on both ranks (no hang)
     and ends with the figures of one process."""
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["protect", str(toy_world.model("count")), "--base", str(toy_world.base), "--train-data", str(toy_world.data("count", "train")),
-            "--tasks", "toy_count", "--include-tasks", str(toy_world.tasks), "--merge-with", str(toy_world.model("rev")),
-            "--freerider-tasks", "toy_rev", "--methods", "dare_ties", "--limit", "20", "--batch-size", "64", "--attacks", "recover"]
-    rows = {}
+    figures = {}
     for processes in (1, 2):
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)] if processes == 2 else [sys.executable]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port)] if processes == 2 else [sys.executable]
         out = tmp_path / f"out{processes}"
-        completed = subprocess.run([*launcher, "-m", "hf_mergeguard.cli.main", "--quiet", *args, "-o", str(out), "--work-dir", str(tmp_path / f"w{processes}")],
-                                   capture_output=True, text=True, timeout=600)
-        assert completed.returncode in (0, 1), completed.stderr[-2000:]
-        rows[processes] = json.loads((out / "selftest.json").read_text())["robustness"]["rows"]
-    assert [r["score"] for r in rows[2]] == [r["score"] for r in rows[1]]
+        args = protect_argv(toy_world, out, "--limit", "20", "--attacks", "recover", methods="dare_ties", batch_size=64,
+                            work=tmp_path / f"w{processes}")
+        completed = subprocess.run([*launcher, "-m", "hf_mergeguard.cli.main", "--quiet", *args], capture_output=True, text=True, timeout=600)
+        # Exit 1: a gate failed (the verdict); anything else is an error.
+        assert completed.returncode == 1, completed.stderr[-2000:]
+        attacks = json.loads((out / "selftest.json").read_text())["robustness"]["attacks"]
+        figures[processes] = {name: (a["best"]["defender_score"], a["credited"]) for name, a in attacks.items()}
+    assert figures[2] == figures[1] and set(figures[1]) == {"recover"}

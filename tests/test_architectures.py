@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from hf_mergeguard.architectures import SUPPORTED_MODEL_TYPES, geometry_from_config
-from hf_mergeguard.checkpoint import Checkpoint, model_state_dict
-from hf_mergeguard.compat import check_compatible
+from hf_mergeguard.io.checkpoint import Checkpoint
+from hf_mergeguard.io.hf_models import model_state_dict
+from hf_mergeguard.io.checks import check_compatible
 from hf_mergeguard.errors import IncompatibleModelsError, UnsupportedArchitectureError
 from hf_mergeguard.testing import pico_config
 
@@ -78,7 +79,8 @@ def test_other_architecture_and_vocab(pico):
 
 
 def test_missing_and_extra_tensors(pico, tmp_path):
-    from hf_mergeguard.checkpoint import TensorSpec, write_checkpoint
+    from hf_mergeguard.io.safetensors_format import TensorSpec
+    from hf_mergeguard.io.writer import write_checkpoint
 
     source = Checkpoint(pico("llama"))
     layout = dict(source.layout)

@@ -9,13 +9,14 @@ import yaml
 
 from hf_mergeguard.card import render_card, write_card
 from hf_mergeguard.cli.main import main
+from hf_mergeguard.report.schema import SelfTestReport
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = Path(__file__).parent / "golden" / "modelcard_count.md"
 
 
-def _report() -> dict:
-    return json.loads((DATA / "selftest_count.json").read_text())
+def _report() -> SelfTestReport:
+    return SelfTestReport.from_dict(json.loads((DATA / "selftest_count.json").read_text()))
 
 
 def test_card_matches_the_golden_file():

@@ -6,15 +6,10 @@ import os
 import pytest
 import torch
 
-from hf_mergeguard.checkpoint import (
-    INDEX_FILE,
-    Checkpoint,
-    model_state_dict,
-    parse_size,
-    save_model,
-    stamp_metadata,
-    write_checkpoint,
-)
+from hf_mergeguard.io.checkpoint import Checkpoint
+from hf_mergeguard.io.hf_models import model_state_dict, save_model
+from hf_mergeguard.io.safetensors_format import INDEX_FILE
+from hf_mergeguard.io.writer import parse_size, stamp_metadata, write_checkpoint
 from hf_mergeguard.errors import (
     CheckpointError,
     CorruptCheckpointError,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hf_mergeguard.checkpoint import Checkpoint
+from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.errors import OfflineError, UnknownTaskError
 from hf_mergeguard.evaluation import Evaluator, TaskCatalog, load_tokenizer
 from hf_mergeguard.toyworld import exact_match, make_tokenizer
@@ -13,7 +13,6 @@ def test_lm_eval_scores_finetune_far_above_base(toy_world):
     tokenizer = load_tokenizer(toy_world.model("count"))
     tuned = evaluator.evaluate(Checkpoint(toy_world.model("count")).load_model(), tokenizer)
     base = evaluator.evaluate(Checkpoint(toy_world.base).load_model(), tokenizer)
-    print({t: (base[t].value, tuned[t].value) for t in tuned})
     assert tuned["toy_count"].metric == "exact_match,strict-match"
     assert tuned["toy_count"].samples == toy_world.config.test_size
     assert tuned["toy_count"].value >= base["toy_count"].value + 0.2

@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-from hf_mergeguard.checkpoint import Checkpoint
+from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.cli.main import main
 
 
@@ -21,13 +21,12 @@ def fixed_keys(monkeypatch):
     monkeypatch.setattr(function_preserving, "secret_generator", lambda: torch.Generator().manual_seed(next(seeds)))
 
 
-def _protect(world, out, method, *extra):
-    return main([
-        "protect", str(world.model("count")), "--base", str(world.base), "--train-data", str(world.data("count", "train")),
-        "--tasks", "toy_count", "--include-tasks", str(world.tasks), "--merge-with", str(world.model("rev")),
-        "--freerider-tasks", "toy_rev", "--methods", "task_arithmetic,ties,dare_ties", "--batch-size", "128",
-        "--method", method, "--no-adaptive", "--output-dir", str(out), "--work-dir", str(out.parent / f"work-{method}"), *extra,
-    ])
+@pytest.fixture
+def protect(protect_argv):
+    """``protect(world, out, method, *extra)``: the exit code of a protect run without the adaptive attacks."""
+    def run(world, out, method, *extra):
+        return main(protect_argv(world, out, "--method", method, "--no-adaptive", *extra, work=out.parent / f"work-{method}"))
+    return run
 
 
 def _free_ride(report, variant):
@@ -44,9 +43,9 @@ def _free_ride(report, variant):
 @pytest.mark.parametrize("method, standalone_drop, exit_code", [
     ("params", 0.0, 0), ("mergelock", 0.0, 1), ("mergebarrier", 0.0, 1), ("mergeguard+mergelock", 7.7, 1),
 ])
-def test_defense_breaks_every_merge_on_the_toy_world(toy_world, tmp_path, capsys, method, standalone_drop, exit_code):
+def test_defense_breaks_every_merge_on_the_toy_world(toy_world, tmp_path, capsys, method, standalone_drop, exit_code, protect):
     out = tmp_path / "protected"
-    assert _protect(toy_world, out, method) == exit_code
+    assert protect(toy_world, out, method) == exit_code
     capsys.readouterr()
     report = json.loads((out / "selftest.json").read_text())
     standalone = report["standalone"]
@@ -92,9 +91,9 @@ def test_defense_breaks_every_merge_on_the_toy_world(toy_world, tmp_path, capsys
         assert max((guarded.get(n).double() - back.get(n).double()).abs().max().item() for n in guarded.tensor_names) <= 1e-6
 
 
-def test_unprotect_restores_the_original_and_refuses_a_wrong_key(toy_world, tmp_path, capsys):
+def test_unprotect_restores_the_original_and_refuses_a_wrong_key(toy_world, tmp_path, capsys, protect):
     out = tmp_path / "protected"
-    assert _protect(toy_world, out, "mergelock+params") == 0  # params breaks TA too: both gates pass
+    assert protect(toy_world, out, "mergelock+params") == 0  # params breaks TA too: both gates pass
     printed = capsys.readouterr().out
     key = tmp_path / "protected.key.safetensors"
     assert str(key) in printed
@@ -123,16 +122,16 @@ def test_unprotect_restores_the_original_and_refuses_a_wrong_key(toy_world, tmp_
     assert "chmod 600" in capsys.readouterr().err
 
 
-def test_key_inside_the_release_folder_is_refused(toy_world, tmp_path, capsys):
+def test_key_inside_the_release_folder_is_refused(toy_world, tmp_path, capsys, protect):
     out = tmp_path / "protected"
-    assert _protect(toy_world, out, "mergelock", "--key-file", str(out / "key.safetensors")) == 2
+    assert protect(toy_world, out, "mergelock", "--key-file", str(out / "key.safetensors")) == 2
     assert "inside the release folder" in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_stack_order_is_fixed_and_names_checked():
     from hf_mergeguard.errors import ConfigError, UnknownNameError
-    from hf_mergeguard.pipeline import parse_method
+    from hf_mergeguard.protect.stack import parse_method
 
     assert parse_method("mergelock+mergeguard") == ["mergeguard", "mergelock"]
     assert parse_method("mergelock+params+mergebarrier") == ["params", "mergebarrier", "mergelock"]

@@ -9,17 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_mergeguard.protect.stage1 import l2_term
+from hf_mergeguard.protect.mergeguard.stage1 import l2_term
 
 TESTS = Path(__file__).parent
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_l2_readings():
@@ -33,14 +25,14 @@ def test_l2_readings():
     assert l2_term(layer, "base-mean", base).item() == pytest.approx(8.0 / 6)
 
 
-def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path):
+def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path, free_port):
     """Stage 1 and the merge trap under torchrun (2 CPU processes, gloo, DDP) end with the weights of 1-process runs."""
     from distributed_stage1 import stage1_weights, trap_weights
 
     out = tmp_path / "two.pt"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
          str(TESTS / "distributed_stage1.py"), str(out)],
         env=env, capture_output=True, text=True, timeout=600,
     )
@@ -52,7 +44,7 @@ def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path):
     assert two["logs"][-1]["l2"] == pytest.approx(result.logs[-1]["l2"], rel=1e-4)
     differ = max(float((weights[k] - two["weights"][k]).abs().max()) for k in weights)
     assert differ < 1e-5, f"2-process weights differ from 1-process ones by {differ}"
-    from hf_mergeguard.checkpoint import Checkpoint
+    from hf_mergeguard.io.checkpoint import Checkpoint
 
     before = Checkpoint(toy_world.model("count")).state_dict()
     moved = max(float((weights[k] - before[k].float()).abs().max()) for k in before)
@@ -68,30 +60,12 @@ def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path):
     assert moved > 1e-4, "the trap did not train at all"
 
 
-def criticality_inputs(world):
-    """The count fine-tune's units, tensors and tokenizer, and the paper's exact criticality of it
-    (shared with benchmarks/criticality.py)."""
-    from hf_mergeguard.checkpoint import Checkpoint
-    from hf_mergeguard.evaluation import Evaluator, load_tokenizer
-    from hf_mergeguard.protect.criticality import exact_criticality
-    from hf_mergeguard.protect.mergeguard import MergeGuardConfig
-    from hf_mergeguard.protect.negation import negation_units
-
-    model, base = Checkpoint(world.model("count")), Checkpoint(world.base)
-    tokenizer = load_tokenizer(model.path)
-    units = negation_units(model.geometry, model.tensor_names)
-    theta, base_state = model.state_dict(), base.state_dict()
-    evaluator = Evaluator(["toy_count"], include_tasks=[str(world.tasks)], batch_size=128)
-    exact = exact_criticality(model.config, theta, base_state, units, tokenizer=tokenizer, evaluator=evaluator,
-                              exclude_share=MergeGuardConfig().exclude_share, progress=False)
-    return model, units, theta, base_state, tokenizer, exact
-
-
 def test_fast_criticality_agrees_with_exact_at_a_fraction_of_the_cost(toy_world):
     """The paper's exact criticality (lm-eval per layer) vs ours (screen + calibration-loss checks)."""
     from hf_mergeguard.data import load_train_examples
-    from hf_mergeguard.protect.criticality import agreement, fast_criticality
-    from hf_mergeguard.protect.mergeguard import MergeGuardConfig
+    from hf_mergeguard.protect.mergeguard.config import MergeGuardConfig
+    from hf_mergeguard.protect.mergeguard.criticality import agreement, fast_criticality
+    from hf_mergeguard.testing import criticality_inputs
 
     model, units, theta, base_state, tokenizer, exact = criticality_inputs(toy_world)
     defaults = MergeGuardConfig()
@@ -111,19 +85,10 @@ def _digest_folder(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def _protect_args(world, out: Path, work: Path, *extra: str) -> list[str]:
-    return [
-        "protect", str(world.model("count")), "--base", str(world.base), "--train-data", str(world.data("count", "train")),
-        "--tasks", "toy_count", "--include-tasks", str(world.tasks), "--merge-with", str(world.model("rev")),
-        "--freerider-tasks", "toy_rev", "--methods", "task_arithmetic,ties,dare_ties", "--batch-size", "128",
-        "--output-dir", str(out), "--work-dir", str(work), *extra,
-    ]
-
-
-def test_protect_without_training_data_fails_before_any_work(toy_world, tmp_path, capsys):
+def test_protect_without_training_data_fails_before_any_work(toy_world, tmp_path, capsys, protect_argv):
     from hf_mergeguard.cli.main import main
 
-    args = [a for a in _protect_args(toy_world, tmp_path / "out", tmp_path / "work") if a]
+    args = [a for a in protect_argv(toy_world, tmp_path / "out", work=tmp_path / "work") if a]
     cut = args.index("--train-data")
     del args[cut : cut + 2]
     assert main(args) == 2
@@ -132,7 +97,7 @@ def test_protect_without_training_data_fails_before_any_work(toy_world, tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub):
+def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub, protect_argv):
     """``protect`` with its defaults on a fine-tune trained in the toy world, self-tested with real merges.
 
     MergeGuard does not meet the issue's bars here (README, "MergeGuard as measured"); this test pins what it
@@ -142,7 +107,7 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub):
 
     inputs = {name: _digest_folder(toy_world.model(name)) for name in ("count", "rev")} | {"base": _digest_folder(toy_world.base)}
     out, work = tmp_path / "protected", tmp_path / "work"
-    assert main(_protect_args(toy_world, out, work)) == 1
+    assert main(protect_argv(toy_world, out, work=work)) == 1
     printed = capsys.readouterr().out
     assert "NOT safe to release" in printed
 
@@ -171,17 +136,17 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub):
     # realign 71% kept (MergeGuard is no symmetry: re-aligning changes little, the merges keep what they kept),
     # unmask 63%, graderase 75% and recover 93%, where the free-rider fine-tuned on the same 64 examples alone
     # reaches 57%: credited beyond the data, graderase 0.18 (not a defeat), recover 0.36 (a defeat).
-    credited = {row["attack"]: row["credited_share"] for row in robustness["rows"]}
+    credited = {name: attack["credited"] for name, attack in robustness["attacks"].items()}
     assert credited["realign"] == pytest.approx(0.71, abs=0.1) and credited["unmask"] == pytest.approx(0.63, abs=0.1)
     assert credited["graderase"] == pytest.approx(0.18, abs=0.15) and credited["recover"] == pytest.approx(0.36, abs=0.15)
-    assert robustness["attacks"]["recover"]["setup"]["data_only"]["defender_kept"] == pytest.approx(0.57, abs=0.1)
+    assert robustness["attacks"]["recover"]["details"]["setup"]["data_only"]["defender_kept"] == pytest.approx(0.57, abs=0.1)
     assert report["gates"]["adaptive_retention"]["passed"] is False
     card = (out / "README.md").read_text()
     assert "## Robustness" in card and "| realign |" in card and "defeat this protection" in card
     assert {name: _digest_folder(toy_world.model(name)) for name in ("count", "rev")} | {"base": _digest_folder(toy_world.base)} == inputs
 
     # The same command again continues from the work folder: every step is reused, the figures are identical.
-    assert main(_protect_args(toy_world, out, work, "--overwrite")) == 1
+    assert main(protect_argv(toy_world, out, "--overwrite", work=work)) == 1
     capsys.readouterr()
     assert json.loads((out / "selftest.json").read_text())["best"] == report["best"]
     assert "reusing" in (out / "protect.log").read_text()
@@ -190,9 +155,9 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub):
     from fake_hub import GOOD_TOKEN
 
     push = ["--push-to", "alice/count-protected", "--token", GOOD_TOKEN, "--overwrite"]
-    assert main(_protect_args(toy_world, out, work, *push)) == 1
+    assert main(protect_argv(toy_world, out, *push, work=work)) == 1
     assert hub.commits == [] and "Nothing was pushed" in capsys.readouterr().err
-    assert main(_protect_args(toy_world, out, work, *push, "--force")) == 0
+    assert main(protect_argv(toy_world, out, *push, "--force", work=work)) == 0
     printed = capsys.readouterr().out
     assert f"{hub.endpoint}/alice/count-protected/discussions/1" in printed and GOOD_TOKEN not in printed
     (commit,) = hub.commits

@@ -10,9 +10,9 @@ from hf_mergeguard.attacks.merges import (
     get_merge_method,
     merge_state_dict,
     parse_methods,
-    run_mergekit_config,
 )
-from hf_mergeguard.checkpoint import Checkpoint
+from hf_mergeguard.io.checkpoint import Checkpoint
+from hf_mergeguard.mergekit_yaml import run_mergekit_config
 from hf_mergeguard.errors import ConfigError, UnknownNameError
 
 

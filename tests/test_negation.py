@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_mergeguard.architectures import geometry_from_config
-from hf_mergeguard.protect.negation import excluded_count, negate, negation_units, topk_threshold
+from hf_mergeguard.protect.mergeguard.negation import excluded_count, negate, negation_units, topk_threshold
 from hf_mergeguard.testing import pico_config
 
 
@@ -55,7 +55,7 @@ def test_excluded_count():
 
 
 def test_negate_in_chunks_equals_the_formula(monkeypatch):
-    from hf_mergeguard.protect import negation
+    from hf_mergeguard.protect.mergeguard import negation
 
     generator = torch.Generator().manual_seed(3)
     base = torch.randn(37, 29, generator=generator).bfloat16()

@@ -4,7 +4,10 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 
+
+@pytest.mark.slow  # builds a wheel
 def test_wheel_ships_templates_and_installed_package_finds_them(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), "."],
@@ -22,7 +25,7 @@ def test_wheel_ships_templates_and_installed_package_finds_them(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = (
-        "import hf_mergeguard, hf_mergeguard.templates as t; "
+        "import hf_mergeguard, hf_mergeguard.card.templates as t; "
         "print(hf_mergeguard.__file__); print(t.template_path('modelcard.md'))"
     )
     completed = subprocess.run(

@@ -8,7 +8,7 @@ import pytest
 from fake_hub import GOOD_TOKEN
 from hf_mergeguard.card import write_card
 from hf_mergeguard.errors import PushPermissionError
-from hf_mergeguard.hub import preflight_push, push_release
+from hf_mergeguard.release.push import preflight_push, push_release
 
 DATA = Path(__file__).parent / "data"
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from hf_mergeguard.cli.main import main
-from hf_mergeguard.selftest import FreeRider, SelfTestConfig, analyse
+from hf_mergeguard.selftest.config import SelfTestConfig
+from hf_mergeguard.selftest.freeriders import FreeRider
+from hf_mergeguard.selftest.matrix import analyse
 
 
 def _fake_results(scores_by_job):
@@ -21,7 +23,7 @@ def _job(model, method=None, value=None, freerider=None):
 
 
 def test_attacker_best_respects_the_freerider_and_gates():
-    config = SelfTestConfig(tasks=["d"], methods=["task_arithmetic"], max_merged_retention=0.25)
+    config = SelfTestConfig(methods=["task_arithmetic"], max_merged_retention=0.25)
     results = _fake_results(
         [
             (_job("base"), {"d": 0.2, "f": 0.4}),
@@ -35,13 +37,13 @@ def test_attacker_best_respects_the_freerider_and_gates():
             (_job("protected", "task_arithmetic", 1.2, 0), {"d": 0.6, "f": 0.2}),
         ]
     )
-    report = analyse(results, config, [FreeRider(model=None, tasks=["f"], name="fr")], with_original=True)
-    best = report["best"]["task_arithmetic"]
-    assert best["original"]["value"] == 0.8 and best["original"]["defender_kept"] == pytest.approx(0.75)
-    assert best["protected"]["value"] == 0.8 and best["protected"]["defender_kept"] == pytest.approx(0.125)
-    assert best["protected"]["best_any_value"] == 1.2
-    assert report["gates"]["standalone_drop"]["value"] == pytest.approx(0.5)
-    assert report["gates"]["merged_retention"]["passed"] and report["passed"]
+    report = analyse(results, ["d"], config, [FreeRider(model=None, tasks=["f"], name="fr")], with_original=True)
+    best = report.best["task_arithmetic"]
+    assert best["original"].value == 0.8 and best["original"].defender_kept == pytest.approx(0.75)
+    assert best["protected"].value == 0.8 and best["protected"].defender_kept == pytest.approx(0.125)
+    assert best["protected"].best_any_value == 1.2
+    assert report.gates["standalone_drop"].value == pytest.approx(0.5)
+    assert report.gates["merged_retention"].passed and report.passed
 
 
 def test_check_unprotected_finetune_exits_1(toy_world, capsys, tmp_path):
@@ -65,20 +67,19 @@ def test_check_unprotected_finetune_exits_1(toy_world, capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "selftest.json").read_text())
     kept = {m: b["protected"]["defender_kept"] for m, b in report["best"].items()}
-    print("check retention:", kept)
     assert kept["task_arithmetic"] >= 0.7 and kept["dare_ties"] >= 0.7
     assert report["gates"]["merged_retention"]["passed"] is False
     assert not report["passed"]
 
 
-def test_two_processes_give_the_same_scores(toy_world, tmp_path):
+def test_two_processes_give_the_same_scores(toy_world, tmp_path, free_port):
     """The matrix split over 2 CPU processes (torchrun + gloo) scores exactly like 1 process."""
     from distributed_matrix import matrix
 
     out = tmp_path / "two.json"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
          str(Path(__file__).parent / "distributed_matrix.py"), str(out)],
         env=env, capture_output=True, text=True, timeout=900,
     )
@@ -88,11 +89,3 @@ def test_two_processes_give_the_same_scores(toy_world, tmp_path):
     assert two["processes"] == 2
     assert two["standalone"] == one["standalone"]
     assert [(m["method"], m["value"], m["scores"]) for m in two["merges"]] == [(m["method"], m["value"], m["scores"]) for m in one["merges"]]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

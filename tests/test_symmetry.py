@@ -5,52 +5,22 @@ import pytest
 import torch
 
 from hf_mergeguard.architectures import SUPPORTED_MODEL_TYPES, geometry_from_config
-from hf_mergeguard.checkpoint import Checkpoint, model_from_state_dict
-from hf_mergeguard.protect import symmetry
-from hf_mergeguard.protect.function_preserving import FUNCTION_PRESERVING, sample_transform
-from hf_mergeguard.testing import pico_config, write_random_checkpoint
-
-# rope_theta 10 makes the slowest rotary pair turn in < 50 positions, so 100-token sequences cover every
-# pair's full period (at the usual 10,000 a tiny head_dim's slowest pair would barely move).
-ROPE = {"rope_parameters": {"rope_type": "default", "rope_theta": 10.0}}
-SEQUENCE_LENGTH = 100
-
-
-def _token_batch() -> torch.Tensor:
-    """Real text in the toy world's character tokenizer (ids < 64, the pico vocabulary)."""
-    from hf_mergeguard.toyworld.skills import make_tokenizer, prompt_of
-
-    tokenizer = make_tokenizer()
-    texts = [prompt_of("count", "the quick brown fox jumps over the lazy dog " * 3), prompt_of("add", "12+79 " * 20)]
-    ids = [tokenizer(text)["input_ids"][:SEQUENCE_LENGTH] for text in texts]
-    assert all(len(row) == SEQUENCE_LENGTH for row in ids)
-    return torch.tensor(ids)
-
-
-def _models(tmp_path, model_type, **overrides):
-    config = pico_config(model_type, **ROPE, **overrides)
-    if model_type in ("llama", "qwen3"):
-        config["attention_bias"] = model_type == "llama"  # llama with q/k/v/o biases; qwen3 with QK-norm
-    base = write_random_checkpoint(tmp_path / "base", config, seed=0)
-    tuned = write_random_checkpoint(tmp_path / "tuned", config, seed=1, like=base, noise=0.1)
-    return Checkpoint(tuned), Checkpoint(base)
-
-
-def _logits(config, tensors, dtype=torch.float32):
-    model = model_from_state_dict(config, {k: v.to(dtype) for k, v in tensors.items()}, dtype=dtype)
-    with torch.no_grad():
-        return model(_token_batch()).logits.float()
-
+from hf_mergeguard.io.checkpoint import Checkpoint
+from hf_mergeguard.io.hf_models import model_from_state_dict
+from hf_mergeguard.symmetry import transforms as symmetry
+from hf_mergeguard.protect.base import DEFENSES, function_preserving_methods
+from hf_mergeguard.protect.function_preserving import sample_transform
+from hf_mergeguard.testing import base_and_finetune, logits_of, pico_config
 
 @pytest.mark.parametrize("model_type", SUPPORTED_MODEL_TYPES)
-@pytest.mark.parametrize("method", sorted(FUNCTION_PRESERVING))
+@pytest.mark.parametrize("method", sorted(function_preserving_methods()))
 def test_defense_keeps_logits_exact(tmp_path, model_type, method):
-    model, base = _models(tmp_path, model_type)
-    transform = sample_transform(method, FUNCTION_PRESERVING[method](), model, base, torch.Generator().manual_seed(7))
+    model, base = base_and_finetune(tmp_path, model_type)
+    transform = sample_transform(method, DEFENSES.get(method).options(), model, base, torch.Generator().manual_seed(7))
     original = model.state_dict()
     protected = dict(symmetry.transform_tensors(original.items(), [transform], model.geometry))
 
-    before, after = _logits(model.config, original), _logits(model.config, protected)
+    before, after = logits_of(model.config, original), logits_of(model.config, protected)
     # The weights really moved (attention and MLP), the function did not.
     moved = [name for name in original if not torch.equal(original[name], protected[name])]
     assert any("q_proj" in n for n in moved) or model.geometry.qk_norm
@@ -67,12 +37,12 @@ def test_defense_keeps_logits_exact(tmp_path, model_type, method):
 
 def test_dense_qk_map_breaks_rope(tmp_path):
     """The negative control: MergeLock read literally (a dense random A on q/k) changes a RoPE model's logits."""
-    model, _ = _models(tmp_path, "llama")
+    model, _ = base_and_finetune(tmp_path, "llama")
     g = model.geometry
     dense = symmetry.BlockTransform(qk=symmetry.stack_per_kv_head(lambda: symmetry.random_conditioned(g.head_dim, 4.0, torch.Generator().manual_seed(1)), g))
     original = model.state_dict()
     broken = dict(symmetry.transform_tensors(original.items(), [{0: dense}], g))
-    assert (_logits(model.config, original) - _logits(model.config, broken)).abs().max().item() > 1e-2
+    assert (logits_of(model.config, original) - logits_of(model.config, broken)).abs().max().item() > 1e-2
 
 
 def test_rope_commutant_commutes_with_every_rotary_angle_partial_rotary_included():

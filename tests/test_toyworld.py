@@ -6,7 +6,8 @@ from dataclasses import replace
 import torch
 
 from hf_mergeguard.attacks.merges import get_merge_method, merge_state_dict
-from hf_mergeguard.checkpoint import Checkpoint, model_from_state_dict
+from hf_mergeguard.io.checkpoint import Checkpoint
+from hf_mergeguard.io.hf_models import model_from_state_dict
 from hf_mergeguard.toyworld import ToyWorldConfig, build_toy_world, exact_match, make_split, make_tokenizer
 
 
@@ -76,5 +77,4 @@ def test_merge_precondition(toy_world):
         score = exact_match(model, tokenizer, toy_world.rows(skill))
         floor, top = toy_world.scores["base"][skill], toy_world.scores[skill][skill]
         kept[skill] = (score - floor) / (top - floor)
-    print("TA(1.0) count+rev keeps", kept)
     assert kept["count"] >= 0.7 and kept["rev"] >= 0.7, kept

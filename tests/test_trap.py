@@ -76,7 +76,7 @@ def test_fsdp_is_refused_only_when_the_trap_runs():
 
     def config(method):
         return build_protect_config(None, {"model": "m", "base": "b", "output_dir": "o", "tasks": ["t"], "train_data": "d",
-                                           "method": method, "trap": {"fsdp": True}, "mergeguard": {"stage1": {"fsdp": True}}})
+                                           "method": method, "run": {"fsdp": True}})
 
     config("mergeguard").validate()
     with pytest.raises(ConfigError, match="does not run under FSDP"):
@@ -89,23 +89,18 @@ def test_trap_options_and_stack_order():
     config = build_protect_config(None, {"model": "m", "base": "b", "output_dir": "o", "method": "mergelock+trap",
                                          "trap": {"perturbations": "scale,rider", "weight": 0.5}})
     assert config.trap.perturbations == ["scale", "rider"] and config.trap.weight == 0.5
-    from hf_mergeguard.pipeline import parse_method
+    from hf_mergeguard.protect.stack import parse_method
 
     assert parse_method(config.method) == ["trap", "mergelock"]
 
 
-def test_trap_on_the_toy_world(toy_world, tmp_path, capsys):
+def test_trap_on_the_toy_world(toy_world, tmp_path, capsys, protect_argv):
     """`protect --method trap` on the toy world's count fine-tune: trained in the test, self-tested against rev."""
     from hf_mergeguard.cli.main import main
 
     out = tmp_path / "protected"
-    code = main([
-        "protect", str(toy_world.model("count")), "--base", str(toy_world.base), "--train-data", str(toy_world.data("count", "train")),
-        "--tasks", "toy_count", "--include-tasks", str(toy_world.tasks), "--merge-with", str(toy_world.model("rev")),
-        "--freerider-tasks", "toy_rev", "--methods", "task_arithmetic,ties,dare_ties", "--batch-size", "128",
-        "--method", "trap", "--trap-rider-data", str(toy_world.stand_in_data()), "--no-adaptive",
-        "--output-dir", str(out), "--work-dir", str(tmp_path / "work"),
-    ])
+    main(protect_argv(toy_world, out, "--method", "trap", "--trap-rider-data", str(toy_world.stand_in_data()), "--no-adaptive",
+                      work=tmp_path / "work"))
     capsys.readouterr()
     report = json.loads((out / "selftest.json").read_text())
     standalone = report["standalone"]

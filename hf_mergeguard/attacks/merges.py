@@ -2,22 +2,21 @@
 
 The math is mergekit 0.1.5's (``merge_state_dicts``), called one tensor at a time so that a merge never
 holds more than the merged model plus one tensor per input; random methods (DARE, DELLA) are seeded per
-tensor, so a merge is deterministic whatever the order or the number of processes. The on-disk path
-(:func:`run_mergekit_config`) runs mergekit's own ``run_merge`` on the same YAML mergekit accepts.
+tensor, so a merge is deterministic whatever the order or the number of processes. Every method a free-rider
+would use is one :class:`MergeMethod` in :data:`MERGE_METHODS`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError
+from ..io.sources import TensorSource
 from ..registry import Registry
-from ..sources import TensorSource
 
 DEFENDER = "defender"
 BASE = "base"
@@ -35,6 +34,7 @@ class MergeMethod:
         uses_base: the pretrained base is an input (task-vector methods, model_stock).
         random: the method samples (DARE, DELLA): seeded per tensor.
         per_model: ``coefficient`` is given per input model (weight, density) rather than shared (lambda, t).
+        label: how reports name the coefficient (``lambda=1``, ``w_def=0.5``); default: ``coefficient``.
     """
 
     name: str
@@ -46,6 +46,11 @@ class MergeMethod:
     random: bool = False
     per_model: bool = False
     description: str = ""
+    label: str | None = None
+
+    def __post_init__(self):
+        if self.label is None:
+            object.__setattr__(self, "label", self.coefficient or "-")
 
     def values(self, thorough: bool = False) -> tuple[float | None, ...]:
         if self.coefficient is None:
@@ -132,6 +137,7 @@ for _method in (
         thorough_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
         uses_base=False,
         description="weight averaging of the fine-tunes (model soup)",
+        label="w_def",
     ),
     MergeMethod(
         "model_stock",
@@ -214,58 +220,3 @@ def merge_tensors(
 def merge_state_dict(method: MergeMethod, value: float | None, **kwargs) -> dict[str, torch.Tensor]:
     """The merged model in memory (see :func:`merge_tensors`)."""
     return dict(merge_tensors(method, value, **kwargs))
-
-
-# --------------------------------------------------------------------------------------------------------
-# The mergekit YAML path (``hf-mergeguard merge CONFIG.yml OUT``)
-# --------------------------------------------------------------------------------------------------------
-
-
-def load_mergekit_config(path: str | Path):
-    """Read and validate a mergekit YAML config (the same files ``mergekit-yaml`` accepts)."""
-    import yaml
-    from pydantic import ValidationError
-
-    from mergekit.config import MergeConfiguration
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"Merge config {path} does not exist.") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}", "Fix the YAML syntax (indentation, colons).") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping (merge_method, models, ...).")
-    method = data.get("merge_method")
-    from mergekit import merge_methods
-
-    known = [m.spec.name for m in merge_methods.registered_methods()]
-    if method not in known:
-        raise UnknownNameError("merge method", str(method), known, hint=f"Fix merge_method in {path}.")
-    try:
-        return MergeConfiguration.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise ConfigError(f"{path}: invalid merge config at {where or 'top level'}: {first.get('msg')}.") from None
-
-
-def run_mergekit_config(config_path: str | Path, out: str | Path, *, overwrite: bool = False, seed: int | None = 0, device: str = "cpu") -> Path:
-    """Run mergekit's ``run_merge`` on a YAML config, writing ``out`` atomically."""
-    from mergekit.io.tasks import LoaderCache
-    from mergekit.merge import run_merge
-    from mergekit.options import MergeOptions
-
-    from ..checkpoint import atomic_output_dir
-
-    config = load_mergekit_config(config_path)
-    options = MergeOptions(device=device, random_seed=seed, quiet=True, copy_tokenizer=True, trust_remote_code=False)
-    with atomic_output_dir(out, overwrite=overwrite) as folder:
-        # mergekit keeps a process-wide cache of lazy loaders: a model rewritten at the same path would be
-        # read stale on the next call. Start from an empty cache every time.
-        LoaderCache().loaders.clear()
-        try:
-            run_merge(config, str(folder), options, config_source=Path(config_path).read_text())
-        finally:
-            LoaderCache().loaders.clear()
-    return Path(out).resolve()

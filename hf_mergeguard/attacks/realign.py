@@ -12,9 +12,11 @@ Guo et al. 2026). Per decoder block, from the protected block and the base block
 * VO: per KV head the least-squares map B with v_protected ~ B v_base, snapped to the nearest orthogonal matrix
   (orthogonal Procrustes) when its singular values say it is a rotation.
 
-The result is a :class:`~hf_mergeguard.protect.symmetry.BlockTransform` per block that maps the protected model
+The result is a :class:`~hf_mergeguard.symmetry.transforms.BlockTransform` per block that maps the protected model
 back to the base's coordinates; it is itself an exact symmetry, so the re-aligned model computes the same
 function as the protected one and merges as if it had never been protected.
+
+As an adaptive attack (``realign``), the re-aligned model then goes through every merge method of the self-test.
 """
 
 from __future__ import annotations
@@ -24,9 +26,17 @@ from typing import Iterator
 import torch
 
 from ..architectures import Geometry
-from ..protect import matching
-from ..protect.symmetry import BlockTransform, LazyTransform, pair_constant, transform_tensors
+from ..io.sources import StateDictSource
+from ..report.schema import AttackResult, ScoredModel, to_dict
+from ..report.scoring import attacker_best
+from ..symmetry import matching
+from ..symmetry.transforms import BlockTransform, LazyTransform, pair_constant, transform_tensors
+from .base import AttackContext, AttackSpec, register_attack
 
+# Re-alignment that moves no tensor by more than this share of its norm found no symmetry to undo: its least
+# squares alone move an unprotected toy fine-tune by up to 5.5% (they absorb part of the task vector), while
+# PaRaMS, MergeLock and MergeBarrier put every protected model more than 100% away from its re-aligned self.
+NO_SYMMETRY_TOLERANCE = 0.1
 # Singular values within this band of 1: the map is a rotation, fit it as one (Procrustes).
 _ORTHOGONAL_BAND = 0.1
 # Rows per float64 chunk of the neuron-scale fit.
@@ -126,15 +136,6 @@ def block_alignment(protected, base, geometry: Geometry, layer: int) -> BlockTra
     return block
 
 
-def realignment(protected, base, progress: bool = False) -> dict[int, BlockTransform]:
-    """One alignment per decoder block; reads one block of each model at a time."""
-    from tqdm.auto import tqdm
-
-    geometry = protected.geometry
-    return {layer: block_alignment(protected, base, geometry, layer)
-            for layer in tqdm(range(geometry.num_layers), desc="re-aligning to the base", disable=not progress)}
-
-
 def realigned_tensors(protected, base, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """The protected model's tensors mapped back to the base's coordinates, in one streaming pass: each block
     is aligned when its first tensor arrives (one block of each model in memory at a time)."""
@@ -142,3 +143,45 @@ def realigned_tensors(protected, base, progress: bool = False) -> Iterator[tuple
     transform = LazyTransform(geometry.num_layers, lambda layer: block_alignment(protected, base, geometry, layer),
                               desc="re-aligning to the base" if progress else None)
     return transform_tensors(protected.iter_tensors(), [transform], geometry)
+
+
+def _relative_change(after: torch.Tensor, before: torch.Tensor) -> float:
+    before = before.double()
+    return float((after.double() - before).norm() / before.norm().clamp_min(1e-12))
+
+
+def run_realign(ctx: AttackContext) -> AttackResult:
+    """Re-align the protected model to the base, then merge it with every method of the self-test."""
+    tensors = dict(realigned_tensors(ctx.protected, ctx.base, ctx.progress))
+    moved = max(_relative_change(tensors[name], before) for name, before in ctx.protected.iter_tensors())
+    realigned = StateDictSource(tensors, ctx.protected.config, source="realigned")
+    if moved < NO_SYMMETRY_TOLERANCE:
+        # Re-aligning found no symmetry to undo (e.g. MergeGuard): the re-aligned model is the protected one up to
+        # this tolerance, and its merges are the self-test's own.
+        report = ctx.report
+        note = f"no symmetry found (re-aligning moves no tensor by more than {moved:.1e} of its norm): the self-test's merges stand"
+    else:
+        report = ctx.merge_matrix(realigned)
+        note = f"re-aligning moved the weights by up to {moved:.2f} of a tensor's norm"
+    per_method = {
+        method: ScoredModel(defender_score=b.defender_score, defender_kept=ctx.shares.defender_kept(b.defender_score),
+                            freerider=b.freerider, freerider_kept=b.freerider_kept, method=method, value=b.value,
+                            freerider_constraint_met=b.freerider_constraint_met)
+        for method, b in ((method, variants["protected"]) for method, variants in report.best.items())
+    }
+    best, _ = attacker_best(list(per_method.values()), ctx.config.freerider_floor,
+                            score=lambda r: r.defender_score, freerider_kept=lambda r: r.freerider_kept)
+    standalone = {task: report.standalone["protected"][task] for task in ctx.shares.tasks}
+    details = {"standalone": standalone, "per_method": to_dict(per_method), "note": note}
+    return AttackResult("realign", best, credited=best.defender_kept, details=details,
+                        model=realigned if ctx.keep_models else None)
+
+
+register_attack(AttackSpec(
+    name="realign",
+    run=run_realign,
+    rank=10,
+    model_folder="realigned",
+    describe=lambda result: ("re-aligned the protected model to the public base (Hungarian matching of MLP neurons, least "
+                             "squares per attention head), then merged it with every method"),
+))

@@ -2,37 +2,47 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from . import options
-from .main import app
+from ..config import CheckConfig, build_config
+from ..environment import default_device
+from ..errors import ConfigError
+from .app import app
+from .config_flags import with_config_flags
+from .options import JsonOpt, TokenOpt
+
+
+def checked_config(model: str, overrides: dict) -> CheckConfig:
+    """The configuration of ``check`` and ``attack``, with ``--base`` and ``--tasks`` required."""
+    config = build_config(CheckConfig, None, {"model": model, **overrides})
+    if not config.base:
+        raise ConfigError("Missing --base.", "Pass the base model MODEL was fine-tuned from.")
+    config.check_inputs()
+    return config
+
+
+def run_check(config: CheckConfig, *, token: str | None, attack_examples=None, keep_models: bool = False):
+    """``check_model`` on a checked configuration."""
+    from ..selftest.check import check_model
+
+    return check_model(config.model, config.base, config.selftest, tasks=config.tasks, include_tasks=config.include_tasks,
+                       merge_with=config.merge_with, freerider_tasks=config.freerider_tasks, seed=config.run.seed, token=token,
+                       device=config.run.device or default_device(), attack_examples=attack_examples, keep_models=keep_models)
 
 
 @app.command("check")
+@with_config_flags(CheckConfig, exclude=("--train-data", "--train-split", "--adaptive/--no-adaptive", "--attacks", "--attack-examples",
+                                         "--attack-steps", "--bf16", "--fsdp"))
 def check_command(
     model: str = typer.Argument(..., help="The fine-tuned model you are about to release (folder or repo id)."),
-    base: str = typer.Option(..., "--base", help="The base model it was fine-tuned from."),
-    tasks: str = options.Tasks,
-    merge_with: Optional[List[str]] = options.MergeWith,
-    freerider_tasks: Optional[List[str]] = options.FreeriderTasks,
-    include_tasks: Optional[List[Path]] = options.IncludeTasks,
-    methods: str = options.Methods,
-    thorough: bool = options.Thorough,
-    limit: Optional[int] = options.Limit,
-    batch_size: int = options.BatchSize,
-    seed: int = options.Seed,
-    max_merged_retention: float = options.MaxMergedRetention,
-    freerider_floor: float = options.FreeriderFloor,
-    allow_code_eval: bool = options.AllowCodeEval,
-    code_timeout: float = options.CodeTimeout,
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the report to this selftest.json path."),
-    device: Optional[str] = options.Device,
-    token: Optional[str] = options.Token,
-    as_json: bool = options.AsJson,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+    *,
+    overrides: dict,
 ) -> None:
     """Merge MODEL, unchanged, with each --merge-with model under every merge method and coefficient a
     free-rider would try (mergekit), score the merges with lm-eval, and report how much of MODEL's skill
@@ -48,35 +58,12 @@ def check_command(
     Example: hf-mergeguard check demo/models/add --base demo/models/base --merge-with demo/models/sort
     --freerider-tasks toy_sort --tasks toy_add --include-tasks demo/tasks
     """
-    from ..check import check_model
-    from ..checkpoint import write_text_atomically
-    from ..report import format_report
-    from ..selftest import SelfTestConfig
+    from ..io.atomic import write_text_atomically
+    from ..report.table import format_report
 
-    config = SelfTestConfig(
-        tasks=[t for t in tasks.split(",") if t],
-        include_tasks=options.paths(include_tasks),
-        methods=None if methods == "all" else methods.split(","),
-        thorough=thorough,
-        seed=seed,
-        limit=limit,
-        batch_size=batch_size,
-        max_merged_retention=max_merged_retention,
-        freerider_floor=freerider_floor,
-        allow_code_eval=allow_code_eval,
-        code_timeout=code_timeout,
-    )
-    report = check_model(
-        model,
-        base,
-        config,
-        merge_with=options.list_or_empty(merge_with),
-        freerider_tasks=options.list_or_empty(freerider_tasks),
-        token=token,
-        device=options.resolve_device(device),
-    )
+    report = run_check(checked_config(model, overrides), token=token)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(output, json.dumps(report, indent=2) + "\n")
-    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
-    raise typer.Exit(0 if report["passed"] else 1)
+        write_text_atomically(output, report.to_json())
+    typer.echo(report.to_json().rstrip() if as_json else format_report(report))
+    raise typer.Exit(0 if report.passed else 1)

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from . import options
-from .main import app
+from ..config import ModelInputs
+from ..selftest.config import SelfTestConfig
+from ..training import RunConfig
+from .app import app
+from .config_flags import option_of
+from .options import JsonOpt
 
 
 @app.command("evaluate")
 def evaluate_command(
     model: str = typer.Argument(..., help="Model folder or Hub repo id."),
-    tasks: str = options.Tasks,
-    include_tasks: Optional[List[Path]] = options.IncludeTasks,
-    limit: Optional[int] = options.Limit,
-    batch_size: int = options.BatchSize,
-    allow_code_eval: bool = options.AllowCodeEval,
-    code_timeout: float = options.CodeTimeout,
-    revision: Optional[str] = options.Revision,
-    device: Optional[str] = options.Device,
-    as_json: bool = options.AsJson,
+    tasks: str = option_of(ModelInputs, "tasks", required=True),
+    include_tasks: Optional[List[str]] = option_of(ModelInputs, "include_tasks"),
+    limit: Optional[int] = option_of(SelfTestConfig, "limit"),
+    batch_size: int = option_of(SelfTestConfig, "batch_size", default=SelfTestConfig.batch_size),
+    allow_code_eval: bool = option_of(SelfTestConfig, "allow_code_eval", default=False),
+    code_timeout: float = option_of(SelfTestConfig, "code_timeout", default=SelfTestConfig.code_timeout),
+    revision: Optional[str] = option_of(ModelInputs, "revision"),
+    device: Optional[str] = option_of(RunConfig, "device"),
+    as_json: JsonOpt = False,
 ) -> None:
     """Score MODEL on lm-eval tasks (in-process; code tasks in a child process).
 
@@ -31,17 +34,8 @@ def evaluate_command(
     """
     from ..evaluation import evaluate_model
 
-    scores = evaluate_model(
-        model,
-        tasks,
-        revision=revision,
-        device=options.resolve_device(device),
-        include_tasks=options.paths(include_tasks),
-        limit=limit,
-        batch_size=batch_size,
-        allow_code_eval=allow_code_eval,
-        code_timeout=code_timeout,
-    )
+    scores = evaluate_model(model, tasks, revision=revision, device=device, include_tasks=include_tasks or [], limit=limit,
+                            batch_size=batch_size, allow_code_eval=allow_code_eval, code_timeout=code_timeout)
     if as_json:
         typer.echo(json.dumps({t: s.to_dict() for t, s in scores.items()}, indent=2))
         return

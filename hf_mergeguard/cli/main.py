@@ -1,4 +1,5 @@
-"""Entry point of ``hf-mergeguard``: the typer app, global options, and the error -> exit code mapping.
+"""Entry point of ``hf-mergeguard``: runs the app (``app.py``, its commands in their own modules) and maps errors to
+exit codes.
 
 Exit codes: 0 success; 1 a gate failed (the model is not safe to release); 2 an error (bad input, a
 fault); 130 interrupted. Errors print one ``Error:`` line and a ``Hint:``; ``--debug`` adds the traceback.
@@ -7,58 +8,21 @@ fault); 130 interrupted. Errors print one ``Error:`` line and a ``Hint:``; ``--d
 from __future__ import annotations
 
 import errno
-import logging
 import sys
 import traceback
 
 import typer
 
-from .. import __version__
 from ..errors import DiskFullError, MergeGuardError
-
-app = typer.Typer(
-    name="hf-mergeguard",
-    help="Protect fine-tuned models against unauthorized merging, and prove it before release.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"hf-mergeguard {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
-) -> None:
-    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "lm_eval", "accelerate", "mergekit", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
-
-
-def _register_commands() -> None:
-    # Each module adds its commands to ``app``; imports stay light (heavy libraries load inside commands).
-    from . import commands  # noqa: F401
+from . import commands  # noqa: F401 - each command module registers its command on the app
+from .app import app
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    _register_commands()
-    # Under `python -m hf_mergeguard.cli.main` (accelerate launch -m ...) this file runs as __main__, and the
-    # commands register on the app of the imported module of the same name: use that one.
-    from hf_mergeguard.cli import main as registered
-
-    command = typer.main.get_command(registered.app)
+    command = typer.main.get_command(app)
     try:
         return _run(command, argv, debug)
     finally:

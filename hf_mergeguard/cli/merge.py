@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .main import app
+from .app import app
 
 
 @app.command("merge")
@@ -21,7 +21,7 @@ def merge_command(
 
     Example: hf-mergeguard merge ties.yml merged/
     """
-    from ..attacks.merges import run_mergekit_config
+    from ..mergekit_yaml import run_mergekit_config
 
     folder = run_mergekit_config(config, out, overwrite=overwrite, seed=seed, device=device)
     typer.echo(f"Merged model written to {folder}")

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from . import options
-from .main import app
+from .app import app
+from .options import TokenOpt
 
 
 @app.command("push")
@@ -18,11 +18,11 @@ def push_command(
     create_pr: bool = typer.Option(True, "--create-pr/--no-create-pr", help="Open a pull request (default) or commit to main."),
     private: bool = typer.Option(False, "--private", help="Create the repo as private."),
     force: bool = typer.Option(False, "--force", help="Push even though a gate failed (the card says so)."),
-    token: Optional[str] = options.Token,
+    token: TokenOpt = None,
 ) -> None:
     """Push weights, model card, plot, selftest.json and protect_config.yml in ONE commit, only if every self-test
     gate passed (exit 1 and nothing pushed otherwise, unless --force)."""
-    from ..pipeline import push_output
+    from ..release.push import push_output
 
     url = push_output(out_dir, repo_id, token=token, create_pr=create_pr, private=private, force=force)
     typer.echo(f"Pushed to {url}")

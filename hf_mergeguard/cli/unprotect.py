@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from . import options
-from .main import app
+from .app import app
+from .options import TokenOpt
 
 
 @app.command("unprotect")
@@ -17,13 +17,13 @@ def unprotect_command(
     key: Path = typer.Option(..., "--key", help="The key file protect wrote beside its output folder (OUT.key.safetensors)."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Where the restored weights go."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output-dir if it exists."),
-    token: Optional[str] = options.Token,
+    token: TokenOpt = None,
 ) -> None:
     """Undo PaRaMS / MergeLock / MergeBarrier (and their stacks) with the owner's key: the restored weights equal
     the originals up to float rounding. MergeGuard's negation has no key and stays. Nothing is written if the key
     belongs to other weights."""
     from ..unprotect import unprotect
 
-    result = unprotect(protected, key, output_dir, overwrite=overwrite)
+    result = unprotect(protected, key, output_dir, overwrite=overwrite, token=token)
     kept = f"; kept {', '.join(result['kept'])} (it has no key)" if result["kept"] else ""
     typer.echo(f"Undid {' then '.join(result['undone'])}{kept}. Restored weights in {result['output_dir']}")

@@ -4,13 +4,10 @@ scored without writing it to disk. Tasks that execute model-written code run in 
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
 import logging
 import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -18,13 +15,11 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ConfigError, MergeGuardError, OfflineError
+from ..io.hub import looks_offline
+from .sandbox import run_with_time_limit, scrubbed_environment
 from .tasks import TaskCatalog, parse_tasks
 
 log = logging.getLogger(__name__)
-
-# Environment variables a code-executing child must never see (tokens, keys, passwords).
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE_KEY|ACCESS_KEY", re.IGNORECASE)
-
 
 @dataclass(frozen=True)
 class TaskScore:
@@ -62,38 +57,6 @@ def _primary_metric(task: str, results: dict, config: dict) -> tuple[str, float,
     return key, float(results[key]), stderr
 
 
-def scrubbed_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A copy of the environment without tokens or keys, for processes that run untrusted code."""
-    env = {k: v for k, v in os.environ.items() if not _SECRET_NAME.search(k)}
-    # No implicit token from the login file either.
-    env["HF_TOKEN_PATH"] = os.devnull
-    env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
-    env.update(extra or {})
-    return env
-
-
-def _run_with_time_limit(command: list[str], *, env: dict, cwd: str, timeout: float, what: str) -> subprocess.CompletedProcess:
-    """Run ``command`` in a session of its own; past ``timeout`` the whole session is killed (model-written code
-    may have started processes of its own, which ``subprocess.run``'s timeout would leave running)."""
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise MergeGuardError(
-            f"{what} ran past its time limit ({timeout:.0f} s); the child process and everything it started were killed.",
-            "Raise --code-timeout, or lower --limit.",
-        ) from None
-    except BaseException:  # interrupted: take the untrusted code down with us
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        raise
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
 class Evaluator:
     """Scores models on a fixed set of lm-eval tasks; build it once, call :meth:`evaluate` many times.
 
@@ -119,6 +82,7 @@ class Evaluator:
         bootstrap_iters: int = 0,
     ):
         self.catalog = TaskCatalog(parse_tasks(tasks), [Path(p) for p in include_tasks])
+        self.include_tasks = [str(p) for p in include_tasks]  # as given (the report records them)
         self.catalog.require_code_permission(allow_code_eval)
         self.limit = limit
         self.batch_size = batch_size
@@ -139,7 +103,7 @@ class Evaluator:
                     self._task_dict = self.catalog.manager.load(self.plain_tasks)
             except Exception as exc:  # noqa: BLE001 - dataset download failures come in many types
                 text = f"{type(exc).__name__}: {exc}"
-                if re.search(r"offline|connect|resolve|couldn't reach|not find|doesn't exist|LocalEntryNotFound", text, re.I):
+                if looks_offline(text):
                     raise OfflineError(
                         f"The data of task(s) {', '.join(self.plain_tasks)} could not be loaded: {text[:300]}",
                         "Run once with network access so the datasets land in the HF cache, or point "
@@ -147,6 +111,31 @@ class Evaluator:
                     ) from exc
                 raise
         return self._task_dict
+
+    def restricted_to(self, tasks: Sequence[str]) -> "Evaluator":
+        """The same evaluator on a subset of its tasks (the task index is shared: no second lm-eval scan)."""
+        unknown = [t for t in tasks if t not in self.catalog.names]
+        if unknown:
+            raise ConfigError(f"Task(s) {', '.join(unknown)} are not among this evaluator's tasks.")
+        subset = copy.copy(self)
+        subset.catalog = copy.copy(self.catalog)
+        subset.catalog.names = [t for t in self.catalog.names if t in tasks]
+        subset.code_tasks = [t for t in self.code_tasks if t in tasks]
+        subset.plain_tasks = [t for t in self.plain_tasks if t in tasks]
+        subset._task_dict = None
+        return subset
+
+    def documents(self) -> list[dict]:
+        """The (prompt, reference answer) pairs an evaluation generates for, over every in-process task (token counts)."""
+        rows = []
+        for task in self._load_tasks()["tasks"].values():
+            docs = list(task.eval_docs)
+            if self.limit:
+                docs = docs[: self.limit]
+            for doc in docs:
+                target = task.doc_to_target(doc)
+                rows.append({"prompt": str(task.doc_to_text(doc)), "completion": target if isinstance(target, str) else str(target)})
+        return rows
 
     def evaluate(self, model, tokenizer) -> dict[str, TaskScore]:
         """Score an in-memory ``transformers`` model on every task."""
@@ -186,7 +175,7 @@ class Evaluator:
         return scores
 
     def _evaluate_code_tasks(self, model, tokenizer) -> dict[str, TaskScore]:
-        from ..checkpoint import save_model
+        from ..io.hf_models import save_model
 
         with tempfile.TemporaryDirectory(prefix="hfmg-code-eval-") as tmp:
             folder = save_model(model, Path(tmp) / "model", tokenizer=tokenizer)
@@ -202,7 +191,7 @@ class Evaluator:
             }
             (Path(tmp) / "spec.json").write_text(json.dumps(spec))
             env = scrubbed_environment({"HF_ALLOW_CODE_EVAL": "1", "TOKENIZERS_PARALLELISM": "false"})
-            completed = _run_with_time_limit(
+            completed = run_with_time_limit(
                 [sys.executable, "-m", "hf_mergeguard.evaluation.code_child", str(Path(tmp) / "spec.json")],
                 env=env, cwd=tmp, timeout=self.code_timeout, what=f"Code evaluation of {', '.join(self.code_tasks)}",
             )
@@ -292,21 +281,13 @@ def evaluate_model(
     **kwargs,
 ) -> dict[str, TaskScore]:
     """Score a model folder or Hub repo id (``hf-mergeguard evaluate``)."""
-    from transformers import AutoTokenizer
-
-    from ..checkpoint import Checkpoint
+    from ..environment import default_device
+    from ..io.checkpoint import Checkpoint
 
     checkpoint = Checkpoint.open(model, revision=revision)
     evaluator = Evaluator(tasks, **kwargs)
     loaded = checkpoint.load_model(dtype=dtype, device=device or default_device())
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
-    return evaluator.evaluate(loaded, tokenizer)
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return evaluator.evaluate(loaded, load_tokenizer(checkpoint.path))
 
 
 def load_tokenizer(path: str | os.PathLike):

@@ -1,6 +1,7 @@
-"""Protection methods. Each takes a :class:`~hf_mergeguard.protect.base.ProtectContext` and returns a
-:class:`~hf_mergeguard.protect.base.ProtectionResult` with the protected checkpoint in the work folder."""
+"""Protect: the defenses, one module (or package) per defense, each registering a :class:`~.base.DefenseSpec`.
 
-from .base import ProtectContext, ProtectionResult
-
-__all__ = ["ProtectContext", "ProtectionResult"]
+A defense takes a :class:`~.base.ProtectContext` (the model, the base, the data, a work folder) and its options, and
+returns a :class:`~.base.ProtectionResult` (the protected checkpoint in the work folder, what may be published about
+it, and the owner's key when it has one). ``stack`` orders several defenses into one run; ``steps`` makes every
+step resumable; ``keyfile`` writes and reads the owner's key.
+"""

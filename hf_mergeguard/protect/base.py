@@ -1,20 +1,15 @@
-"""What every defense gets (a :class:`ProtectContext`) and returns (a :class:`ProtectionResult`)."""
+"""What a defense is (a :class:`DefenseSpec` in :data:`DEFENSES`), what it gets (a :class:`ProtectContext`) and what it
+returns (a :class:`ProtectionResult`)."""
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-
-from ..checkpoint import Checkpoint, stamp_metadata, write_checkpoint, write_text_atomically
-from ..errors import TrainDataError
-from ..training import Example
-
-log = logging.getLogger(__name__)
+from ..io.checkpoint import Checkpoint
+from ..registry import Registry
+from ..training import Example, RunConfig
 
 
 @dataclass
@@ -44,7 +39,6 @@ class ProtectContext:
     device: str = "cpu"
     progress: bool = True
     seed: int = 0
-    metadata: dict = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
@@ -73,48 +67,44 @@ class ProtectionResult:
     secret: dict | None = None
 
 
-def done_marker(folder: Path) -> Path:
-    return folder.parent / f"{folder.name}.done.json"
+@dataclass(frozen=True)
+class DefenseSpec:
+    """One defense, as the rest of the tool knows it.
 
-
-def finished(folder: Path) -> dict | None:
-    """The record of a finished step (written last, so its presence means the step completed)."""
-    marker = done_marker(folder)
-    if marker.is_file() and folder.exists():
-        return json.loads(marker.read_text())
-    return None
-
-
-def mark_finished(folder: Path, record: dict) -> None:
-    write_text_atomically(done_marker(folder), json.dumps(record, indent=2, default=str))
-
-
-def trained_checkpoint(ctx: ProtectContext, step: str, method: str, train: Callable, *, needs: str):
-    """Fine-tune ``ctx.model`` with ``train(model, examples) -> TrainingResult`` into the step folder ``step``.
-
-    Resumable: a finished step is reused. Returns the checkpoint and the step's record (losses, last logs, time).
+    Args:
+        name: the ``--method`` name, and its section in the configuration (``trap:``, ``mergeguard:``, ...).
+        options: its options dataclass (fields carry ``metadata={"help": ..., "flag": ...}``: the CLI is built
+            from them). ``options()`` are the defaults.
+        run: ``run(ctx, options) -> ProtectionResult``.
+        stack_rank: where it goes in a stack (lower first), whatever order ``--method`` names it in.
+        card_text: what the model card says the defense did.
+        reference: the paper it follows (title and arXiv id).
+        function_preserving: the protected model computes the same function from other weights; a key undoes it.
+        check: ``check(options, run, has_train_data)`` raises before any work when the run cannot succeed
+            (missing training data, an unsupported run setting).
     """
-    folder = ctx.step_dir(step)
-    record = finished(folder)
-    if record is not None:
-        log.info("%s: reusing the finished run in %s", step, folder)
-        return Checkpoint(folder), record
-    if ctx.train_examples is None:
-        raise TrainDataError(f"{needs}.", "Pass --train-data (a JSONL file or a Hub dataset).")
-    model = ctx.model.load_model(dtype=torch.float32, device=ctx.device)
-    result = train(model, ctx.train_examples())
-    record = {"losses": result.losses, "logs": result.logs[-1:], "seconds": result.seconds, "seconds_per_step": result.seconds_per_step}
-    if ctx.is_main:
-        layout = ctx.model.layout
-        tensors = {k: v.detach().to("cpu") for k, v in model.state_dict().items() if k in layout}
-        write_checkpoint(
-            folder,
-            ((name, tensors[name].to(layout[name].dtype)) for name in layout),
-            layout,
-            companions_from=ctx.model,
-            metadata=stamp_metadata(method=method),
-            overwrite=True,
-        )
-        mark_finished(folder, record)
-    ctx.wait()
-    return Checkpoint(folder), record
+
+    name: str
+    options: type
+    run: Callable[[ProtectContext, Any], ProtectionResult]
+    stack_rank: int
+    card_text: str
+    reference: str
+    function_preserving: bool = False
+    check: Callable[[Any, RunConfig, bool], None] | None = None
+
+    @property
+    def writes_key(self) -> bool:
+        """The owner gets a key file (the transform that undoes it); only function-preserving defenses have one."""
+        return self.function_preserving
+
+
+DEFENSES: Registry[DefenseSpec] = Registry("protection method", discover="hf_mergeguard.protect")
+
+
+def register_defense(spec: DefenseSpec) -> DefenseSpec:
+    return DEFENSES.add(spec.name, spec)
+
+
+def function_preserving_methods() -> list[str]:
+    return [spec.name for spec in DEFENSES.values() if spec.function_preserving]

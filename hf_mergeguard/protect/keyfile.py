@@ -21,7 +21,7 @@ import torch
 from .. import __version__
 from ..architectures import Geometry
 from ..errors import KeyFileError
-from .symmetry import BlockTransform, ModelTransform
+from ..symmetry.transforms import BlockTransform, ModelTransform
 
 KEY_FORMAT = "hf-mergeguard-key"
 KEY_FORMAT_VERSION = "1"
@@ -79,7 +79,7 @@ def write_key(path: str | os.PathLike, stages: Sequence[tuple[str, ModelTransfor
               extra_metadata: dict | None = None) -> Path:
     """Write ``stages`` to ``path`` atomically (replacing it), readable by the owner only (mode 0600).
 
-    ``protect`` refuses an existing key before any work starts (see ``pipeline.protect``).
+    ``protect`` refuses an existing key before any work starts (see :func:`hf_mergeguard.pipeline.protect`).
     """
     from safetensors.torch import save
 

@@ -1,6 +1,7 @@
 """Merge-trap training: keep the defender's loss low at its own weights, raise it under merge-shaped changes.
 
-The objective extends Trap² (Jang et al., ICML 2026), which trains L(θ_pre + Δ) − λ·E_s[w(s)·L(θ_pre + s·Δ)]
+The objective extends Trap² ("Making Models Unmergeable via Scaling-Sensitive Loss Landscape", Jang et al.,
+ICML 2026, arXiv:2601.21898), which trains L(θ_pre + Δ) − λ·E_s[w(s)·L(θ_pre + s·Δ)]
 with s ~ U[0.05, 2] outside [0.95, 1.05] and w(s) = 1/√s, to every change a merge makes to a task vector:
 
 * ``scale``  θ_pre + s·Δ                                   (task arithmetic / linear at λ ≠ 1; Trap² as written)
@@ -36,9 +37,11 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..errors import ConfigError
-from ..training import Example, TrainingConfig, TrainingResult, make_accelerator, token_loss_sum, train_causal_lm
-from .base import ProtectContext, ProtectionResult, trained_checkpoint
+from ..data import load_train_examples
+from ..errors import ConfigError, TrainDataError
+from ..training import Example, RunConfig, TrainingConfig, TrainingResult, make_accelerator, token_loss_sum, train_causal_lm
+from .base import DefenseSpec, ProtectContext, ProtectionResult, register_defense
+from .steps import trained_checkpoint
 
 PERTURBATIONS = ("scale", "dare", "ties", "rider")
 
@@ -47,20 +50,24 @@ PERTURBATIONS = ("scale", "dare", "ties", "rider")
 class TrapConfig(TrainingConfig):
     """Merge-trap options: the training options plus the trap's."""
 
-    # Defaults: the best setting measured on the toy world (README, "The merge trap"): the cosine decay lets the
-    # clean loss recover at the end while the trap term holds.
-    steps: int = field(default=400, metadata={"help": "optimizer steps"})
-    learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
+    # Defaults: the best setting measured on the toy world (docs/results.md, "The merge trap"): the cosine decay
+    # lets the clean loss recover at the end while the trap term holds.
+    steps: int = field(default=400, metadata={"help": "optimizer steps", "flag": "--steps"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate", "flag": "--learning-rate"})
     schedule: str = field(default="cosine", metadata={"help": "constant or cosine decay after warm-up"})
-    weight: float = field(default=1.0, metadata={"help": "λ: weight of the trap term against the task loss"})
-    perturbations: list[str] = field(default_factory=lambda: list(PERTURBATIONS), metadata={"help": "scale, dare, ties, rider"})
-    samples: int = field(default=2, metadata={"help": "perturbations drawn per micro-batch"})
-    ceiling: float = field(default=1.5, metadata={"help": "cap of a perturbed loss, in units of the base model's loss on the same example"})
+    weight: float = field(default=1.0, metadata={"help": "λ: weight of the trap term against the task loss", "flag": "--trap-weight"})
+    perturbations: list[str] = field(default_factory=lambda: list(PERTURBATIONS), metadata={
+        "help": "merge-shaped changes trained against (comma-separated): scale, dare, ties, rider", "flag": "--trap-perturbations"})
+    samples: int = field(default=2, metadata={"help": "perturbations drawn per micro-batch", "flag": "--trap-samples"})
+    ceiling: float = field(default=1.5, metadata={
+        "help": "cap of a perturbed loss, in units of the base model's loss on the same example", "flag": "--trap-ceiling"})
     scale_low: float = field(default=0.05, metadata={"help": "smallest s of the scale perturbation"})
     scale_high: float = field(default=2.0, metadata={"help": "largest s of the scale perturbation"})
     scale_gap: float = field(default=0.05, metadata={"help": "s is never within this distance of 1"})
     rider_norm: float = field(default=1.0, metadata={"help": "norm of the random stand-in free-rider vector per tensor, in units of |Δ|"})
-    rider_data: str | None = field(default=None, metadata={"help": "another task's data (JSONL or Hub dataset): the stand-in free-rider is the base fine-tuned on it"})
+    rider_data: str | None = field(default=None, metadata={
+        "help": "another task's data (JSONL or Hub dataset): the base fine-tuned on it stands in for a free-rider "
+                "(default: random directions)", "flag": "--trap-rider-data"})
     rider_steps: int = field(default=100, metadata={"help": "steps of the stand-in free-rider's fine-tune"})
     rider_learning_rate: float = field(default=3e-4, metadata={"help": "learning rate of the stand-in free-rider's fine-tune"})
 
@@ -76,12 +83,6 @@ class TrapConfig(TrainingConfig):
             raise ConfigError("trap: samples must be >= 1, weight >= 0 and ceiling > 0.")
         if not (0 < self.scale_low < 1 - self.scale_gap and self.scale_high > 1 + self.scale_gap):
             raise ConfigError("trap: need 0 < scale_low < 1 - scale_gap and scale_high > 1 + scale_gap.")
-
-    def check_runnable(self) -> None:
-        """Checks that depend on how the run is set up (``--fsdp`` is shared with MergeGuard's stage 1)."""
-        if self.fsdp:
-            raise ConfigError("The merge trap does not run under FSDP (it evaluates whole perturbed copies of the weights).",
-                              "Drop --fsdp; the trap runs with DDP on several GPUs.")
 
     def public_parameters(self) -> dict:
         return {
@@ -162,8 +163,6 @@ def stand_in_task_vector(model, tokenizer, config: TrapConfig, base: Mapping[str
     """τ_s: the base fine-tuned ``rider_steps`` steps on ``rider_data`` (the defender's guess at a free-rider), minus the base."""
     import copy
 
-    from ..data import load_train_examples
-
     stand_in = copy.deepcopy(model)
     with torch.no_grad():
         for name, param in stand_in.named_parameters():
@@ -191,8 +190,7 @@ def merge_trap_finetune(
     """Train ``model`` (the defender's fine-tune) in place with the merge-trap objective."""
     from torch.func import functional_call
 
-    config.check_runnable()
-    accelerator = accelerator or make_accelerator(config)
+    accelerator = accelerator or make_accelerator()
     names = [name for name, param in model.named_parameters() if param.requires_grad]
     base = {name: base_state[name].to(accelerator.device, torch.float32) for name in names}
     sampler = PerturbationSampler(config)
@@ -234,3 +232,30 @@ def run_trap(ctx: ProtectContext, config: TrapConfig) -> ProtectionResult:
     checkpoint, record = trained_checkpoint(ctx, "trap-trained", "trap", train, needs="The merge trap trains on the defender's data")
     details = {"config": asdict(config), "training": record}
     return ProtectionResult(checkpoint, "trap", config.public_parameters(), details)
+
+
+def check_runnable(config: TrapConfig, run: RunConfig, has_train_data: bool) -> None:
+    """The trap trains on the defender's data, evaluates whole perturbed copies of the weights (no FSDP), and reads
+    its stand-in free-rider's data (a bad file fails now, not after an hour of work)."""
+    if not has_train_data:
+        raise TrainDataError("The merge trap trains on the defender's data.", "Pass --train-data (a JSONL file or a Hub dataset).")
+    if run.fsdp:
+        raise ConfigError("The merge trap does not run under FSDP (it evaluates whole perturbed copies of the weights).",
+                          "Drop --fsdp; the trap runs with DDP on several GPUs.")
+    if config.rider_data:
+        load_train_examples(config.rider_data)
+
+
+register_defense(DefenseSpec(
+    name="trap",
+    options=TrapConfig,
+    run=run_trap,
+    stack_rank=10,  # trains first: it can serve as MergeGuard's stage 1
+    card_text=(
+        "Merge trap (training-time, after Trap²): the model was trained further so that its own loss stays low at "
+        "its released weights but rises when its task vector is rescaled, randomly dropped (DARE), trimmed (TIES) "
+        "or added to another task vector, the changes a merge makes."
+    ),
+    reference="Making Models Unmergeable via Scaling-Sensitive Loss Landscape (Trap², arXiv:2601.21898)",
+    check=check_runnable,
+))

@@ -1,6 +1,6 @@
 """The toy world: a CPU-sized Llama and synthetic skills on which merges work, so defenses can be tested."""
 
-from .build import ToyWorld, ToyWorldConfig, build_toy_world, default_cache_dir, score_world
+from .build import ToyWorld, ToyWorldConfig, build_toy_world, score_world
 from .scoring import exact_match, extract_answer, greedy_generate
 from .skills import SKILLS, make_split, make_tokenizer
 
@@ -9,7 +9,6 @@ __all__ = [
     "ToyWorld",
     "ToyWorldConfig",
     "build_toy_world",
-    "default_cache_dir",
     "exact_match",
     "extract_answer",
     "greedy_generate",

@@ -3,7 +3,7 @@ skill, the data as JSONL, and one lm-eval task YAML per skill. Offline and deter
 
 The world is cached by a digest of its config (``$HF_MERGEGUARD_CACHE`` or ``~/.cache/hf_mergeguard``), so
 tests and demos build it once; :func:`build_toy_world` then copies it where asked and writes task YAMLs
-that point at the copied data by absolute path.
+that point at the copied data by absolute path. It is trained with pinned CPU numerics, in a child process.
 """
 
 from __future__ import annotations
@@ -13,17 +13,25 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..checkpoint import Checkpoint, atomic_output_dir, save_model, stamp_metadata, write_text_atomically
+from ..environment import reproducible_cpu_env
+from ..errors import MergeGuardError
+from ..io.atomic import atomic_output_dir, write_text_atomically
+from ..io.checkpoint import Checkpoint
+from ..io.hf_models import save_model
+from ..io.writer import stamp_metadata
+from ..paths import toyworld_dir
 from ..training import Example, TrainingConfig, train_causal_lm
 from .scoring import exact_match
 from .skills import CHARACTERS, SPECIAL_TOKENS, make_split, make_tokenizer
+from .tasks import write_jsonl, write_task_yamls
 
 # Bump when the recipe changes in a way the config fields do not capture (invalidates caches).
 RECIPE_VERSION = 4
@@ -111,10 +119,6 @@ class ToyWorld:
         return [json.loads(line) for line in self.data(skill, split).read_text().splitlines() if line]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("HF_MERGEGUARD_CACHE", Path.home() / ".cache" / "hf_mergeguard"))
-
-
 def _llama_config(config: ToyWorldConfig, vocab_size: int) -> dict:
     return {
         "model_type": "llama",
@@ -138,61 +142,6 @@ def _examples(rows: list[dict]) -> list[Example]:
     return [Example(row["prompt"], row["completion"]) for row in rows]
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
-def _task_yaml(name: str, train: Path, test: Path) -> str:
-    """An lm-eval task in GSM8K's answer format, scored by exact match after ``#### ``."""
-    return f"""# Written by hf-mergeguard {__version__} (toy world). Scored like GSM8K's strict-match.
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    train: {json.dumps(str(train))}
-    test: {json.dumps(str(test))}
-output_type: generate_until
-training_split: train
-fewshot_split: train
-test_split: test
-doc_to_text: prompt
-doc_to_target: completion
-num_fewshot: 0
-generation_kwargs:
-  until:
-    - "\\n"
-  do_sample: false
-  max_gen_toks: 16
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-    regexes_to_ignore:
-      - "(?s).*#### "
-filter_list:
-  - name: strict-match
-    filter:
-      - function: regex
-        regex_pattern: "(#### \\\\S+)"
-      - function: take_first
-metadata:
-  version: 1.0
-"""
-
-
-def write_task_yamls(world: ToyWorld) -> None:
-    """(Re)write the lm-eval task files, atomically and only when they change (several processes may read
-    them while another opens the same world)."""
-    world.tasks.mkdir(parents=True, exist_ok=True)
-    for skill in world.config.skills:
-        text = _task_yaml(world.task_name(skill), world.data(skill, "train").resolve(), world.data(skill, "test").resolve())
-        path = world.tasks / f"{world.task_name(skill)}.yaml"
-        if path.is_file() and path.read_text() == text:
-            continue
-        write_text_atomically(path, text)
-
-
 def _with_replay(examples: list[Example], base_rows: dict[str, list[Example]], skill: str, config: ToyWorldConfig) -> list[Example]:
     """Fine-tune data plus ``finetune_replay`` of base-mixture rows of the other skills (shuffled, seeded)."""
     if not config.finetune_replay:
@@ -210,8 +159,8 @@ def _train_world(config: ToyWorldConfig, folder: Path, progress: bool) -> dict:
     tokenizer = make_tokenizer()
     splits = {skill: make_split(skill, config.train_size, config.test_size, config.seed) for skill in config.skills}
     for skill, (train, test) in splits.items():
-        _write_jsonl(folder / "data" / skill / "train.jsonl", train)
-        _write_jsonl(folder / "data" / skill / "test.jsonl", test)
+        write_jsonl(folder / "data" / skill / "train.jsonl", train)
+        write_jsonl(folder / "data" / skill / "test.jsonl", test)
     # The base sees every skill in its base form (plus skills only it learns).
     base_rows = {
         skill: _examples(make_split(skill, config.train_size, config.test_size, config.seed, base_form=True)[0])
@@ -286,6 +235,9 @@ def build_toy_world(
 ) -> ToyWorld:
     """Build (or reuse from the cache) the toy world and return its paths.
 
+    The world is trained in a child process whose CPU numerics are pinned (see
+    :func:`~hf_mergeguard.environment.reproducible_cpu_env`), so that every machine builds the same world.
+
     Args:
         out: where to put the world (``out/models``, ``out/data``, ``out/tasks``); default: the cache
             folder itself.
@@ -294,18 +246,13 @@ def build_toy_world(
         overwrite: replace an existing ``out``.
     """
     config = config or ToyWorldConfig()
-    cached = Path(cache_dir or default_cache_dir()) / "toyworld" / config.digest()
+    cached = (Path(cache_dir) / "toyworld" if cache_dir else toyworld_dir()) / config.digest()
     if not (cached / "world.json").is_file():
-        with atomic_output_dir(cached, overwrite=True) as folder:
-            timings = _train_world(config, folder, progress)
-            scores = score_world(ToyWorld(folder, config))
-            (folder / "world.json").write_text(
-                json.dumps(
-                    {"config": asdict(config), "digest": config.digest(), "scores": scores, "train_seconds": timings},
-                    indent=2,
-                )
-                + "\n"
-            )
+        command = [sys.executable, "-c", "from hf_mergeguard.toyworld.build import _child; _child()", json.dumps(asdict(config)), str(cached)]
+        completed = subprocess.run(command + (["--progress"] if progress else []), env=reproducible_cpu_env())
+        if completed.returncode != 0:
+            raise MergeGuardError(f"Building the toy world failed in its child process (exit code {completed.returncode}).",
+                                  "Its error is printed above; rerun with --debug for more.")
     if out is None:
         world = ToyWorld(cached, config)
     else:
@@ -317,3 +264,18 @@ def build_toy_world(
     write_task_yamls(world)
     world.scores = json.loads((world.root / "world.json").read_text())["scores"]
     return world
+
+
+def _train_and_score(config: ToyWorldConfig, cached: Path, progress: bool) -> None:
+    """Train every model of the world and score them into ``cached`` (atomically; run in the child process)."""
+    with atomic_output_dir(cached, overwrite=True) as folder:
+        timings = _train_world(config, folder, progress)
+        scores = score_world(ToyWorld(folder, config))
+        record = {"config": asdict(config), "digest": config.digest(), "scores": scores, "train_seconds": timings}
+        (folder / "world.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _child() -> None:
+    """The child process of :func:`build_toy_world`: ``CONFIG_JSON FOLDER [--progress]``."""
+    options = {key: tuple(value) if isinstance(value, list) else value for key, value in json.loads(sys.argv[1]).items()}
+    _train_and_score(ToyWorldConfig(**options), Path(sys.argv[2]), progress="--progress" in sys.argv[3:])

@@ -1,7 +1,7 @@
 """A fast greedy exact-match scorer for toy-world models.
 
 lm-eval is the official scorer of the tool (see :mod:`hf_mergeguard.evaluation`); this one is used where
-a model is scored many times in a loop (building the world, trap training's progress checks). A test
+a model is scored many times in a loop (building the world). A test
 checks that both give the same accuracy.
 """
 

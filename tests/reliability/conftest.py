@@ -33,30 +33,31 @@ def fingerprint(paths) -> dict[str, tuple]:
 
 @dataclass
 class Release:
-    """A valid ``protect`` command on the toy world; each test breaks one thing of it."""
+    """A valid ``protect`` command on a toy world; each test breaks one thing of it."""
 
     world: object
     tmp: Path
-    model: str
-    base: str
-    merge_with: str
-    train_data: str
     out: Path
+    protect_argv: object
     extra: list[str] = field(default_factory=list)
     push_to: str | None = "acme/protected"
 
-    def argv(self, **changes) -> list[str]:
-        values = {"model": self.model, "base": self.base, "merge_with": self.merge_with, "train_data": self.train_data,
-                  "push_to": self.push_to, "tasks": "toy_count", "method": "params"}
-        values.update(changes)
-        argv = ["protect", str(values["model"]), "--base", str(values["base"]), "--method", values["method"],
-                "--tasks", values["tasks"], "--include-tasks", str(self.world.tasks),
-                "--merge-with", str(values["merge_with"]), "--freerider-tasks", "toy_rev",
-                "--train-data", str(values["train_data"]), "--methods", values.get("methods", "task_arithmetic"),
-                "--no-adaptive", "--limit", "16", "--batch-size", "64",
-                "--output-dir", str(self.out), "--work-dir", str(self.tmp / "work"), "--seed", "0"]
-        if values["push_to"]:
-            argv += ["--push-to", values["push_to"], "--token", GOOD_TOKEN]
+    @property
+    def model(self) -> str:
+        return str(self.world.model("count"))
+
+    @property
+    def base(self) -> str:
+        return str(self.world.base)
+
+    def argv(self, *, model=None, base=None, merge_with=None, train_data=None, tasks: str = "toy_count", method: str = "params",
+             methods: str = "task_arithmetic", push_to: str | None = "default") -> list[str]:
+        push_to = self.push_to if push_to == "default" else push_to
+        argv = self.protect_argv(self.world, self.out, "--method", method, "--no-adaptive", "--limit", "16", "--seed", "0",
+                            model=model or "count", base=base, merge_with=merge_with, train_data=train_data or True, tasks=tasks,
+                            methods=methods, batch_size=64, work=self.tmp / "work")
+        if push_to:
+            argv += ["--push-to", push_to, "--token", GOOD_TOKEN]
         return argv + self.extra
 
     def copy(self, what: str) -> Path:
@@ -69,10 +70,15 @@ class Release:
 
 
 @pytest.fixture
-def release(toy_world, tmp_path, hub):
-    return Release(world=toy_world, tmp=tmp_path, model=str(toy_world.model("count")), base=str(toy_world.base),
-                   merge_with=str(toy_world.model("rev")), train_data=str(toy_world.data("count", "train")),
-                   out=tmp_path / "protected")
+def release(pico_world, tmp_path, hub, protect_argv):
+    """A release on the pico world: for refusals, which stop before any work (seconds, in the fast lane)."""
+    return Release(world=pico_world, tmp=tmp_path, out=tmp_path / "protected", protect_argv=protect_argv)
+
+
+@pytest.fixture
+def toy_release(toy_world, tmp_path, hub, protect_argv):
+    """A release on the toy world: for runs that must pass every gate (params does, there)."""
+    return Release(world=toy_world, tmp=tmp_path, out=tmp_path / "protected", protect_argv=protect_argv)
 
 
 @pytest.fixture

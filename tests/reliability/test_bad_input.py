@@ -18,7 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hf_mergeguard.checkpoint import Checkpoint, write_checkpoint
+from hf_mergeguard.io.checkpoint import Checkpoint
+from hf_mergeguard.io.writer import write_checkpoint
 from hf_mergeguard.testing import write_random_checkpoint
 
 WEIGHTS = "model.safetensors"
@@ -116,7 +117,7 @@ def test_corrupt_safetensors_header(release, refused):
 def test_sharded_index_naming_a_missing_shard(release, refused):
     source = Checkpoint(release.world.model("count"))
     sharded = write_checkpoint(release.tmp / "sharded", source.iter_tensors(), source.layout,
-                               companions_from=source, max_shard_size="300KB")
+                               companions_from=source, max_shard_size=source.total_bytes // 4)
     shards = sorted(sharded.glob("model-*.safetensors"))
     assert len(shards) > 2
     shards[1].unlink()

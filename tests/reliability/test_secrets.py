@@ -85,20 +85,20 @@ def _alive(pid: int) -> bool:
     return not (status.exists() and "\nState:\tZ" in status.read_text())
 
 
-def test_code_eval_needs_the_flag_runs_without_tokens_and_has_a_time_limit(toy_world, code_task, monkeypatch, capsys):
+def test_code_eval_needs_the_flag_runs_without_tokens_and_has_a_time_limit(pico_world, code_task, monkeypatch, capsys):
     tasks, probe, hang = code_task
     secrets = {"HF_TOKEN": "hf_secret_1", "HUGGING_FACE_HUB_TOKEN": "hf_secret_2", "GITHUB_TOKEN": "ghp_secret_3",
                "AWS_SECRET_ACCESS_KEY": "aws_secret_4"}
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
-    argv = ["evaluate", str(toy_world.base), "--tasks", "toy_code", "--include-tasks", str(tasks), "--limit", "1"]
+    argv = ["evaluate", str(pico_world.base), "--tasks", "toy_code", "--include-tasks", str(tasks), "--limit", "1"]
 
     # Without --allow-code-eval: refused before anything runs; HumanEval too.
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "executes model-written code" in err or "execute" in err
     assert "--allow-code-eval" in err and not probe.exists()
-    assert main(["evaluate", str(toy_world.base), "--tasks", "gsm8k,humaneval"]) == 2
+    assert main(["evaluate", str(pico_world.base), "--tasks", "gsm8k,humaneval"]) == 2
     assert "humaneval" in capsys.readouterr().err
 
     # With it: runs in a child that sees none of the secrets.
@@ -122,11 +122,11 @@ def test_code_eval_needs_the_flag_runs_without_tokens_and_has_a_time_limit(toy_w
     assert not _alive(sleeper), "the process started by model-written code outlived the time limit"
 
 
-def test_remote_code_of_a_checkpoint_is_never_imported(toy_world, tmp_path, capsys):
+def test_remote_code_of_a_checkpoint_is_never_imported(pico_world, tmp_path, capsys):
     """A checkpoint whose config points at its own modeling and tokenizer code (auto_map): we load the built-in
     classes of its model_type and never import that code."""
     model = tmp_path / "custom-code"
-    shutil.copytree(toy_world.model("count"), model)
+    shutil.copytree(pico_world.model("count"), model)
     marker = tmp_path / "remote-code-ran"
     payload = f"from pathlib import Path\nPath({str(marker)!r}).touch()\n"
     (model / "modeling_evil.py").write_text(payload + "class EvilForCausalLM: pass\n")
@@ -139,11 +139,11 @@ def test_remote_code_of_a_checkpoint_is_never_imported(toy_world, tmp_path, caps
     tokenizer_config["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
     (model / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
 
-    assert main(["evaluate", str(model), "--tasks", "toy_count", "--include-tasks", str(toy_world.tasks), "--limit", "8"]) == 0
+    assert main(["evaluate", str(model), "--tasks", "toy_count", "--include-tasks", str(pico_world.tasks), "--limit", "8"]) == 0
     assert "toy_count" in capsys.readouterr().out
-    assert main(["check", str(model), "--base", str(toy_world.base), "--merge-with", str(toy_world.model("rev")),
-                 "--freerider-tasks", "toy_rev", "--tasks", "toy_count", "--include-tasks", str(toy_world.tasks),
-                 "--methods", "task_arithmetic", "--limit", "8"]) in (0, 1)
+    assert main(["check", str(model), "--base", str(pico_world.base), "--merge-with", str(pico_world.model("rev")),
+                 "--freerider-tasks", "toy_rev", "--tasks", "toy_count", "--include-tasks", str(pico_world.tasks),
+                 "--methods", "task_arithmetic", "--limit", "8"]) == 1  # unprotected: merges keep what it has
     assert not marker.exists(), "a checkpoint's own code was imported"
     # Control: the same folder does run its code when trust_remote_code is on (so the test above can fail).
     from transformers import AutoModelForCausalLM
@@ -157,25 +157,25 @@ def _files(root: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def test_a_release_leaks_no_token_and_no_key(release, hub, capsys, caplog, monkeypatch):
+def test_a_release_leaks_no_token_and_no_key(toy_release, hub, capsys, caplog, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)  # the token reaches us twice: environment and --token
     caplog.set_level(logging.DEBUG)
-    assert main(["--debug", *release.argv()]) == 0
+    assert main(["--debug", *toy_release.argv()]) == 0
     out, err = capsys.readouterr()
-    key = release.tmp / "protected.key.safetensors"
+    key = toy_release.tmp / "protected.key.safetensors"
 
     # The key: owner-only, beside the release, named (by path) in the output, never inside the release or the push.
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert str(key) in out and not (release.out / key.name).exists()
+    assert str(key) in out and not (toy_release.out / key.name).exists()
     (commit,) = hub.commits
     assert sorted(commit["files"]) == sorted(
         ["README.md", "config.json", "generation_config.json", "model.safetensors", "protect_config.yml",
          "selftest.json", "selftest.png", "tokenizer.json", "tokenizer_config.json"])
-    assert sorted(commit["files"]) == sorted(p.name for p in release.out.iterdir() if p.name != "protect.log")
-    assert commit["files"] == {name: (release.out / name).read_bytes() for name in commit["files"]}
+    assert sorted(commit["files"]) == sorted(p.name for p in toy_release.out.iterdir() if p.name != "protect.log")
+    assert commit["files"] == {name: (toy_release.out / name).read_bytes() for name in commit["files"]}
 
     # Where a secret could end up: every file we wrote (release, work folder, logs), the push, stdout/stderr, logs.
-    written = {**_files(release.out), **_files(release.tmp / "work")}
+    written = {**_files(toy_release.out), **_files(toy_release.tmp / "work")}
     pushed = {f"pushed:{name}": content for name, content in commit["files"].items()}
     texts = {"stdout": out.encode(), "stderr": err.encode(), "logs": caplog.text.encode(),
              "commit message": f"{commit['summary']}\n{commit['description']}".encode()}
@@ -186,12 +186,12 @@ def test_a_release_leaks_no_token_and_no_key(release, hub, capsys, caplog, monke
 
     # The key's values (the secret transform) appear nowhere public: not in the release, the push or the output.
     # (The work folder keeps its own 0600 copy of the key, to resume a killed run: that one is expected.)
-    public = {**_files(release.out), **pushed, **texts}
+    public = {**_files(toy_release.out), **pushed, **texts}
     key_tensors = {name: t for name, t in load_file(key).items() if t.numel() >= 8}
     assert key_tensors
     for name, tensor in key_tensors.items():
         raw = tensor.contiguous().numpy().tobytes()[:64]
         found = [where for where, content in public.items() if raw in content]
         assert found == [], f"key tensor {name} appears in {found}"
-    work_keys = list((release.tmp / "work").rglob("*.key.safetensors"))
+    work_keys = list((toy_release.tmp / "work").rglob("*.key.safetensors"))
     assert work_keys and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in work_keys)

@@ -10,8 +10,10 @@ from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 
 import torch
 
-from .architectures import Geometry, geometry_from_config
-from .checkpoint import Checkpoint, TensorSpec, layout_of
+from ..architectures import Geometry, geometry_from_config
+from .checkpoint import Checkpoint
+from .hf_models import model_from_state_dict
+from .safetensors_format import TensorSpec, layout_of
 
 
 @runtime_checkable
@@ -70,20 +72,7 @@ class StateDictSource:
         return dict(self.tensors)
 
     def load_model(self, dtype=None, device="cpu"):
-        from .checkpoint import model_from_state_dict
-
         return model_from_state_dict(self.config, {k: v.clone() for k, v in self.tensors.items()}, dtype=dtype, device=device)
-
-
-def as_source(model: Any) -> Checkpoint | StateDictSource:
-    """A folder/repo id, a :class:`Checkpoint`, a source, or a ``transformers`` model -> a tensor source."""
-    if isinstance(model, (Checkpoint, StateDictSource)):
-        return model
-    if isinstance(model, torch.nn.Module):
-        from .checkpoint import model_state_dict
-
-        return StateDictSource(model_state_dict(model), model.config.to_dict(), source=getattr(model, "name_or_path", "<model>"))
-    return Checkpoint.open(model)
 
 
 def materialize(source: Checkpoint | StateDictSource) -> StateDictSource:

@@ -1,10 +1,11 @@
-"""Is this fine-tune really a fine-tune of that base? Architecture, tensor names and shapes must agree."""
+"""Checks on the inputs before any work: does each checkpoint match its config, is this fine-tune really a
+fine-tune of that base (architecture, tensor names, shapes), and do the weights hold only finite values."""
 
 from __future__ import annotations
 
-from .architectures import LM_HEAD
+from ..architectures import LM_HEAD
+from ..errors import IncompatibleModelsError
 from .checkpoint import Checkpoint
-from .errors import IncompatibleModelsError
 
 _SHOWN = 5
 
@@ -34,8 +35,8 @@ def check_geometry(checkpoint: Checkpoint) -> None:
 
 
 def check_compatible(model: Checkpoint, base: Checkpoint, *, role: str = "base", merge_partner: bool = False) -> None:
-    """Raise :class:`IncompatibleModelsError` unless ``model`` and ``base`` share architecture, names, shapes, and
-    :class:`NonFiniteWeightsError` if either holds NaN/Inf (each checkpoint is scanned once, however often checked).
+    """Raise :class:`IncompatibleModelsError` unless ``model`` and ``base`` share architecture, names and shapes
+    (from the headers alone: no tensor is read; :func:`check_finite` reads the values).
 
     Args:
         model: the fine-tune.
@@ -75,6 +76,11 @@ def check_compatible(model: Checkpoint, base: Checkpoint, *, role: str = "base",
             f"({len(problems)} mismatch(es)): " + "; ".join(problems[:_SHOWN]) + ("; ..." if len(problems) > _SHOWN else ""),
             hint,
         )
-    # Structure first (cheap, from the headers), then the values: NaN/Inf in an input fails before any work.
-    model.check_finite(progress=True)
-    base.check_finite(progress=True)
+
+
+def check_finite(*checkpoints: Checkpoint) -> None:
+    """Read every tensor of each checkpoint once and refuse NaN/Inf (:class:`NonFiniteWeightsError`), before any
+    training or merging: a bad input fails in seconds, not after hours. A checkpoint is scanned once however often
+    it is checked."""
+    for checkpoint in checkpoints:
+        checkpoint.check_finite(progress=True)

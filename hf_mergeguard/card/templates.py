@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]
 CANDIDATES = (_PACKAGE / "model_card_templates", _PACKAGE.parent / "model_card_templates")
 
 

@@ -21,8 +21,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..errors import ConfigError
-from ..training import Example, TrainingConfig, TrainingResult, make_accelerator, token_loss_sum, train_causal_lm
+from ...errors import ConfigError
+from ...training import Example, TrainingConfig, TrainingResult, make_accelerator, token_loss_sum, train_causal_lm
 
 READINGS = ("paper", "paper-mean", "base", "base-mean")
 
@@ -33,8 +33,8 @@ class Stage1Config(TrainingConfig):
 
     # 0.001, a tenth of the paper's 0.01: of every reading and alpha measured (README, "MergeGuard as measured"),
     # the only one that kept the toy world's model within the standalone gate.
-    alpha: float = field(default=0.001, metadata={"help": "strength of the per-layer L2 term (the paper: 0.01)"})
-    reading: str = field(default="paper", metadata={"help": "paper | paper-mean | base | base-mean"})
+    alpha: float = field(default=0.001, metadata={"help": "strength of the per-layer L2 term (the paper: 0.01)", "flag": "--alpha"})
+    reading: str = field(default="paper", metadata={"help": "what the L2 term measures: paper | paper-mean | base | base-mean", "flag": "--stage1-reading"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -72,7 +72,7 @@ def density_aware_finetune(
     """Run stage 1 on ``model`` in place. ``base_state`` is needed by the ``base*`` readings."""
     if config.reading.startswith("base") and base_state is None:
         raise ConfigError(f"Stage-1 reading {config.reading!r} needs the base model's weights.")
-    accelerator = accelerator or make_accelerator(config)
+    accelerator = accelerator or make_accelerator()
     if base_state is not None:
         base_state = {k: v.to(accelerator.device) for k, v in base_state.items()}
     share = 1.0 / config.gradient_accumulation_steps

@@ -1,63 +1,34 @@
 """MergeGuard (dual-stage weight protection): stage 1 density-aware fine-tuning, stage 2 adversarial weight
-negation. Paper: ``shared/seeds/002_60348e0bc0400fd5.txt`` section 5; hyper-parameters from its section 6.1
-(alpha = 0.01, k' = 10% critical layers kept, k = 10% of the rest masked), except three defaults changed by
-measurement: beta = 2 (the paper's beta = 1), stage 1 off (``--stage1`` turns it on) and, when on, alpha = 0.001.
+negation.
+
+Paper: "Defending Unauthorized Model Merging via Dual-Stage Weight Protection" (arXiv:2511.11851), section 5;
+hyper-parameters from its section 6.1 (alpha = 0.01, k' = 10% critical layers kept, k = 10% of the rest masked),
+except three defaults changed by measurement: beta = 2 (the paper's beta = 1), stage 1 off (``--stage1`` turns it
+on) and, when on, alpha = 0.001.
+
+* ``stage1``       the density-aware fine-tune (task loss + alpha x a per-layer L2 term, four readings)
+* ``criticality``  which layers are critical (exact: lm-eval per layer; fast: a screen + calibration-loss checks)
+* ``negation``     the units, the exact streaming top-k threshold, the negation itself
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
-from ..checkpoint import Checkpoint, stamp_metadata, write_checkpoint
-from ..errors import ConfigError, TrainDataError
-from .base import ProtectContext, ProtectionResult, finished, mark_finished, trained_checkpoint
+from ...errors import TrainDataError
+from ...io.checkpoint import Checkpoint
+from ...io.writer import stamp_metadata, write_checkpoint
+from ...training import RunConfig
+from ..base import DefenseSpec, ProtectContext, ProtectionResult, register_defense
+from ..steps import finished, mark_finished, trained_checkpoint
+from .config import MergeGuardConfig
 from .criticality import exact_criticality, fast_criticality
 from .negation import negate, negation_units, topk_threshold
-from .stage1 import Stage1Config, density_aware_finetune
+from .stage1 import density_aware_finetune
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class MergeGuardConfig:
-    """MergeGuard's options (``stage1`` holds the training options)."""
-
-    stage1: Stage1Config = field(default_factory=lambda: Stage1Config(steps=100, learning_rate=1e-4, batch_size=16))
-    # Defaults are the best setting measured on the toy world (README, "MergeGuard as measured"): stage 1 as
-    # the paper writes it made merges keep more of the skill, and beta = 1 (a reset to the base) barely hurt them.
-    skip_stage1: bool = field(default=True, metadata={"help": "run stage 2 alone on the given model (--stage1 runs both)"})
-    beta: float = field(default=2.0, metadata={"help": "negation strength: 1 resets masked entries to the base (the paper), 2 flips them"})
-    exclude_share: float = field(default=0.1, metadata={"help": "k': share of most critical layers left untouched"})
-    mask_share: float = field(default=0.1, metadata={"help": "k: share of the remaining |tau| entries negated"})
-    criticality: str = field(default="fast", metadata={"help": "fast | exact"})
-    granularity: str = field(default="matrix", metadata={"help": "matrix (each tensor of each block) | block"})
-    calibration_size: int = field(default=32, metadata={"help": "examples of the calibration set (fast mode)"})
-    check_factor: float = field(default=2.0, metadata={"help": "fast mode: exact checks per excluded layer"})
-    mask_scope: str = field(default="global", metadata={"help": "global (top-k over the model) | tensor (top-k per tensor)"})
-
-    def __post_init__(self):
-        if isinstance(self.stage1, dict):
-            self.stage1 = Stage1Config(**self.stage1)
-        if self.criticality not in ("fast", "exact"):
-            raise ConfigError(f"criticality must be 'fast' or 'exact', not {self.criticality!r}.")
-        if self.mask_scope not in ("global", "tensor"):
-            raise ConfigError(f"mask_scope must be 'global' or 'tensor', not {self.mask_scope!r}.")
-        if not (0 <= self.exclude_share < 1 and 0 <= self.mask_share <= 1):
-            raise ConfigError("exclude_share must be in [0, 1) and mask_share in [0, 1].")
-        if self.beta < 0:
-            raise ConfigError("beta must be >= 0.")
-
-    def public_parameters(self) -> dict:
-        params = {
-            "stage 1": "skipped" if self.skip_stage1 else f"{self.stage1.steps} steps, lr {self.stage1.learning_rate:g}, alpha {self.stage1.alpha:g} ({self.stage1.reading} reading)",
-            "beta": self.beta,
-            "critical layers kept (k')": self.exclude_share,
-            "entries negated (k)": self.mask_share,
-            "criticality": f"{self.criticality} ({self.granularity})",
-        }
-        return params
 
 
 def _stage1(ctx: ProtectContext, config: MergeGuardConfig) -> Checkpoint:
@@ -179,3 +150,30 @@ def run_mergeguard(ctx: ProtectContext, config: MergeGuardConfig) -> ProtectionR
         "negation": record,
     }
     return ProtectionResult(Checkpoint(folder), "mergeguard", config.public_parameters(), details)
+
+
+def check_runnable(config: MergeGuardConfig, run: RunConfig, has_train_data: bool) -> None:
+    """Stage 1 trains on the defender's data and fast criticality takes its calibration set from it."""
+    needs = [] if config.skip_stage1 else ["stage 1 trains on it"]
+    if config.criticality == "fast":
+        needs.append("fast criticality takes its calibration set from it")
+    if needs and not has_train_data:
+        raise TrainDataError(
+            f"MergeGuard needs the defender's training data ({'; '.join(needs)}).",
+            "Pass --train-data (a JSONL file or a Hub dataset), or --skip-stage1 --criticality exact to do without.",
+        )
+
+
+register_defense(DefenseSpec(
+    name="mergeguard",
+    options=MergeGuardConfig,
+    run=run_mergeguard,
+    stack_rank=20,  # measures the task vector against the base: before any function-preserving transform
+    card_text=(
+        "MergeGuard (dual-stage weight protection): optional density-aware fine-tuning (stage 1), then the "
+        "top-k largest entries of the task vector outside the most critical layers are negated "
+        "(theta - beta * M * tau; beta = 1 resets them to the base, beta = 2 flips them)."
+    ),
+    reference="Defending Unauthorized Model Merging via Dual-Stage Weight Protection (arXiv:2511.11851)",
+    check=check_runnable,
+))

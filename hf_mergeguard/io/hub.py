@@ -1,7 +1,7 @@
-"""The Hugging Face Hub edge: pulling model snapshots (and, later, pushing). Errors become ours.
+"""The Hugging Face Hub edge, pulling side: model snapshots, and Hub errors translated into ours.
 
-Only :mod:`hf_mergeguard.checkpoint` calls :func:`download_model`; tokens are passed through to
-``huggingface_hub`` and never printed or stored.
+Only :class:`~hf_mergeguard.io.checkpoint.Checkpoint` calls :func:`download_model`; tokens are passed through to
+``huggingface_hub`` and never printed or stored. Pushing is in :mod:`hf_mergeguard.release.push`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import __version__
-from .errors import (
+from .. import __version__
+from ..errors import (
     CheckpointError,
     GatedRepoError,
     HubError,
@@ -25,10 +25,17 @@ ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoke
 IGNORE_PATTERNS = ["original/*"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+# How the Hub, datasets and lm-eval say that files are neither cached nor reachable (they raise many types).
+_OFFLINE = re.compile(r"offline|connect|resolve|couldn't|not find|doesn't exist|LocalEntryNotFound", re.IGNORECASE)
 
 
 def looks_like_repo_id(text: str) -> bool:
     return bool(_REPO_ID.match(text)) and ".." not in text
+
+
+def looks_offline(message: str) -> bool:
+    """Does an error message (``"Type: text"``) say that files were neither in the cache nor reachable?"""
+    return bool(_OFFLINE.search(message))
 
 
 def hub_error(exc: Exception, repo_id: str, revision: str | None = None) -> HubError | None:
@@ -113,95 +120,3 @@ def _refuse_pickle_only(repo_id: str, revision: str | None, token: str | bool | 
             "Use the Hub's 'convert to safetensors' Space on the repo, or convert it yourself in an "
             "environment you trust (from_pretrained + save_pretrained writes safetensors).",
         )
-
-
-# Files of a release folder that go to the Hub (the log stays local: it holds local paths).
-PUSHED_SUFFIXES = (".safetensors", ".json", ".md", ".png", ".yml", ".model", ".tiktoken", ".txt", ".jinja")
-NOT_PUSHED = ("protect.log",)
-
-
-def preflight_push(repo_id: str, *, token: str | bool | None = None) -> str:
-    """Check, before any work, that this token may write to ``repo_id`` (or create it). Returns the user name.
-
-    Raises:
-        PushPermissionError: not logged in, or no write access to the repo / its namespace.
-    """
-    from huggingface_hub import HfApi
-    from huggingface_hub import errors as hf_errors
-
-    from .errors import PushPermissionError
-
-    api = HfApi(library_name="hf-mergeguard", library_version=__version__)
-    try:
-        user = api.whoami(token=token)
-    except hf_errors.LocalTokenNotFoundError:
-        raise PushPermissionError(
-            f"--push-to {repo_id} needs a Hub token and none was found.",
-            "Log in (hf auth login), set HF_TOKEN, or use GitHub OIDC in CI (HF_OIDC_RESOURCE).",
-        ) from None
-    except hf_errors.HfHubHTTPError as exc:
-        if exc.response is not None and exc.response.status_code == 401:
-            raise PushPermissionError(
-                f"The Hub rejected this token (--push-to {repo_id}).",
-                "Log in again (hf auth login) or set a valid HF_TOKEN with write access.",
-            ) from None
-        raise hub_error(exc, repo_id) or exc from exc
-    try:
-        api.auth_check(repo_id, write=True, token=token)
-    except hf_errors.GatedRepoError:
-        raise
-    except hf_errors.RepositoryNotFoundError:
-        # A repo that does not exist yet: the namespace must be the user's or one of their orgs.
-        namespace = repo_id.split("/")[0] if "/" in repo_id else user["name"]
-        allowed = {user["name"], *(org.get("name") for org in user.get("orgs", []))}
-        if namespace not in allowed:
-            raise PushPermissionError(
-                f"{repo_id} does not exist and {user['name']} cannot create repos under {namespace!r}.",
-                "Push to your own namespace or an organization you belong to, or create the repo first.",
-            ) from None
-    except hf_errors.HfHubHTTPError as exc:
-        if exc.response is not None and exc.response.status_code in (401, 403):
-            raise PushPermissionError(
-                f"This token cannot write to {repo_id}.",
-                "Use a token with write access (a fine-grained token needs 'write' on this repo).",
-            ) from None
-        raise hub_error(exc, repo_id) or exc from exc
-    return user["name"]
-
-
-def push_release(
-    folder: str | Path,
-    repo_id: str,
-    *,
-    token: str | bool | None = None,
-    create_pr: bool = True,
-    private: bool = False,
-    commit_message: str | None = None,
-    commit_description: str | None = None,
-) -> str:
-    """Push a release folder (weights, card, plot, selftest.json, config) to ``repo_id`` in ONE commit.
-
-    Returns the URL of the pull request (``create_pr``, the default) or of the commit.
-    """
-    from huggingface_hub import CommitOperationAdd, HfApi
-
-    folder = Path(folder)
-    api = HfApi(library_name="hf-mergeguard", library_version=__version__)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(PUSHED_SUFFIXES) and p.name not in NOT_PUSHED)
-    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-        info = api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message or f"Protected release (hf-mergeguard {__version__})",
-            commit_description=commit_description,
-            create_pr=create_pr,
-            token=token,
-        )
-    except Exception as exc:  # noqa: BLE001
-        translated = hub_error(exc, repo_id)
-        if translated is None:
-            raise
-        raise translated from exc
-    return info.pr_url if create_pr and info.pr_url else info.commit_url

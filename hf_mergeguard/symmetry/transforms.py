@@ -1,7 +1,6 @@
 """The exact symmetries of a Llama-family decoder block, shared by the function-preserving defenses.
 
-A :class:`BlockTransform` re-parameterises one decoder block without changing what it computes
-(``../shared/docs/methods.md`` section 5):
+A :class:`BlockTransform` re-parameterises one decoder block without changing what it computes:
 
 * **MLP (SwiGLU)**: a permutation of the intermediate neurons (rows of ``gate_proj`` and ``up_proj``, columns of
   ``down_proj``) and a positive scale ``s_i`` on ``up_proj`` row i with ``1/s_i`` on ``down_proj`` column i (never

@@ -24,8 +24,9 @@ from typing import Sequence
 
 import torch
 
-from ..checkpoint import model_from_state_dict
-from ..training import Example, collate, encode_examples, token_loss_sum
+from ...distributed import run_jobs
+from ...io.hf_models import model_from_state_dict
+from ...training import Example, collate, encode_examples, token_loss_sum
 from .negation import excluded_count
 
 
@@ -178,8 +179,6 @@ def exact_criticality(
     progress: bool = True,
 ) -> CriticalityResult:
     """The paper's criticality: lm-eval task score with each unit's task vector removed."""
-    from ..selftest import run_jobs
-
     start = time.perf_counter()
     tasks = evaluator.tasks
 
@@ -194,7 +193,7 @@ def exact_criticality(
     reference = values[0]
     scores = {unit: reference - value for unit, value in zip(units, values[1:])}
     excluded = _rank(scores, excluded_count(len(units), exclude_share))
-    examples = _evaluation_examples(evaluator)
+    examples = evaluator.documents()
     tokens = (1 + len(units)) * sum(len(tokenizer(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) for r in examples)
     return CriticalityResult(
         "exact",
@@ -206,20 +205,6 @@ def exact_criticality(
         time.perf_counter() - start,
         {"reference_score": reference, "examples_per_evaluation": len(examples)},
     )
-
-
-def _evaluation_examples(evaluator) -> list[dict]:
-    """The (prompt, reference answer) pairs an lm-eval run of ``evaluator`` generates for (for token counts)."""
-    rows = []
-    task_dict = evaluator._load_tasks()
-    for task in task_dict["tasks"].values():
-        docs = list(task.eval_docs)
-        if evaluator.limit:
-            docs = docs[: evaluator.limit]
-        for doc in docs:
-            target = task.doc_to_target(doc)
-            rows.append({"prompt": str(task.doc_to_text(doc)), "completion": target if isinstance(target, str) else str(target)})
-    return rows
 
 
 def agreement(a: CriticalityResult, b: CriticalityResult) -> float:

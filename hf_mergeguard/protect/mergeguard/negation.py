@@ -12,7 +12,10 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ..architectures import Geometry, split_layer_name
+from ...architectures import EMBED, FINAL_NORM, LM_HEAD, Geometry, split_layer_name
+
+# Stage 2 never touches the embeddings, the final norm or lm_head (the paper excludes them).
+NEVER_NEGATED = (EMBED, FINAL_NORM, LM_HEAD)
 
 # Histogram bins of the exact two-pass top-k threshold: the top 16 bits of a non-negative float32 (8 exponent
 # bits, 8 mantissa bits: 256 bins per octave over the whole float range). Its bit pattern orders like its
@@ -31,7 +34,7 @@ def negation_units(geometry: Geometry, names: Iterable[str], granularity: str = 
     units: dict[str, list[str]] = {}
     for name in names:
         layer, _ = split_layer_name(name)
-        if layer is None or geometry.is_excluded_from_negation(name):
+        if layer is None or name in NEVER_NEGATED:
             continue
         key = name if granularity == "matrix" else f"model.layers.{layer}"
         units.setdefault(key, []).append(name)

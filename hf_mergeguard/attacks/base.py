@@ -1,0 +1,108 @@
+"""What an adaptive attack is (an :class:`AttackSpec` in :data:`ATTACKS`) and what it gets (an :class:`AttackContext`).
+
+An attack starts from what a free-rider has (the protected model, the public base, his own fine-tune and, for the
+fine-tuning attacks, a few examples of the defender's task) and ends with a model scored on the defender's and the
+free-rider's tasks, like the self-test's merges. It returns an :class:`~hf_mergeguard.report.schema.AttackResult`
+whose ``credited`` share of the defender's gain counts against the defense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..io.hf_models import model_from_state_dict
+from ..registry import Registry
+from ..report.schema import AttackResult, ScoredModel, SelfTestReport
+from ..report.scoring import Shares
+from .merges import get_merge_method, merge_state_dict
+
+
+@dataclass
+class AttackContext:
+    """What an attack works with, built by the self-test after its merges.
+
+    Args:
+        report: the self-test's report (the attacks start from its merges).
+        shares: turns scores into kept shares (the same as the report's).
+        base, protected: the public base and the released model, in memory.
+        freeriders: the free-riders of the self-test (``.model``, ``.tasks``).
+        tokenizer, evaluator: score a model on the defender's and the free-riders' tasks.
+        config: the self-test's options (``attack_examples``, ``attack_steps``, ...).
+        examples: the defender examples an attacker has (fine-tuning attacks), or None.
+        merge_matrix: the self-test's merges of another model (``merge_matrix(source) -> SelfTestReport``).
+        keep_models: keep a model an attack produces (``AttackResult.model``) for the caller to write.
+    """
+
+    report: SelfTestReport
+    shares: Shares
+    base: Any
+    protected: Any
+    freeriders: Sequence[Any]
+    tokenizer: Any
+    evaluator: Any
+    config: Any
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+    examples: Sequence | None = None
+    merge_matrix: Callable[[Any], SelfTestReport] | None = None
+    keep_models: bool = False
+    _shared: dict = field(default_factory=dict)
+
+    def score_model(self, model) -> dict[str, float]:
+        return {task: score.value for task, score in self.evaluator.evaluate(model, self.tokenizer).items()}
+
+    def score_tensors(self, tensors: dict) -> dict[str, float]:
+        return self.score_model(model_from_state_dict(self.protected.config, tensors, device=self.device))
+
+    def merge(self, method: str, value: float | None, freerider: int) -> dict:
+        """The protected model merged with free-rider ``freerider`` by ``method`` at ``value`` (as the self-test did)."""
+        return merge_state_dict(get_merge_method(method), value, base=self.base, defender=self.protected,
+                                freeriders=[self.freeriders[freerider].model], seed=self.seed)
+
+    def scored(self, scores: dict, freerider: int, **where) -> ScoredModel:
+        return self.shares.scored(scores, freerider, **where)
+
+    def shared(self, key: str, make: Callable[[], Any]) -> Any:
+        """What several attacks share (the fine-tuning attacks' start merge), made once."""
+        if key not in self._shared:
+            self._shared[key] = make()
+        return self._shared[key]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One adaptive attack.
+
+    Args:
+        name: the ``--attacks`` / ``--kind`` name.
+        run: ``run(ctx) -> AttackResult``.
+        rank: attacks run, and are listed, in rank order.
+        describe: what the card says the attack did, from its result.
+        needs_examples: it fine-tunes on defender examples (``--train-data``).
+        model_folder: where ``hf-mergeguard attack -o OUT`` writes the model the attack produced (``OUT/<folder>``).
+    """
+
+    name: str
+    run: Callable[[AttackContext], AttackResult]
+    rank: int
+    describe: Callable[[AttackResult], str]
+    needs_examples: bool = False
+    model_folder: str | None = None
+
+
+ATTACKS: Registry[AttackSpec] = Registry("adaptive attack", discover="hf_mergeguard.attacks")
+
+
+def register_attack(spec: AttackSpec) -> AttackSpec:
+    return ATTACKS.add(spec.name, spec)
+
+
+def parse_attacks(names: Sequence[str] | None) -> list[str]:
+    """The attacks to run, in rank order (default: all); unknown names get "did you mean"."""
+    if not names:
+        specs = ATTACKS.values()
+    else:
+        specs = [ATTACKS.get(name) for name in dict.fromkeys(names)]
+    return [spec.name for spec in sorted(specs, key=lambda spec: spec.rank)]

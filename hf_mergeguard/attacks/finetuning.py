@@ -1,0 +1,76 @@
+"""What the fine-tuning attacks (``recover``, ``graderase``) share: the merge they start from, the attacker's few
+examples, and what those examples teach on their own.
+
+The start is the protected merge that kept the most of the free-rider's own skill (the one worth repairing). A few
+examples teach a skill by themselves, so the free-rider's own model is fine-tuned on the same examples the same way,
+and only what an attack reaches *beyond* that is credited to it (``beyond_data``) and can make it a defeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..report.schema import AttackResult, MergeResult, ScoredModel, to_dict
+from ..training import TrainingConfig, train_causal_lm
+from .base import AttackContext
+
+
+@dataclass
+class FineTuningStart:
+    start: MergeResult  # the protected merge they repair
+    merged: dict  # its tensors
+    examples: list  # the attacker's defender examples
+    data_only: ScoredModel  # the free-rider's own model fine-tuned on them
+
+
+def fine_tune(model, ctx: AttackContext, examples: list, on_gradients=None):
+    """The attacks' fine-tune: ``attack_steps`` steps on ``examples`` (in place; returns the model)."""
+    config = ctx.config
+    training = TrainingConfig(steps=config.attack_steps, learning_rate=config.attack_learning_rate,
+                              batch_size=min(16, len(examples)), max_length=256, seed=ctx.seed)
+    train_causal_lm(model, ctx.tokenizer, examples, training, progress=False, on_gradients=on_gradients)
+    return model
+
+
+def shared_start(ctx: AttackContext) -> FineTuningStart:
+    """The start merge and the data-only reference, made once per self-test for every fine-tuning attack."""
+    return ctx.shared("finetuning", lambda: _start(ctx))
+
+
+def _start(ctx: AttackContext) -> FineTuningStart:
+    if not ctx.examples:
+        raise ConfigError("The graderase and recover attacks need a few examples of the defender's task.",
+                          "Pass --train-data (the attacker's examples are taken from it), or leave those attacks out (--attacks realign,unmask).")
+    examples = list(ctx.examples)[-ctx.config.attack_examples:]  # the end of the data: away from the calibration set
+    candidates = [merge for merge in ctx.report.merges if merge.variant == "protected"]
+    start = max(candidates, key=lambda merge: ((merge.freerider_kept or 0.0), merge.defender_score))
+    merged = ctx.merge(start.method, start.value, start.freerider)
+    # What the examples alone buy: the free-rider's own model fine-tuned on them the same way.
+    rider_model = ctx.freeriders[start.freerider].model.load_model(device=ctx.device)
+    data_only = ctx.scored(ctx.score_model(fine_tune(rider_model, ctx, examples)), start.freerider)
+    return FineTuningStart(start, merged, examples, data_only)
+
+
+def fine_tuning_result(ctx: AttackContext, name: str, setup: FineTuningStart, scored: ScoredModel) -> AttackResult:
+    """The result of a fine-tuning attack: credited only beyond what the examples alone reach."""
+    beyond = None if scored.defender_kept is None or setup.data_only.defender_kept is None else scored.defender_kept - setup.data_only.defender_kept
+    details = {
+        "beyond_data": beyond,
+        "setup": {
+            "start": {"method": setup.start.method, "value": setup.start.value, "freerider": setup.start.freerider,
+                      "defender_kept": setup.start.defender_kept, "freerider_kept": setup.start.freerider_kept},
+            "examples": len(setup.examples), "steps": ctx.config.attack_steps, "learning_rate": ctx.config.attack_learning_rate,
+            "data_only": to_dict(setup.data_only),
+        },
+    }
+    return AttackResult(name, scored, credited=beyond, details=details)
+
+
+def describe_fine_tuning(what: str):
+    """The card's sentence for a fine-tuning attack (``what`` it did to the gradients, if anything)."""
+    def describe(result: AttackResult) -> str:
+        setup = result.details["setup"]
+        return (f"fine-tuned the best merge on {setup['examples']} defender examples for {setup['steps']} steps{what}; the examples "
+                f"alone (free-rider fine-tuned the same way) reach {100 * setup['data_only']['defender_score']:.1f}")
+    return describe

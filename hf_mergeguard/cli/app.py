@@ -1,0 +1,37 @@
+"""The typer app and its global options; every command module registers its command here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from .. import __version__
+
+app = typer.Typer(
+    name="hf-mergeguard",
+    help="Protect fine-tuned models against unauthorized merging, and prove it before release.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hf-mergeguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
+) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "lm_eval", "accelerate", "mergekit", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)

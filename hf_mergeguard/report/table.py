@@ -1,0 +1,94 @@
+"""Plain-text tables of a self-test report (what ``check``, ``protect``, ``attack`` and ``demo`` print), and the few
+phrases the model card shares with them."""
+
+from __future__ import annotations
+
+from .schema import AttackResult, Robustness, SelfTestReport
+
+GATE_REASONS = {
+    "standalone_drop": "the model lost its skill",
+    "merged_retention": "merges keep the skill",
+    "adaptive_retention": "an adaptive attack undoes the protection",
+}
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def coefficient_label(method: str, value) -> str:
+    """``lambda=1``, ``density=0.5``, ``t=0.3``: a merge method's swept coefficient."""
+    from ..attacks.merges import get_merge_method
+
+    if value is None:
+        return "-"
+    return f"{get_merge_method(method).label}={value:g}"
+
+
+def attack_score(result: AttackResult) -> str:
+    """``97.0 (93% kept)``: the defender's score of the attacker's best result, and the share of the gain it keeps."""
+    return f"{100 * result.best.defender_score:.1f} ({percent(result.best.defender_kept)} kept)"
+
+
+def robustness_sentence(robustness: Robustness) -> str:
+    """One sentence: which attacks defeat the protection, or that none did."""
+    defeated = robustness.defeated_by
+    if defeated:
+        return (f"{', '.join(defeated)} defeat{'s' if len(defeated) == 1 else ''} this protection: the attacker's merge keeps more than "
+                f"{100 * robustness.threshold:.0f}% of this model's skill gain. Do not rely on it against a free-rider who knows the method.")
+    return (f"None of the {len(robustness.attacks)} adaptive attacks kept more than {100 * robustness.threshold:.0f}% of this model's "
+            "skill gain in a merge (fine-tuning attacks: beyond what their examples alone teach).")
+
+
+def _unfair(best) -> str:
+    return "*" if best.freerider_constraint_met is False else ""
+
+
+def format_report(report: SelfTestReport) -> str:
+    """The standalone scores, the attacker's best merge per method, the adaptive attacks, and the gates."""
+    lines = []
+    tasks = report.tasks
+    standalone = report.standalone
+    with_original = report.with_original
+    lines.append("Standalone (points):")
+    lines.append(f"  {'model':<12}" + "".join(f"{t:>14}" for t in tasks))
+    for name in ["base", "original", "protected"]:
+        if name in standalone:
+            label = {"base": "base (floor)", "protected": "protected" if with_original else "model"}.get(name, name)
+            lines.append(f"  {label:<12}" + "".join(f"{100 * standalone[name][t]:>14.1f}" for t in tasks))
+    lines.append("")
+    lines.append("Attacker's best merge per method (defender's tasks, points; kept = share of the skill gain):")
+    if with_original:
+        lines.append(f"  {'method':<16}{'unprotected':>14}{'kept':>7}   {'protected':>12}{'kept':>7}  {'coefficient':<14}{'free-rider kept':>16}")
+    else:
+        lines.append(f"  {'method':<16}{'merged':>10}{'kept':>7}  {'coefficient':<14}{'free-rider kept':>16}")
+    for method, variants in report.best.items():
+        prot = variants["protected"]
+        protected = f"{percent(prot.defender_kept):>7}  {coefficient_label(method, prot.value):<14}{percent(prot.freerider_kept) + _unfair(prot):>16}"
+        if with_original:
+            orig = variants["original"]
+            lines.append(f"  {method:<16}{100 * orig.defender_score:>14.1f}{percent(orig.defender_kept):>7}   {100 * prot.defender_score:>12.1f}{protected}")
+        else:
+            lines.append(f"  {method:<16}{100 * prot.defender_score:>10.1f}{protected}")
+    if any(_unfair(v["protected"]) for v in report.best.values()):
+        lines.append("  * no coefficient kept the free-rider's own skill (floor "
+                     f"{percent(report.config.get('freerider_floor', 0.5))}): the merge shown wrecks it, and counts anyway")
+    if report.robustness:
+        lines.append("")
+        lines.append("Adaptive attacks (the attacker's best result; defender's tasks, points):")
+        for name, result in report.robustness.attacks.items():
+            lines.append(f"  {name:<11}{attack_score(result):>20}   defeats the protection: {'yes' if result.defeats else 'no'}")
+        lines.append(f"  {robustness_sentence(report.robustness)}")
+    lines.append("")
+    for name, gate in report.gates.items():
+        verdict = "PASS" if gate.passed else "FAIL"
+        if name == "standalone_drop":
+            lines.append(f"Gate standalone drop: {gate.value:.1f} points (allowed {gate.threshold:g}) -> {verdict}")
+        elif name == "adaptive_retention":
+            lines.append(f"Gate adaptive attacks: worst {percent(gate.value)} ({gate.worst_attack}) (allowed {percent(gate.threshold)}) -> {verdict}")
+        else:
+            lines.append(f"Gate merged retention: worst {percent(gate.value)} ({gate.worst_method}) (allowed {percent(gate.threshold)}) -> {verdict}"
+                         + (f" [{gate.note}]" if gate.note else ""))
+    failed = report.failed_gates()
+    lines.append("Verdict: " + ("safe to release" if report.passed else "NOT safe to release: " + "; ".join(GATE_REASONS.get(f, f) for f in failed)))
+    return "\n".join(lines)

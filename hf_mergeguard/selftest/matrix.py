@@ -1,0 +1,244 @@
+"""The self-test matrix: every merge method x its coefficient grid x every free-rider, scored with lm-eval.
+
+For the original fine-tune theta_def (when known), the protected theta_hat_def, every merge method x its coefficient
+grid x every free-rider, the merged model is built with mergekit's math and scored with lm-eval on the defender's
+tasks and the free-rider's tasks. The report holds every score, the attacker's best merge per method (see
+:mod:`hf_mergeguard.report.scoring`), the base model's score as the floor, and two gates:
+
+* standalone drop: the protected model loses at most ``max_standalone_drop`` points on its own tasks;
+* merged retention: the attacker's best merge keeps at most ``max_merged_retention`` of the defender's skill gain
+  over the base (gain measured on the original fine-tune).
+
+The jobs are independent: under accelerate they are split across processes (:func:`~hf_mergeguard.distributed.run_jobs`),
+so N GPUs score N models at once.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .. import __version__
+from ..attacks.merges import merge_state_dict
+from ..digests import config_digest, source_fingerprint
+from ..distributed import run_jobs
+from ..errors import ConfigError
+from ..io.atomic import write_text_atomically
+from ..io.hf_models import model_from_state_dict
+from ..io.sources import TensorSource, materialize
+from ..report.schema import (
+    SCHEMA_VERSION,
+    BestMerge,
+    Floor,
+    FreeRiderSource,
+    Gate,
+    MergeResult,
+    SelfTestReport,
+    Sources,
+)
+from ..report.scoring import TOLERANCE, Shares, attacker_best
+from .config import SelfTestConfig
+from .freeriders import FreeRider
+
+RETENTION_UNIT = "share of the defender's skill gain over the base"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model to score: a standalone model, or a merge (variant x method x value x free-rider)."""
+
+    model: str  # "base", "original", "protected", "freerider<i>", or the merged defender variant
+    method: str | None = None
+    value: float | None = None
+    freerider: int | None = None
+
+    @property
+    def is_merge(self) -> bool:
+        return self.method is not None
+
+    @property
+    def models(self) -> list[str]:
+        """The models the job reads."""
+        return [self.model] + ([f"freerider{self.freerider}", "base"] if self.is_merge else [])
+
+
+def plan_jobs(config: SelfTestConfig, n_freeriders: int, with_original: bool) -> list[Job]:
+    variants = (["original"] if with_original else []) + ["protected"]
+    jobs = [Job("base")] + [Job(v) for v in variants] + [Job(f"freerider{i}") for i in range(n_freeriders)]
+    for variant in variants:
+        for method in config.merge_methods():
+            for index in range(n_freeriders):
+                for value in method.values(config.thorough):
+                    jobs.append(Job(variant, method.name, value, index))
+    return jobs
+
+
+class ScoreCache:
+    """Scores of jobs that do not involve the protected model (the base, the original, the free-riders and the
+    original's merges), kept in a folder and keyed by the files' fingerprints, so that trying several protections
+    of one model scores those once."""
+
+    def __init__(self, folder: str | Path | None, fingerprints: dict[str, str | None], identity: dict):
+        self.folder = Path(folder) if folder is not None else None
+        self.fingerprints = fingerprints
+        self.identity = identity  # what else a score depends on: tasks, task folders, limit, seed
+
+    def path(self, job: Job) -> Path | None:
+        involved = job.models
+        if self.folder is None or "protected" in involved or any(self.fingerprints[name] is None for name in involved):
+            return None
+        key = config_digest({"tool": __version__, "job": asdict(job), "models": {name: self.fingerprints[name] for name in involved},
+                             **self.identity})
+        return self.folder / f"{key}.json"
+
+    def score(self, job: Job, score) -> dict:
+        path = self.path(job)
+        if path is not None and path.is_file():
+            return json.loads(path.read_text())
+        result = score(job)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(path, json.dumps(result))
+        return result
+
+
+def _small(source: TensorSource, limit_bytes: int = 4 * 1024**3) -> bool:
+    return sum(spec.nbytes for spec in source.layout.values()) <= limit_bytes
+
+
+def run_selftest(
+    *,
+    base: TensorSource,
+    protected: TensorSource,
+    tokenizer,
+    evaluator,
+    tasks: Sequence[str],
+    config: SelfTestConfig,
+    freeriders: Sequence[FreeRider],
+    original: TensorSource | None = None,
+    seed: int = 0,
+    accelerator=None,
+    device: str = "cpu",
+    progress: bool = True,
+    score_cache: str | Path | None = None,
+) -> SelfTestReport:
+    """Run the matrix and return its report (see the module docstring).
+
+    Args:
+        base: the public base model both fine-tunes come from.
+        protected: the model about to be released (for ``check``: the model as it is).
+        tokenizer: the defender's tokenizer.
+        evaluator: scores the defender's tasks and the free-riders' (see :func:`~.freeriders.selftest_evaluator`).
+        tasks: the defender's tasks.
+        config: methods, thresholds.
+        freeriders: the models merged with it, with their own tasks.
+        original: the unprotected fine-tune, when known (``protect``): merges of it are the reference.
+        seed: seed of random merge methods (DARE, DELLA).
+        accelerator: split jobs across its processes.
+        score_cache: a folder for :class:`ScoreCache`.
+    """
+    if not freeriders:
+        raise ConfigError("The self-test needs at least one model to merge with (--merge-with).")
+    if not tasks:
+        raise ConfigError("The self-test needs the defender's tasks (--tasks).")
+    # Small models are read once and merged from memory; large ones stream from disk per merge.
+    sources = {"base": base, "protected": protected}
+    if original is not None:
+        sources["original"] = original
+    for index, rider in enumerate(freeriders):
+        sources[f"freerider{index}"] = rider.model
+    fingerprints = {name: source_fingerprint(source) for name, source in sources.items()}
+    sources = {name: materialize(source) if _small(source) else source for name, source in sources.items()}
+    methods = {m.name: m for m in config.merge_methods()}
+
+    def score(job: Job) -> dict:
+        if job.is_merge:
+            tensors = merge_state_dict(methods[job.method], job.value, base=sources["base"], defender=sources[job.model],
+                                       freeriders=[sources[f"freerider{job.freerider}"]], seed=seed)
+            model = model_from_state_dict(protected.config, tensors, device=device)
+        else:
+            model = sources[job.model].load_model(device=device)
+        scores = evaluator.evaluate(model, tokenizer)
+        return {"job": asdict(job), "scores": {t: s.value for t, s in scores.items()}, "metrics": {t: s.metric for t, s in scores.items()}}
+
+    cache = ScoreCache(score_cache, fingerprints, {
+        "tasks": evaluator.tasks, "include_tasks": [str(Path(p).resolve()) for p in evaluator.include_tasks],
+        "limit": config.limit, "seed": seed,
+    })
+    results = run_jobs(plan_jobs(config, len(freeriders), original is not None), lambda job: cache.score(job, score),
+                       accelerator=accelerator, progress=progress)
+    run_config = {"tasks": list(tasks), "include_tasks": list(evaluator.include_tasks), "seed": seed, **asdict(config)}
+    sources = Sources(base=base.source, protected=protected.source, original=original.source if original is not None else None,
+                      freeriders=[FreeRiderSource(fr.name, list(fr.tasks)) for fr in freeriders])
+    return analyse(results, tasks, config, freeriders, with_original=original is not None, run_config=run_config, sources=sources)
+
+
+def shares_of(standalone: dict, tasks: Sequence[str], freeriders: Sequence[FreeRider]) -> Shares:
+    return Shares(standalone, list(tasks), [list(fr.tasks) for fr in freeriders],
+                  "original" if "original" in standalone else "protected")
+
+
+def analyse(results: list[dict], tasks: Sequence[str], config: SelfTestConfig, freeriders: Sequence[FreeRider], *,
+            with_original: bool, run_config: dict | None = None, sources: Sources | None = None) -> SelfTestReport:
+    """Turn raw job scores into the report: floors, attacker's best per method, retention, gates."""
+    sources = sources or Sources(base="base", protected="protected", original="original" if with_original else None,
+                                 freeriders=[FreeRiderSource(fr.name, list(fr.tasks)) for fr in freeriders])
+    standalone = {r["job"]["model"]: r["scores"] for r in results if r["job"]["method"] is None}
+    metrics = next(iter(results))["metrics"]
+    shares = shares_of(standalone, tasks, freeriders)
+    merges = []
+    for r in results:
+        job = r["job"]
+        if job["method"] is None:
+            continue
+        scored = shares.scored(r["scores"], job["freerider"])
+        merges.append(MergeResult(variant=job["model"], method=job["method"], value=job["value"], freerider=job["freerider"],
+                                  scores=r["scores"], defender_score=scored.defender_score,
+                                  freerider_kept=scored.freerider_kept, defender_kept=scored.defender_kept))
+
+    def best(variant: str, method: str) -> BestMerge:
+        pool = [m for m in merges if m.variant == variant and m.method == method]
+        chosen, met = attacker_best(pool, config.freerider_floor, score=lambda m: m.defender_score, freerider_kept=lambda m: m.freerider_kept)
+        overall = max(pool, key=lambda m: m.defender_score)
+        return BestMerge(value=chosen.value, freerider=chosen.freerider, scores=chosen.scores, defender_score=chosen.defender_score,
+                         defender_kept=chosen.defender_kept, freerider_kept=chosen.freerider_kept, freerider_constraint_met=met,
+                         best_any_value=overall.value, best_any_defender_score=overall.defender_score)
+
+    variants = (["original"] if with_original else []) + ["protected"]
+    best_by_method = {m.name: {v: best(v, m.name) for v in variants} for m in config.merge_methods()}
+    gates = {}
+    if with_original:
+        drops = {t: 100 * (standalone["original"][t] - standalone["protected"][t]) for t in tasks}
+        drop = max(drops.values())
+        gates["standalone_drop"] = Gate(value=drop, threshold=config.max_standalone_drop, unit="points",
+                                        passed=drop <= config.max_standalone_drop + TOLERANCE, per_task=drops)
+    kept = [b["protected"].defender_kept for b in best_by_method.values() if b["protected"].defender_kept is not None]
+    worst = max(kept) if kept else None
+    retention = Gate(
+        value=worst, threshold=config.max_merged_retention, unit=RETENTION_UNIT,
+        passed=worst is not None and worst <= config.max_merged_retention + TOLERANCE,
+        worst_method=max(best_by_method, key=lambda m: best_by_method[m]["protected"].defender_kept or -math.inf),
+    )
+    if shares.defender_kept(shares.reference_score) is None:
+        retention.passed = False
+        retention.note = "the model is not better than the base on its tasks: nothing to protect"
+    gates["merged_retention"] = retention
+    return SelfTestReport(
+        schema_version=SCHEMA_VERSION,
+        tool_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        config=run_config or asdict(config),
+        tasks=list(tasks),
+        metrics=metrics,
+        standalone=standalone,
+        floor=Floor(defender_score=shares.floor, scores=standalone["base"]),
+        merges=merges,
+        best=best_by_method,
+        gates=gates,
+        passed=all(g.passed for g in gates.values()),
+        sources=sources,
+    )
