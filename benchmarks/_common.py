@@ -1,11 +1,18 @@
-"""What every benchmark script shares: its command line (--out, --results) and the results file's header."""
+"""What every benchmark script shares: its command line (--out, --results), the results file's header, pinned CPU
+numerics, and the runs of ``protect`` on the toy world."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 from pathlib import Path
+
+from hf_mergeguard.environment import reproducible_cpu_env
+
+# The CPU code paths the tests use too (before torch is imported): toy-world figures are the same on every machine.
+os.environ.update(reproducible_cpu_env())
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -22,10 +29,20 @@ def parse_args(doc: str, out: str | None, results: str, extra=None) -> argparse.
     return parser.parse_args()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (what the numerics of an unpinned run depend on)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def measured_on(script: str) -> str:
     """The machine-and-date line every results file starts with."""
-    return (f"Measured {datetime.date.today().isoformat()} on {platform.node() or 'unknown'} "
-            f"({platform.processor() or platform.machine()}, CPU only) with `python benchmarks/{script}`.")
+    return (
+        f"Measured {datetime.date.today().isoformat()} on {platform.node() or 'unknown'} ({cpu_model()}, {os.cpu_count()} cores, "
+        f"CPU only; numerics pinned to AVX2) with `python benchmarks/{script}`."
+    )
 
 
 def peak_resident_mb() -> float:
@@ -36,15 +53,26 @@ def peak_resident_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def attack_cells(report: dict, score) -> list[str]:
-    """One cell per adaptive attack (the order of ``ATTACKS``): ``score(row)``, the credited share, whether it defeats."""
+def attack_names() -> list[str]:
+    """Every registered adaptive attack, in the order they run."""
     from hf_mergeguard.attacks.base import parse_attacks
 
+    return parse_attacks(None)
+
+
+def attack_cells(report: dict, score) -> list[str]:
+    """One cell per adaptive attack: ``score(name, attack)``, the credited share, whether it defeats."""
     cells = []
-    for attack in ATTACKS:
-        row = next(r for r in report["robustness"]["rows"] if r["attack"] == attack)
-        cells.append(f"{score(row)}, credited {row['credited_share']:.2f}{' **defeats**' if row['defeats'] else ''}")
+    for name in attack_names():
+        attack = report["robustness"]["attacks"][name]
+        cells.append(f"{score(name, attack)}, credited {attack['credited']:.2f}{' **defeats**' if attack['defeats'] else ''}")
     return cells
+
+
+def attack_text(attack: dict) -> str:
+    """``97.0 (93% kept)``: an attack's best defender score and the share it keeps."""
+    best = attack["best"]
+    return f"{100 * best['defender_score']:.1f} ({100 * best['defender_kept']:.0f}% kept)"
 
 
 def write_results(path: Path, text: str) -> None:
@@ -53,32 +81,36 @@ def write_results(path: Path, text: str) -> None:
     print(text)
 
 
-def run_settings(settings: dict[str, dict], out: Path, *, riders: tuple[str, ...] = ("rev", "sort"), selftest: dict | None = None) -> list[tuple[str, dict, float]]:
+def run_settings(
+    settings: dict[str, dict], out: Path, *, riders: tuple[str, ...] = ("rev", "sort"), selftest: dict | None = None
+) -> list[tuple[str, dict, float]]:
     """``protect`` the toy world's count fine-tune once per setting (config overrides), against ``riders``.
 
-    Returns ``(name, report, seconds)`` per setting; a failed gate still yields its report.
+    Returns ``(name, report, seconds)`` per setting, the report as in ``selftest.json``; a failed gate still yields it.
     """
     import time
 
     from hf_mergeguard.config import build_protect_config
-    from hf_mergeguard.errors import GateFailedError
     from hf_mergeguard.pipeline import protect
     from hf_mergeguard.toyworld import build_toy_world
 
     world = build_toy_world()
     common = dict(
-        model=str(world.model("count")), base=str(world.base), tasks=["toy_count"], include_tasks=[str(world.tasks)],
-        train_data=str(world.data("count", "train")), merge_with=[str(world.model(r)) for r in riders],
-        freerider_tasks=[f"toy_{r}" for r in riders], overwrite=True, selftest={"batch_size": 128, **(selftest or {})},
+        model=str(world.model("count")),
+        base=str(world.base),
+        tasks=["toy_count"],
+        include_tasks=[str(world.tasks)],
+        train_data=str(world.data("count", "train")),
+        merge_with=[str(world.model(r)) for r in riders],
+        freerider_tasks=[f"toy_{r}" for r in riders],
+        overwrite=True,
+        selftest={"batch_size": 128, **(selftest or {})},
     )
     rows = []
     for index, (name, overrides) in enumerate(settings.items()):
         config = build_protect_config(None, dict(common, output_dir=str(out / f"setting-{index}"), **overrides))
         started = time.perf_counter()
-        try:
-            report = protect(config)
-        except GateFailedError as failed:
-            report = failed.report
+        report = protect(config).report.to_dict()
         rows.append((name, report, time.perf_counter() - started))
         print(f"{name}: {rows[-1][2]:.0f} s", flush=True)
     return rows

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _common import attack_cells, measured_on, parse_args, run_settings, write_results
-
-from hf_mergeguard.attacks.base import parse_attacks
+from _common import attack_cells, attack_names, attack_text, measured_on, parse_args, run_settings, write_results
 
 DEFENSES = ["mergeguard", "params", "mergelock", "mergebarrier", "mergeguard+mergelock"]
 
@@ -26,15 +24,18 @@ def run(out: Path) -> list[tuple[str, dict, float]]:
 
 def table(rows) -> str:
     lines = [
-        "| defense | count, protected | best plain merge keeps | " + " | ".join(ATTACKS) + " | examples alone | verdict |",
-        "|---" * (5 + len(ATTACKS)) + "|",
+        "| defense | count, protected | best plain merge keeps | " + " | ".join(attack_names()) + " | examples alone | verdict |",
+        "|---" * (5 + len(attack_names())) + "|",
     ]
     for defense, report, _ in rows:
-        cells = attack_cells(report, lambda row: row["score"])
-        data_only = report["robustness"]["attacks"]["recover"]["setup"]["data_only"]
+        cells = attack_cells(report, lambda name, attack: attack_text(attack))
+        data_only = report["robustness"]["attacks"]["recover"]["details"]["setup"]["data_only"]
         plain = report["gates"]["merged_retention"]["value"]
-        lines.append(f"| {defense} | {100 * report['standalone']['protected']['toy_count']:.1f} | {plain:.2f} | " + " | ".join(cells)
-                     + f" | {100 * data_only['defender_score']:.1f} | {'passes' if report['passed'] else 'fails'} |")
+        lines.append(
+            f"| {defense} | {100 * report['standalone']['protected']['toy_count']:.1f} | {plain:.2f} | "
+            + " | ".join(cells)
+            + f" | {100 * data_only['defender_score']:.1f} | {'passes' if report['passed'] else 'fails'} |"
+        )
     return "\n".join(lines)
 
 
@@ -42,14 +43,17 @@ def main() -> None:
     args = parse_args(__doc__, "adaptive-attacks", "adaptive.md")
     rows = run(args.out)
     text = (
-        "# Adaptive attacks on the toy world\n\n"
-        + measured_on("adaptive.py") + "\n\n"
+        "# Adaptive attacks on the toy world\n\n" + measured_on("adaptive.py") + "\n\n"
         "Defender count (original 99.0, base 71.0), free-rider rev, merges TA/TIES/DARE-TIES, 300 prompts per task, "
         "64 attacker examples and 30 steps for graderase/recover, one random key per defense. Cells: the attacker's "
         "merged count score (share of the gain kept) and the share credited to the attack (fine-tuning attacks: "
         "beyond what the free-rider fine-tuned on the same examples reaches, the 'examples alone' column); an attack "
-        "defeats the defense when its credited share exceeds the 25% gate.\n\n" + table(rows) + "\n\n"
-        + "Seconds per run (protect + self-test + attacks): " + ", ".join(f"{d} {s:.0f}" for d, _, s in rows) + ".\n"
+        "defeats the defense when its credited share exceeds the 25% gate.\n\n"
+        + table(rows)
+        + "\n\n"
+        + "Seconds per run (protect + self-test + attacks): "
+        + ", ".join(f"{d} {s:.0f}" for d, _, s in rows)
+        + ".\n"
     )
     write_results(args.results, text)
 

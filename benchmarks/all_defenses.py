@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import math
 
-from _common import attack_cells, measured_on, parse_args, run_settings, write_results
-
-from hf_mergeguard.attacks.base import parse_attacks
+from _common import attack_cells, attack_names, measured_on, parse_args, run_settings, write_results
 
 DEFENSES = {
     "mergeguard": {"method": "mergeguard"},
@@ -48,8 +46,7 @@ def best_merged(report: dict, method: str) -> dict:
 
 def attack_score(report: dict, attack: str) -> float:
     """The defender score of the attack's best result (its best merge, or the fine-tuned merge)."""
-    result = report["robustness"]["attacks"][attack]
-    return result.get("best", result)["defender_score"]
+    return report["robustness"]["attacks"][attack]["best"]["defender_score"]
 
 
 def goal(report: dict) -> tuple[bool, float]:
@@ -73,8 +70,12 @@ def merges_table(rows, methods=METHODS, first_column="defense", extra=None) -> s
     more = [extra[0]] if extra else []
     header = [first_column, "count, protected", *methods, *more]
     unprotected = [
-        f"none (original {points(first['standalone']['original'][TASK])}; base {points(first['standalone']['base'][TASK])})", "–",
-        *(points(max(m["scores"][TASK] for m in first["merges"] if m["variant"] == "original" and m["method"] == method)) for method in methods),
+        f"none (original {points(first['standalone']['original'][TASK])}; base {points(first['standalone']['base'][TASK])})",
+        "–",
+        *(
+            points(max(m["scores"][TASK] for m in first["merges"] if m["variant"] == "original" and m["method"] == method))
+            for method in methods
+        ),
         *(["–"] if extra else []),
     ]
     lines = [_table_row(header), "|---" * len(header) + "|", _table_row(unprotected)]
@@ -88,12 +89,20 @@ def merges_table(rows, methods=METHODS, first_column="defense", extra=None) -> s
 
 
 def attacks_table(rows) -> str:
-    lines = ["| defense | " + " | ".join(ATTACKS) + " | examples alone | goal met | highest count reached |", "|---" * (4 + len(ATTACKS)) + "|"]
+    attacks = attack_names()
+    lines = [
+        "| defense | " + " | ".join(attacks) + " | examples alone | goal met | highest count reached |",
+        "|---" * (4 + len(attacks)) + "|",
+    ]
     for name, report, _ in rows:
-        cells = attack_cells(report, lambda row: points(attack_score(report, row["attack"])))
-        data_only = report["robustness"]["attacks"]["recover"]["setup"]["data_only"]
+        cells = attack_cells(report, lambda name, attack: points(attack["best"]["defender_score"]))
+        data_only = report["robustness"]["attacks"]["recover"]["details"]["setup"]["data_only"]
         met, highest = goal(report)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {points(data_only['defender_score'])} | {'yes' if met else 'no'} | {100 * highest:.1f} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {points(data_only['defender_score'])} | {'yes' if met else 'no'} | {100 * highest:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -117,9 +126,15 @@ def main() -> None:
     stand_in = str(build_toy_world().stand_in_data())  # the trap's stand-in free-rider: the base fine-tuned on copy
     chosen = {name: overrides for name, overrides in DEFENSES.items() if args.only is None or name in args.only.split(",")}
     # --seed as on the command line: training (the trap, stage 1), merges and attacks.
-    settings = {name: {**overrides, "seed": args.seed, "mergeguard": {"stage1": {"seed": args.seed}},
-                       "trap": {"rider_data": stand_in, "seed": args.seed, **overrides.get("trap", {})}}
-                for name, overrides in chosen.items()}
+    settings = {
+        name: {
+            **overrides,
+            "run": {"seed": args.seed},
+            "mergeguard": {"stage1": {"seed": args.seed}},
+            "trap": {"rider_data": stand_in, "seed": args.seed, **overrides.get("trap", {})},
+        }
+        for name, overrides in chosen.items()
+    }
     rows = run_settings(settings, args.out, riders=("rev",), selftest={"methods": METHODS})
     text = (
         "# Every defense on the toy world\n\n" + measured_on("all_defenses.py") + f" Seed {args.seed}.\n\n"
@@ -127,7 +142,8 @@ def main() -> None:
         "one random key per function-preserving defense.\n\n"
         "## The attacker's best merge per method (count score, rev score of that merge in brackets)\n\n" + merges_table(rows) + "\n\n"
         "## Adaptive attacks (count score after the attack; credited: share of the gain beyond what the examples alone give)\n\n"
-        + attacks_table(rows) + "\n\n"
+        + attacks_table(rows)
+        + "\n\n"
         "Seconds per run (protect + self-test + attacks): " + trap_costs(rows) + ".\n"
     )
     write_results(args.results, text)

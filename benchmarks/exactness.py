@@ -1,6 +1,6 @@
 """How exact are the function-preserving defenses? max |logit difference| against the original, per family.
 
-For each supported family (tiny random configs as in tests/test_symmetry.py: llama with GQA and biases, mistral,
+For each supported family (tiny random configs from hf_mergeguard.testing, as in tests/test_symmetry.py: llama with GQA and biases, mistral,
 qwen2 with biases, qwen3 with QK-norm, gemma2 with tied embeddings and softcapping) and each defense, on
 100-token sequences that cover every rotary period:
 
@@ -16,25 +16,22 @@ Run: ``python benchmarks/exactness.py`` (about 15 s on 2 CPU cores); writes benc
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from hf_mergeguard.architectures import SUPPORTED_MODEL_TYPES
+from hf_mergeguard.attacks.realign import realigned_tensors
+from hf_mergeguard.io.checkpoint import Checkpoint
+from hf_mergeguard.io.sources import StateDictSource
+from hf_mergeguard.protect.base import DEFENSES, function_preserving_methods
+from hf_mergeguard.protect.function_preserving import sample_transform
+from hf_mergeguard.symmetry import transforms as symmetry
+from hf_mergeguard.testing import base_and_finetune, logits_of
+from hf_mergeguard.toyworld import build_toy_world
 
-from _common import measured_on, parse_args, write_results  # noqa: E402
-from test_symmetry import _logits, _models  # noqa: E402
-
-from hf_mergeguard.architectures import SUPPORTED_MODEL_TYPES  # noqa: E402
-from hf_mergeguard.attacks.realign import realigned_tensors  # noqa: E402
-from hf_mergeguard.checkpoint import Checkpoint  # noqa: E402
-from hf_mergeguard.io.sources import StateDictSource  # noqa: E402
-from hf_mergeguard.toyworld import build_toy_world  # noqa: E402
-from hf_mergeguard.protect import symmetry  # noqa: E402
-from hf_mergeguard.protect.base import DEFENSES, function_preserving_methods  # noqa: E402
-from hf_mergeguard.protect.function_preserving import sample_transform  # noqa: E402
+from _common import measured_on, parse_args, write_results
 
 
 def _worst_relative(tensors: dict, reference: dict) -> float:
@@ -52,7 +49,9 @@ def toy_world_rows() -> list[str]:
         restored = dict(symmetry.transform_tensors(protected.items(), symmetry.compose_inverse([transform]), model.geometry))
         realigned = dict(realigned_tensors(StateDictSource(protected, model.config), base))
         round_trip = max((restored[n].double() - original[n].double()).abs().max().item() for n in original)
-        rows.append(f"| {method} | {_worst_relative(protected, original):.3g} | {_worst_relative(realigned, original):.3g} | {round_trip:.1e} |")
+        rows.append(
+            f"| {method} | {_worst_relative(protected, original):.3g} | {_worst_relative(realigned, original):.3g} | {round_trip:.1e} |"
+        )
     return rows
 
 
@@ -61,18 +60,18 @@ def main() -> None:
     rows = []
     for model_type in SUPPORTED_MODEL_TYPES:
         with tempfile.TemporaryDirectory() as tmp:
-            model, base = _models(Path(tmp), model_type)
+            model, base = base_and_finetune(Path(tmp), model_type)
             original = model.state_dict()
-            reference = _logits(model.config, original)
-            floor = (_logits(model.config, original, torch.bfloat16) - reference).abs().max().item()
+            reference = logits_of(model.config, original)
+            floor = (logits_of(model.config, original, torch.bfloat16) - reference).abs().max().item()
             for method in sorted(function_preserving_methods()):
                 worst32, worst16 = 0.0, 0.0
                 for seed in range(3):
                     transform = sample_transform(method, DEFENSES.get(method).options(), model, base, torch.Generator().manual_seed(seed))
                     protected = dict(symmetry.transform_tensors(original.items(), [transform], model.geometry))
-                    worst32 = max(worst32, (_logits(model.config, protected) - reference).abs().max().item())
+                    worst32 = max(worst32, (logits_of(model.config, protected) - reference).abs().max().item())
                     bf16 = {k: v.to(torch.bfloat16) for k, v in protected.items()}
-                    worst16 = max(worst16, (_logits(model.config, bf16, torch.bfloat16) - reference).abs().max().item())
+                    worst16 = max(worst16, (logits_of(model.config, bf16, torch.bfloat16) - reference).abs().max().item())
                 rows.append((model_type, method, worst32, worst16, floor, reference.abs().max().item()))
                 print(rows[-1], flush=True)
     lines = [
@@ -94,6 +93,7 @@ def main() -> None:
         *toy_world_rows(),
     ]
     write_results(args.results, "\n".join(lines) + "\n")
+
 
 if __name__ == "__main__":
     main()

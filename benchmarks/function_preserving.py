@@ -29,7 +29,9 @@ def run(out: Path) -> list[tuple[str, dict]]:
 
 def free_ride(report: dict, variant: str, method: str) -> float:
     """The most of BOTH skills one merge keeps: max over grid points and free-riders of min(defender, free-rider)."""
-    return max(min(e["defender_kept"], e["freerider_kept"]) for e in report["merges"] if e["variant"] == variant and e["method"] == method)
+    from hf_mergeguard.report.scoring import free_ride as both
+
+    return max(both(e["defender_kept"], e["freerider_kept"]) for e in report["merges"] if e["variant"] == variant and e["method"] == method)
 
 
 def free_ride_table(rows: list[tuple[str, dict]]) -> str:
@@ -48,14 +50,14 @@ def main() -> None:
     args = parse_args(__doc__, "function-preserving", "function_preserving.md")
     rows = run(args.out)
     text = (
-        "# Function-preserving defenses on the toy world\n\n"
-        + measured_on("function_preserving.py") + "\n\n"
+        "# Function-preserving defenses on the toy world\n\n" + measured_on("function_preserving.py") + "\n\n"
         "Free-riders rev and sort, 300 prompts per task, one seed and one random key per defense.\n\n"
         "## The self-test's figure: share of the defender's gain the attacker's best merge keeps\n\n"
         "(The best grid point among those keeping half of the free-rider's own gain; when none does, the best of all, "
         "conservatively.)\n\n" + table(rows) + "\n\n"
         "## Free ride: the most of both skills one merge keeps, min(defender kept, free-rider kept), best grid point\n\n"
-        + free_ride_table(rows) + "\n"
+        + free_ride_table(rows)
+        + "\n"
     )
     write_results(args.results, text)
 

@@ -22,8 +22,15 @@ from pathlib import Path
 
 from _common import measured_on, parse_args, peak_resident_mb, write_results
 
-MID_SIZE = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=16, num_attention_heads=16,
-                num_key_value_heads=16, max_position_embeddings=4096)
+MID_SIZE = dict(
+    vocab_size=32000,
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    max_position_embeddings=4096,
+)
 
 
 def worlds(out: Path) -> dict[str, tuple[Path, Path, Path]]:
@@ -45,11 +52,11 @@ def worlds(out: Path) -> dict[str, tuple[Path, Path, Path]]:
 
 
 def child(method_name: str, base: str, defender: str, freerider: str) -> dict:
+    import mergekit.merge_methods  # noqa: F401  (imported before the clock and in the idle run alike)
+
     from hf_mergeguard.attacks.merges import get_merge_method, merge_state_dict
     from hf_mergeguard.io.checkpoint import Checkpoint
     from hf_mergeguard.io.hf_models import model_from_state_dict
-
-    import mergekit.merge_methods  # noqa: F401  (imported before the clock and in the idle run alike)
 
     sources = [Checkpoint(base), Checkpoint(defender), Checkpoint(freerider)]
     result = {"model_mb": sum(sources[1].spec(n).nbytes for n in sources[1].tensor_names) / 2**20}
@@ -76,13 +83,18 @@ def main() -> None:
     args = parse_args(__doc__, "/tmp/hf-mergeguard-merges", "merge_memory.md")
     from hf_mergeguard.attacks.merges import MERGE_METHODS
 
-    rows = ["| world | method | seconds | merged model MB | job's own peak MB (peak − idle) | own peak / model |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| world | method | seconds | merged model MB | job's own peak MB (peak − idle) | own peak / model |",
+        "|---|---|---|---|---|---|",
+    ]
     for world, paths in worlds(args.out).items():
         idle = run_child("none", *map(str, paths))
         for name in MERGE_METHODS.names():
             result = run_child(name, *map(str, paths))
             own = result["peak_rss_mb"] - idle["peak_rss_mb"]
-            rows.append(f"| {world} | {name} | {result['seconds']:.1f} | {result['merged_mb']:.0f} | {own:.0f} | {own / result['merged_mb']:.2f} |")
+            rows.append(
+                f"| {world} | {name} | {result['seconds']:.1f} | {result['merged_mb']:.0f} | {own:.0f} | {own / result['merged_mb']:.2f} |"
+            )
             print(rows[-1], flush=True)
         rows.append(f"| {world} | (idle: imports, checkpoints opened) | – | – | {idle['peak_rss_mb']:.0f} (absolute) | – |")
     text = "# Self-test merges: time and memory per merge job\n\n" + measured_on("merge_memory.py") + "\n\n" + "\n".join(rows) + "\n"

@@ -37,7 +37,9 @@ def table(rows: list[tuple[str, dict]]) -> str:
     lines = [
         "| setting | count, protected (original {:.1f}, base {:.1f}) | ".format(
             100 * first["standalone"]["original"]["toy_count"], 100 * first["standalone"]["base"]["toy_count"]
-        ) + " | ".join(METHODS) + " |",
+        )
+        + " | ".join(METHODS)
+        + " |",
         "|---" * (2 + len(METHODS)) + "|",
         "| unprotected merges keep | | " + " | ".join(f"{first['best'][m]['original']['defender_kept']:.2f}" for m in METHODS) + " |",
     ]
@@ -51,8 +53,7 @@ def main() -> None:
     args = parse_args(__doc__, "mergeguard-settings", "mergeguard_settings.md")
     rows = run(args.out)
     text = (
-        "# MergeGuard settings on the toy world\n\n"
-        + measured_on("mergeguard_settings.py") + "\n\n"
+        "# MergeGuard settings on the toy world\n\n" + measured_on("mergeguard_settings.py") + "\n\n"
         "Cells: share of the defender's skill gain over the base that the attacker's best merge keeps "
         "(free-riders rev and sort, 300 prompts per task, one seed, about +-3 points).\n\n" + table(rows) + "\n"
     )

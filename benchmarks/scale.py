@@ -103,8 +103,13 @@ def run_op(op: str, model_dir: Path, base_dir: Path, target: Path, threshold_fil
     elif op == "negation":
         threshold = json.loads(threshold_file.read_text())["threshold"]
         counts: dict[str, int] = {}
-        write_checkpoint(target, negated_tensors(model, base, {n: threshold for n in negated}, 2.0, counts), model.layout,
-                         companions_from=model, overwrite=True)
+        write_checkpoint(
+            target,
+            negated_tensors(model, base, {n: threshold for n in negated}, 2.0, counts),
+            model.layout,
+            companions_from=model,
+            overwrite=True,
+        )
         result["negated_share"] = sum(counts.values()) / sum(math.prod(model.spec(n).shape) for n in negated)
     elif op in function_preserving_methods():
         write_protected(model, base, op, DEFENSES.get(op).options(), target, target.parent / f"{op}.key.safetensors", companions_from=model)
@@ -120,8 +125,20 @@ def run_op(op: str, model_dir: Path, base_dir: Path, target: Path, threshold_fil
 
 def in_child(op: str, model: Path, base: Path, target: Path, threshold_file: Path) -> dict:
     evict(model, base)
-    command = [sys.executable, __file__, "--child", op, "--model", str(model), "--base", str(base),
-               "--target", str(target), "--threshold-file", str(threshold_file)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        op,
+        "--model",
+        str(model),
+        "--base",
+        str(base),
+        "--target",
+        str(target),
+        "--threshold-file",
+        str(threshold_file),
+    ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -168,13 +185,17 @@ def bench_shape(shape: str, out: Path, runs: int, ops: tuple[str, ...] = OPS) ->
                 shutil.rmtree(target, ignore_errors=True)
         shutil.rmtree(params_out, ignore_errors=True)
     copy = [r["seconds"] for r in measured["copy"]]
-    return {"size_gb": size_gb, "shards": len(list(model.glob("*.safetensors"))), "measured": measured, "copy": copy,
-            "realign_distance": distance}
+    return {
+        "size_gb": size_gb,
+        "shards": len(list(model.glob("*.safetensors"))),
+        "measured": measured,
+        "copy": copy,
+        "realign_distance": distance,
+    }
 
 
 def table(results: dict[str, dict], runs: int) -> str:
-    lines = ["| shape | operation | seconds (median) | × copy (median of per-round ratios) | peak RSS MB (max) |",
-             "|---|---|---|---|---|"]
+    lines = ["| shape | operation | seconds (median) | × copy (median of per-round ratios) | peak RSS MB (max) |", "|---|---|---|---|---|"]
     for shape, result in results.items():
         copy = result["copy"]
         for op, rows in result["measured"].items():
@@ -183,11 +204,16 @@ def table(results: dict[str, dict], runs: int) -> str:
                 ratio = f"{seconds[0] / statistics.median(copy):.2f} (1 run, vs median copy)"
             else:
                 ratio = f"{statistics.median(s / c for s, c in zip(seconds, copy)):.2f}"
-            lines.append(f"| {shape} ({result['size_gb']:.1f} GB, {result['shards']} shard(s)) | {op} "
-                         f"| {statistics.median(seconds):.1f} | {ratio} | {max(r['peak_rss_mb'] for r in rows):.0f} |")
+            lines.append(
+                f"| {shape} ({result['size_gb']:.1f} GB, {result['shards']} shard(s)) | {op} "
+                f"| {statistics.median(seconds):.1f} | {ratio} | {max(r['peak_rss_mb'] for r in rows):.0f} |"
+            )
     lines.append("")
-    lines += [f"Re-aligned {shape} vs the original fine-tune (worst block tensor, relative): {result['realign_distance']:.4f}."
-              for shape, result in results.items() if not math.isnan(result["realign_distance"])]
+    lines += [
+        f"Re-aligned {shape} vs the original fine-tune (worst block tensor, relative): {result['realign_distance']:.4f}."
+        for shape, result in results.items()
+        if not math.isnan(result["realign_distance"])
+    ]
     return "\n".join(lines)
 
 
@@ -214,10 +240,15 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(args.out / shape, ignore_errors=True)
     text = (
-        "# Training-free protection at scale\n\n" + measured_on("scale.py")
+        "# Training-free protection at scale\n\n"
+        + measured_on("scale.py")
         + f" {args.runs} rounds; random bf16 Llama-shaped checkpoints (testing.LLAMA_1B, LLAMA_2_7B), every input"
-        " evicted from the page cache before each run.\n\n" + table(results, args.runs) + "\n\n"
-        + "Raw seconds per round:\n\n```json\n" + json.dumps({s: r["measured"] for s, r in results.items()}, indent=1) + "\n```\n"
+        " evicted from the page cache before each run.\n\n"
+        + table(results, args.runs)
+        + "\n\n"
+        + "Raw seconds per round:\n\n```json\n"
+        + json.dumps({s: r["measured"] for s, r in results.items()}, indent=1)
+        + "\n```\n"
     )
     write_results(args.results, text)
 

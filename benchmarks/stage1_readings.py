@@ -16,15 +16,24 @@ from mergeguard_settings import table
 
 # (reading, alpha): the paper's alpha is 0.01; each reading's term has its own scale (sum over 0.6 M weights
 # vs a mean per tensor, weights vs their distance to the base), so each gets alphas around where it starts to bite.
-SWEEP = [("paper", 1e-3), ("paper", 1e-2), ("paper-mean", 1e-2), ("paper-mean", 1.0), ("base", 1e-3), ("base", 1e-2),
-         ("base-mean", 1.0), ("base-mean", 100.0)]
+SWEEP = [
+    ("paper", 1e-3),
+    ("paper", 1e-2),
+    ("paper-mean", 1e-2),
+    ("paper-mean", 1.0),
+    ("base", 1e-3),
+    ("base", 1e-2),
+    ("base-mean", 1.0),
+    ("base-mean", 100.0),
+]
 
 
 def settings() -> dict[str, dict]:
     out = {"stage 2 alone, beta 2 (no stage 1)": {"mergeguard": {"skip_stage1": True, "beta": 2.0}}}
     for reading, alpha in SWEEP:
         out[f"stage 1 {reading}, alpha {alpha:g} + stage 2"] = {
-            "mergeguard": {"skip_stage1": False, "beta": 2.0, "stage1": {"reading": reading, "alpha": alpha}}}
+            "mergeguard": {"skip_stage1": False, "beta": 2.0, "stage1": {"reading": reading, "alpha": alpha}}
+        }
     return out
 
 
@@ -49,7 +58,8 @@ def main() -> None:
         "# MergeGuard stage 1 readings on the toy world\n\n" + measured_on("stage1_readings.py") + "\n\n"
         "Cells: share of the defender's skill gain over the base that the attacker's best merge keeps "
         "(free-riders rev and sort, 300 prompts per task, one seed, about +-3 points). `l2` is the term before alpha.\n\n"
-        + "\n".join(lines) + "\n"
+        + "\n".join(lines)
+        + "\n"
     )
     write_results(args.results, text)
 

@@ -38,7 +38,8 @@ def main() -> None:
         f"Cells: the attacker's best count score at any coefficient ({PROMPTS} prompts, ± binomial standard error), rev's "
         "score of that merge in brackets; free-rider rev; one seed; `s / step` is the trap's training time per step "
         "(one CPU thread per process when run as documented).\n\n"
-        + merges_table(rows, METHODS, first_column="setting", extra=per_step) + "\n"
+        + merges_table(rows, METHODS, first_column="setting", extra=per_step)
+        + "\n"
     )
     write_results(args.results, text)
 

@@ -201,8 +201,7 @@ def geometry_from_config(config: Mapping[str, Any]) -> Geometry:
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
         raise UnsupportedArchitectureError(
-            f"Unsupported model_type {model_type!r} in config.json. "
-            f"Supported: {', '.join(SUPPORTED_MODEL_TYPES)}.",
+            f"Unsupported model_type {model_type!r} in config.json. Supported: {', '.join(SUPPORTED_MODEL_TYPES)}.",
             hint="hf-mergeguard knows the exact symmetries of these Llama-family architectures only; "
             "open an issue with the config.json of the model you need.",
         )

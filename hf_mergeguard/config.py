@@ -43,13 +43,21 @@ class ModelInputs:
     revision: str | None = _option(None, "branch, tag or commit of a Hub MODEL", "--revision")
     base_revision: str | None = _option(None, "branch, tag or commit of a Hub --base", "--base-revision")
     tasks: list[str] = _option([], "comma-separated lm-eval tasks of the model's skill, e.g. gsm8k,humaneval", ("--tasks", "-t"))
-    include_tasks: list[str] = _option([], "folder of extra lm-eval task YAMLs (lm-eval's include_path); repeatable",
-                                       "--include-tasks", repeatable=True)
-    merge_with: list[str] = _option([], "a free-rider model (folder or repo id) merged with MODEL; repeatable", "--merge-with", repeatable=True)
-    freerider_tasks: list[str] = _option([], "tasks measuring a --merge-with model's own skill (one per --merge-with, in order); "
-                                         "repeatable", "--freerider-tasks", repeatable=True)
-    train_data: str | None = _option(None, "defender's data: JSONL (question/answer, prompt/completion or text) or a Hub dataset "
-                                     "name[:config]", "--train-data")
+    include_tasks: list[str] = _option(
+        [], "folder of extra lm-eval task YAMLs (lm-eval's include_path); repeatable", "--include-tasks", repeatable=True
+    )
+    merge_with: list[str] = _option(
+        [], "a free-rider model (folder or repo id) merged with MODEL; repeatable", "--merge-with", repeatable=True
+    )
+    freerider_tasks: list[str] = _option(
+        [],
+        "tasks measuring a --merge-with model's own skill (one per --merge-with, in order); repeatable",
+        "--freerider-tasks",
+        repeatable=True,
+    )
+    train_data: str | None = _option(
+        None, "defender's data: JSONL (question/answer, prompt/completion or text) or a Hub dataset name[:config]", "--train-data"
+    )
     train_split: str = _option("train", "split of a Hub --train-data", "--train-split")
 
     def check_inputs(self) -> None:
@@ -78,17 +86,26 @@ class ProtectConfig(CheckConfig):
     ``config.trap``, ``config.mergeguard``, ...: the options of each registered defense (``config.defenses[name]``).
     """
 
-    method: str = _option("mergeguard", "the defense, or a stack joined by + (e.g. trap+mergeguard), applied in the order listed",
-                          "--method", choices=stack_order)
+    method: str = _option(
+        "mergeguard",
+        "the defense, or a stack joined by + (e.g. trap+mergeguard), applied in the order listed",
+        "--method",
+        choices=stack_order,
+    )
     output_dir: str | None = _option(None, "where the protected model and its report go", ("--output-dir", "-o"))
     overwrite: bool = _option(False, "replace --output-dir if it exists", "--overwrite")
-    push_to: str | None = _option(None, "Hub repo (ORG/NAME) to push weights, card, plot and selftest.json to, in one commit, only if "
-                                  "every gate passed", "--push-to")
+    push_to: str | None = _option(
+        None, "Hub repo (ORG/NAME) to push weights, card, plot and selftest.json to, in one commit, only if every gate passed", "--push-to"
+    )
     create_pr: bool = _option(True, "push as a pull request, or commit to main directly", "--create-pr/--no-create-pr")
     private: bool = _option(False, "create the --push-to repo as private", "--private")
     force: bool = _option(False, "push even if a gate failed (the card then says so in a warning)", "--force")
-    key_file: str | None = _option(None, "params/mergelock/mergebarrier: where the owner's key goes (default: OUT.key.safetensors "
-                                   "beside --output-dir; never inside it, never pushed)", "--key-file")
+    key_file: str | None = _option(
+        None,
+        "params/mergelock/mergebarrier: where the owner's key goes (default: OUT.key.safetensors "
+        "beside --output-dir; never inside it, never pushed)",
+        "--key-file",
+    )
     work_dir: str | None = _option(None, "folder of resumable steps (default: the cache, keyed by the configuration)", "--work-dir")
     selftest: SelfTestConfig = field(default_factory=lambda: SelfTestConfig(adaptive=True))  # the attacks on by default
     defenses: dict[str, Any] = field(default_factory=_defense_sections, metadata={"sections": True})
@@ -104,9 +121,7 @@ class ProtectConfig(CheckConfig):
         missing = [name for name in ("model", "base", "output_dir") if not getattr(self, name)]
         if missing:
             flags = {"model": "MODEL (first argument)", "base": "--base", "output_dir": "--output-dir"}
-            raise ConfigError(
-                "Missing " + ", ".join(flags[m] for m in missing) + ".", "Give them on the command line or in --config."
-            )
+            raise ConfigError("Missing " + ", ".join(flags[m] for m in missing) + ".", "Give them on the command line or in --config.")
         self.check_inputs()
         for spec in stack(self.method):
             if spec.check is not None:
@@ -152,7 +167,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be true or false, not {value!r}.")
         return value
     if tp in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and isinstance(value, float) and not value.is_integer()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (tp is int and isinstance(value, float) and not value.is_integer())
+        ):
             raise ConfigError(f"{where} must be a number ({tp.__name__}), not {value!r}.")
         return tp(value)
     if tp is str:

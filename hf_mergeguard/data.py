@@ -71,8 +71,7 @@ def _load_hub_dataset(name: str, split: str, limit: int | None) -> list[Example]
         text = f"{type(exc).__name__}: {exc}"
         if looks_offline(text):
             raise OfflineError(
-                f"Dataset {name} cannot be loaded: it is not in the local cache and the Hub cannot be reached, or no "
-                "such dataset exists.",
+                f"Dataset {name} cannot be loaded: it is not in the local cache and the Hub cannot be reached, or no such dataset exists.",
                 "Check the name; run once with network access so it lands in the HF cache, or pass a local JSONL file.",
             ) from exc
         raise TrainDataError(f"Cannot load dataset {name} (split {split}): {text[:300]}") from exc

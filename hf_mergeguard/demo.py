@@ -12,8 +12,9 @@ from .toyworld import ToyWorldConfig, build_toy_world
 DEMO_LIMIT = 100  # prompts per task in the demo's self-test (the documented figures use all 300)
 
 
-def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False, defender: str = "count", progress: bool = True,
-             adaptive: bool = True) -> ProtectOutcome:
+def run_demo(
+    out: Path, *, seed: int = 0, overwrite: bool = False, defender: str = "count", progress: bool = True, adaptive: bool = True
+) -> ProtectOutcome:
     """Build the toy world into ``out``, protect the ``defender`` fine-tune with the default method, self-test it
     against the other fine-tunes with every merge method, and write the release folder to ``out/protected``.
 
@@ -24,17 +25,20 @@ def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False, defender: str
     if defender not in skills:
         raise ConfigError(f"Unknown toy skill {defender!r}.", f"Use one of: {', '.join(skills)}.")
     riders = [s for s in skills if s != defender]
-    config = build_protect_config(None, {
-        "model": str(world.model(defender)),
-        "base": str(world.base),
-        "tasks": [world.task_name(defender)],
-        "include_tasks": [str(world.tasks)],
-        "train_data": str(world.data(defender, "train")),
-        "merge_with": [str(world.model(s)) for s in riders],
-        "freerider_tasks": [world.task_name(s) for s in riders],
-        "output_dir": str(world.root / "protected"),
-        "overwrite": True,
-        "run": {"seed": seed},
-        "selftest": {"limit": DEMO_LIMIT, "batch_size": 128, "adaptive": adaptive},
-    })
+    config = build_protect_config(
+        None,
+        {
+            "model": str(world.model(defender)),
+            "base": str(world.base),
+            "tasks": [world.task_name(defender)],
+            "include_tasks": [str(world.tasks)],
+            "train_data": str(world.data(defender, "train")),
+            "merge_with": [str(world.model(s)) for s in riders],
+            "freerider_tasks": [world.task_name(s) for s in riders],
+            "output_dir": str(world.root / "protected"),
+            "overwrite": True,
+            "run": {"seed": seed},
+            "selftest": {"limit": DEMO_LIMIT, "batch_size": 128, "adaptive": adaptive},
+        },
+    )
     return protect(config, progress=progress)

@@ -12,9 +12,8 @@ from .io.atomic import atomic_output_dir
 def load_mergekit_config(path: str | Path):
     """Read and validate a mergekit YAML config (the same files ``mergekit-yaml`` accepts)."""
     import yaml
-    from pydantic import ValidationError
-
     from mergekit.config import MergeConfiguration
+    from pydantic import ValidationError
 
     try:
         data = yaml.safe_load(Path(path).read_text())
@@ -38,7 +37,9 @@ def load_mergekit_config(path: str | Path):
         raise ConfigError(f"{path}: invalid merge config at {where or 'top level'}: {first.get('msg')}.") from None
 
 
-def run_mergekit_config(config_path: str | Path, out: str | Path, *, overwrite: bool = False, seed: int | None = 0, device: str = "cpu") -> Path:
+def run_mergekit_config(
+    config_path: str | Path, out: str | Path, *, overwrite: bool = False, seed: int | None = 0, device: str = "cpu"
+) -> Path:
     """Run mergekit's ``run_merge`` on a YAML config, writing ``out`` atomically."""
     from mergekit.io.tasks import LoaderCache
     from mergekit.merge import run_merge

@@ -80,8 +80,11 @@ def work_dir_for(config: ProtectConfig) -> Path:
     if config.work_dir:
         return Path(config.work_dir)
     applied = set(parse_method(config.method))
-    keyed = {key: value for key, value in config.to_dict().items()
-             if key not in RELEASE_ONLY_OPTIONS and not (key in DEFENSES and key not in applied)}
+    keyed = {
+        key: value
+        for key, value in config.to_dict().items()
+        if key not in RELEASE_ONLY_OPTIONS and not (key in DEFENSES and key not in applied)
+    }
     keyed["run"] = {key: value for key, value in keyed["run"].items() if key != "device"}
     return runs_dir() / config_digest({"tool": __version__, **keyed})
 
@@ -93,9 +96,16 @@ def _check_outputs(config: ProtectConfig, methods: list[str], work: Path, token)
         raise OutputExistsError(f"Output folder {target} already exists.", "Choose another --output-dir, or pass --overwrite.")
     keyed = [name for name in methods if DEFENSES.get(name).writes_key]
     key_path = key_path_for(config) if keyed else None
-    if key_path is not None and key_path.exists() and not config.overwrite and not key_of_a_killed_run(key_path, target, work, methods, keyed):
-        raise OutputExistsError(f"Key file {key_path} already exists (the key of an earlier protection?).",
-                                "Move it somewhere safe first, choose another --key-file, or pass --overwrite.")
+    if (
+        key_path is not None
+        and key_path.exists()
+        and not config.overwrite
+        and not key_of_a_killed_run(key_path, target, work, methods, keyed)
+    ):
+        raise OutputExistsError(
+            f"Key file {key_path} already exists (the key of an earlier protection?).",
+            "Move it somewhere safe first, choose another --key-file, or pass --overwrite.",
+        )
     if config.push_to:
         preflight_push(config.push_to, token=token)  # no write access: fail now, not after the work
     return key_path
@@ -127,9 +137,19 @@ def apply_defenses(config: ProtectConfig, inputs: RunInputs, work: Path, *, acce
     current, results = inputs.model, []
     defender_only = inputs.evaluator.restricted_to(config.tasks)  # exact criticality scores the defender's tasks only
     for index, name in enumerate(parse_method(config.method)):
-        ctx = ProtectContext(model=current, base=inputs.base, original=inputs.model, tokenizer=inputs.tokenizer,
-                             train_examples=inputs.train_examples, evaluator=defender_only, work_dir=step_work_dir(work, index, name),
-                             accelerator=accelerator, device=device, progress=progress, seed=config.run.seed)
+        ctx = ProtectContext(
+            model=current,
+            base=inputs.base,
+            original=inputs.model,
+            tokenizer=inputs.tokenizer,
+            train_examples=inputs.train_examples,
+            evaluator=defender_only,
+            work_dir=step_work_dir(work, index, name),
+            accelerator=accelerator,
+            device=device,
+            progress=progress,
+            seed=config.run.seed,
+        )
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         log.info("Applying %s", name)
         result = DEFENSES.get(name).run(ctx, config.defenses[name])
@@ -138,32 +158,73 @@ def apply_defenses(config: ProtectConfig, inputs: RunInputs, work: Path, *, acce
     return current, results
 
 
-def self_test(config: ProtectConfig, inputs: RunInputs, protected: Checkpoint, results: list[ProtectionResult], work: Path, *,
-              accelerator, device: str, progress: bool, protect_seconds: float) -> SelfTestReport:
+def self_test(
+    config: ProtectConfig,
+    inputs: RunInputs,
+    protected: Checkpoint,
+    results: list[ProtectionResult],
+    work: Path,
+    *,
+    accelerator,
+    device: str,
+    progress: bool,
+    protect_seconds: float,
+) -> SelfTestReport:
     """The self-test matrix and the adaptive attacks; reused from the work folder when it finished with these options."""
     report_dir = work / "selftest"
     record = finished(report_dir)
-    run_config = {"tasks": list(config.tasks), "include_tasks": list(config.include_tasks), "seed": config.run.seed,
-                  **dataclasses.asdict(config.selftest)}
+    run_config = {
+        "tasks": list(config.tasks),
+        "include_tasks": list(config.include_tasks),
+        "seed": config.run.seed,
+        **dataclasses.asdict(config.selftest),
+    }
     if record is not None and record.get("config") == json.loads(json.dumps(run_config)):
         log.info("Self-test: reusing the finished run in %s", report_dir)
         return SelfTestReport.from_dict(record)
     if record is not None:
         log.info("Self-test: the options changed since the run in %s; running it again", report_dir)
     log.info("Self-test: %s", ", ".join(m.name for m in config.selftest.merge_methods()))
-    report = run_selftest(base=inputs.base, protected=protected, original=inputs.model, tokenizer=inputs.tokenizer,
-                          evaluator=inputs.evaluator, tasks=config.tasks, config=config.selftest, freeriders=inputs.freeriders,
-                          seed=config.run.seed, accelerator=accelerator, device=device, progress=progress, score_cache=scores_dir())
+    report = run_selftest(
+        base=inputs.base,
+        protected=protected,
+        original=inputs.model,
+        tokenizer=inputs.tokenizer,
+        evaluator=inputs.evaluator,
+        tasks=config.tasks,
+        config=config.selftest,
+        freeriders=inputs.freeriders,
+        seed=config.run.seed,
+        accelerator=accelerator,
+        device=device,
+        progress=progress,
+        score_cache=scores_dir(),
+    )
     report.command, report.method = "protect", config.method
     report.protection = [ProtectionRecord(r.method, r.public_parameters, r.details) for r in results]
-    report.inputs = Inputs(model=inputs.model.source, model_revision=inputs.model.revision, base=inputs.base.source,
-                           base_revision=inputs.base.revision, license=source_license(inputs.model.path))
+    report.inputs = Inputs(
+        model=inputs.model.source,
+        model_revision=inputs.model.revision,
+        base=inputs.base.source,
+        base_revision=inputs.base.revision,
+        license=source_license(inputs.model.path),
+    )
     report.versions, report.protect_seconds = package_versions(), protect_seconds
     if config.selftest.adaptive:
-        report = run_adaptive_attacks(report, base=inputs.base, protected=protected, freeriders=inputs.freeriders,
-                                      tokenizer=inputs.tokenizer, evaluator=inputs.evaluator, config=config.selftest,
-                                      seed=config.run.seed, examples=inputs.train_examples() if inputs.train_examples else None,
-                                      device=device, progress=progress and accelerator.is_main_process, score_cache=scores_dir())
+        report = run_adaptive_attacks(
+            report,
+            base=inputs.base,
+            protected=protected,
+            freeriders=inputs.freeriders,
+            tokenizer=inputs.tokenizer,
+            evaluator=inputs.evaluator,
+            config=config.selftest,
+            seed=config.run.seed,
+            examples=inputs.train_examples() if inputs.train_examples else None,
+            device=device,
+            progress=progress and accelerator.is_main_process,
+            score_cache=scores_dir(),
+        )
     if accelerator.is_main_process:
         report_dir.mkdir(exist_ok=True)
         mark_finished(report_dir, report.to_dict())
@@ -177,8 +238,14 @@ def push(config: ProtectConfig, report: SelfTestReport, target: Path, *, token) 
     if not (report.passed or config.force):
         log.info("Nothing pushed to %s: a self-test gate failed (use --force to push anyway).", config.push_to)
         return None
-    url = push_release(target, config.push_to, token=token, create_pr=config.create_pr, private=config.private,
-                       commit_message=commit_message(config.method, report.release.forced))
+    url = push_release(
+        target,
+        config.push_to,
+        token=token,
+        create_pr=config.create_pr,
+        private=config.private,
+        commit_message=commit_message(config.method, report.release.forced),
+    )
     log.info("Pushed to %s", url)
     return url
 
@@ -221,19 +288,35 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     inputs = open_inputs(config, token=token)
     work.mkdir(parents=True, exist_ok=True)
     with _FileLog(work / LOG_FILE):
-        log.info("hf-mergeguard %s protect %s (base %s), method %s, work folder %s", __version__, inputs.model.source,
-                 inputs.base.source, config.method, work)
+        log.info(
+            "hf-mergeguard %s protect %s (base %s), method %s, work folder %s",
+            __version__,
+            inputs.model.source,
+            inputs.base.source,
+            config.method,
+            work,
+        )
         started = time.perf_counter()
         protected, results = apply_defenses(config, inputs, work, accelerator=accelerator, device=device, progress=progress)
-        report = self_test(config, inputs, protected, results, work, accelerator=accelerator, device=device, progress=progress,
-                           protect_seconds=time.perf_counter() - started)
+        report = self_test(
+            config,
+            inputs,
+            protected,
+            results,
+            work,
+            accelerator=accelerator,
+            device=device,
+            progress=progress,
+            protect_seconds=time.perf_counter() - started,
+        )
         log.info("Self-test %s", "passed" if report.passed else "FAILED")
     target = Path(config.output_dir).resolve()
     report = dataclasses.replace(report, release=Release(name=config.push_to or target.name, forced=config.force and not report.passed))
     url = None
     if accelerator.is_main_process:
-        write_release(target, key_path, protected, results, inputs.model, report, dump_yaml(config), work / LOG_FILE,
-                      overwrite=config.overwrite)
+        write_release(
+            target, key_path, protected, results, inputs.model, report, dump_yaml(config), work / LOG_FILE, overwrite=config.overwrite
+        )
         url = push(config, report, target, token=token)
         if url:
             report.release.url = url

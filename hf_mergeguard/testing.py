@@ -130,9 +130,21 @@ def write_random_checkpoint(
 # A toy world for the fast lane: the default world's layout, tasks and skills, built in seconds
 # --------------------------------------------------------------------------------------------------------
 
-PICO_WORLD = ToyWorldConfig(train_size=256, test_size=16, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                            num_kv_heads=2, base_steps=30, base_batch=32, base_warmup=5, finetune_steps=15, finetune_batch=16,
-                            finetune_warmup=2)
+PICO_WORLD = ToyWorldConfig(
+    train_size=256,
+    test_size=16,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    base_steps=30,
+    base_batch=32,
+    base_warmup=5,
+    finetune_steps=15,
+    finetune_batch=16,
+    finetune_warmup=2,
+)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -191,6 +203,14 @@ def criticality_inputs(world):
     units = negation_units(model.geometry, model.tensor_names)
     theta, base_state = model.state_dict(), base.state_dict()
     evaluator = Evaluator(["toy_count"], include_tasks=[str(world.tasks)], batch_size=128)
-    exact = exact_criticality(model.config, theta, base_state, units, tokenizer=tokenizer, evaluator=evaluator,
-                              exclude_share=MergeGuardConfig().exclude_share, progress=False)
+    exact = exact_criticality(
+        model.config,
+        theta,
+        base_state,
+        units,
+        tokenizer=tokenizer,
+        evaluator=evaluator,
+        exclude_share=MergeGuardConfig().exclude_share,
+        progress=False,
+    )
     return model, units, theta, base_state, tokenizer, exact

@@ -44,7 +44,9 @@ class TrainingConfig:
     steps: int = field(default=100, metadata={"help": "optimizer steps", "flag": "--steps"})
     learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate", "flag": "--learning-rate"})
     batch_size: int = field(default=16, metadata={"help": "examples per optimizer step, over all processes", "flag": "--train-batch-size"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per step", "flag": "--gradient-accumulation-steps"})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "micro-batches per step", "flag": "--gradient-accumulation-steps"}
+    )
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
     schedule: str = field(default="constant", metadata={"help": "constant or cosine decay after warm-up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
@@ -58,7 +60,9 @@ class TrainingConfig:
         if self.batch_size % self.gradient_accumulation_steps:
             raise ConfigError(
                 f"--train-batch-size {self.batch_size} is not a multiple of --gradient-accumulation-steps "
-                f"{self.gradient_accumulation_steps}.", "Choose a batch size that the accumulation steps divide.")
+                f"{self.gradient_accumulation_steps}.",
+                "Choose a batch size that the accumulation steps divide.",
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -22,8 +22,15 @@ from .symmetry.transforms import compose_inverse, transform_tensors
 log = logging.getLogger(__name__)
 
 
-def unprotect(protected: str | os.PathLike, key_file: str | os.PathLike, output_dir: str | os.PathLike, *,
-              overwrite: bool = False, progress: bool = True, token: str | None = None) -> dict:
+def unprotect(
+    protected: str | os.PathLike,
+    key_file: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    token: str | None = None,
+) -> dict:
     """Undo the function-preserving stages of ``protected`` (a folder or Hub repo id) with ``key_file``.
 
     Returns what was undone: ``{"undone": [...], "kept": [...], "output_dir": ...}``.
@@ -54,10 +61,15 @@ def unprotect(protected: str | os.PathLike, key_file: str | os.PathLike, output_
 
     # Config and tokenizer travel; the release's self-test report describes the protected weights, not these.
     companions = {file.name: file.read_bytes() for file in checkpoint.companion_files() if file.name != SELFTEST_FILE}
-    output = write_checkpoint(output_dir, restored(), checkpoint.layout, extra_files=companions,
-                              metadata=stamp_metadata(method="unprotect"), overwrite=overwrite)
+    output = write_checkpoint(
+        output_dir, restored(), checkpoint.layout, extra_files=companions, metadata=stamp_metadata(method="unprotect"), overwrite=overwrite
+    )
     stack = key.metadata.get("stack", "+".join(key.methods)).split("+")
     kept = [method for method in stack if method not in key.methods]
-    log.info("Undid %s%s; wrote %s", "+".join(reversed(key.methods)),
-             f" (kept {', '.join(kept)}: not a symmetry, it has no key)" if kept else "", output)
+    log.info(
+        "Undid %s%s; wrote %s",
+        "+".join(reversed(key.methods)),
+        f" (kept {', '.join(kept)}: not a symmetry, it has no key)" if kept else "",
+        output,
+    )
     return {"undone": list(reversed(key.methods)), "kept": kept, "output_dir": str(Path(output))}

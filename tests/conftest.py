@@ -42,14 +42,37 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _protect_argv(world, out, *extra: str, model="count", base=None, rider: str = "rev", merge_with=None, train_data=True,
-                 tasks: str = "toy_count", methods: str | None = "task_arithmetic,ties,dare_ties", batch_size: int = 128,
-                 work=None) -> list[str]:
+def _protect_argv(
+    world,
+    out,
+    *extra: str,
+    model="count",
+    base=None,
+    rider: str = "rev",
+    merge_with=None,
+    train_data=True,
+    tasks: str = "toy_count",
+    methods: str | None = "task_arithmetic,ties,dare_ties",
+    batch_size: int = 128,
+    work=None,
+) -> list[str]:
     """A ``protect`` command on a toy world: the ``model`` fine-tune (a skill, or any folder) merged with ``rider``'s
     fine-tune (or the folder ``merge_with``, scored on the rider's task), scored on ``tasks``; ``extra`` flags last."""
     model_path = world.model(model) if model in world.config.skills else model
-    argv = ["protect", str(model_path), "--base", str(base or world.base), "--tasks", tasks, "--include-tasks", str(world.tasks),
-            "--merge-with", str(merge_with or world.model(rider)), "--freerider-tasks", f"toy_{rider}"]
+    argv = [
+        "protect",
+        str(model_path),
+        "--base",
+        str(base or world.base),
+        "--tasks",
+        tasks,
+        "--include-tasks",
+        str(world.tasks),
+        "--merge-with",
+        str(merge_with or world.model(rider)),
+        "--freerider-tasks",
+        f"toy_{rider}",
+    ]
     if train_data:
         argv += ["--train-data", str(world.data("count", "train") if train_data is True else train_data)]
     if methods:
@@ -109,8 +132,9 @@ def pico_world():
 @pytest.fixture
 def hub(monkeypatch):
     """A local fake of the Hub's HTTP API (tests/fake_hub.py), with huggingface_hub pointed at it."""
-    from fake_hub import FakeHub
     from huggingface_hub import constants
+
+    from fake_hub import FakeHub
 
     with FakeHub() as fake:
         monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)

@@ -6,9 +6,9 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.data import load_train_examples
 from hf_mergeguard.evaluation import load_tokenizer
+from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.protect.mergeguard.stage1 import Stage1Config, density_aware_finetune
 from hf_mergeguard.protect.trap import TrapConfig, merge_trap_finetune
 from hf_mergeguard.toyworld import build_toy_world
@@ -26,8 +26,15 @@ def trap_weights(world, accelerator):
     model = Checkpoint(world.model("count")).load_model(dtype=torch.float32)
     examples = load_train_examples(str(world.data("count", "train")))[:64]
     config = TrapConfig(steps=3, batch_size=8, gradient_accumulation_steps=2, learning_rate=1e-3)
-    result = merge_trap_finetune(model, load_tokenizer(world.base), examples, config, base_state=Checkpoint(world.base).state_dict(),
-                                 accelerator=accelerator, progress=False)
+    result = merge_trap_finetune(
+        model,
+        load_tokenizer(world.base),
+        examples,
+        config,
+        base_state=Checkpoint(world.base).state_dict(),
+        accelerator=accelerator,
+        progress=False,
+    )
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, result
 
 
@@ -37,6 +44,16 @@ if __name__ == "__main__":
     weights, result = stage1_weights(world, accelerator)
     trap, trap_result = trap_weights(world, accelerator)
     if accelerator.is_main_process:
-        torch.save({"weights": weights, "losses": result.losses, "logs": result.logs, "processes": accelerator.num_processes,
-                    "trap_weights": trap, "trap_losses": trap_result.losses, "trap_logs": trap_result.logs}, sys.argv[1])
+        torch.save(
+            {
+                "weights": weights,
+                "losses": result.losses,
+                "logs": result.logs,
+                "processes": accelerator.num_processes,
+                "trap_weights": trap,
+                "trap_losses": trap_result.losses,
+                "trap_logs": trap_result.logs,
+            },
+            sys.argv[1],
+        )
     accelerator.end_training()  # destroys the process group: gloo threads left to interpreter exit can abort it

@@ -78,25 +78,48 @@ class FakeHub:
         if not authorized:
             return 401, {"error": "Invalid credentials in Authorization header"}, {}
         if method == "GET" and path == "/api/whoami-v2":
-            return 200, {"type": "user", "name": self.user, "orgs": [{"name": o} for o in self.orgs],
-                         "auth": {"type": "access_token", "accessToken": {"role": "write"}}}, {}
+            return (
+                200,
+                {
+                    "type": "user",
+                    "name": self.user,
+                    "orgs": [{"name": o} for o in self.orgs],
+                    "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+                },
+                {},
+            )
         if method == "GET" and path.startswith("/api/models/") and "/revision/" in path:
             repo_id = path[len("/api/models/") :].split("/revision/")[0]
             if repo_id in self.gated:  # a gated repo's card and file list are public; its files are not
-                return 200, {"id": repo_id, "sha": "0" * 40, "gated": "manual", "private": False,
-                             "siblings": [{"rfilename": "config.json"}, {"rfilename": "model.safetensors"}]}, {}
+                return (
+                    200,
+                    {
+                        "id": repo_id,
+                        "sha": "0" * 40,
+                        "gated": "manual",
+                        "private": False,
+                        "siblings": [{"rfilename": "config.json"}, {"rfilename": "model.safetensors"}],
+                    },
+                    {},
+                )
             return not_found
         if method == "GET" and path.startswith("/api/models/") and "/tree/" in path:
             repo_id = path[len("/api/models/") :].split("/tree/")[0]
             if repo_id in self.gated:
-                return 200, [{"type": "file", "path": name, "size": 100, "oid": "1" * 40}
-                             for name in ("config.json", "model.safetensors")], {}
+                return (
+                    200,
+                    [{"type": "file", "path": name, "size": 100, "oid": "1" * 40} for name in ("config.json", "model.safetensors")],
+                    {},
+                )
             return not_found
         if method in ("GET", "HEAD") and "/resolve/" in path:
             repo_id = path.lstrip("/").split("/resolve/")[0]
             if repo_id in self.gated:
-                return 403, {"error": f"Access to model {repo_id} is restricted."}, {
-                    "X-Error-Code": "GatedRepo", "X-Error-Message": f"Access to model {repo_id} is restricted."}
+                return (
+                    403,
+                    {"error": f"Access to model {repo_id} is restricted."},
+                    {"X-Error-Code": "GatedRepo", "X-Error-Message": f"Access to model {repo_id} is restricted."},
+                )
             return not_found
         if method == "GET" and path.startswith("/api/models/") and path.endswith("/auth-check/write"):
             repo_id = path[len("/api/models/") : -len("/auth-check/write")]
@@ -137,14 +160,26 @@ class FakeHub:
             header = next(line["value"] for line in lines if line["key"] == "header")
             files = {line["value"]["path"]: base64.b64decode(line["value"]["content"]) for line in lines if line["key"] == "file"}
             create_pr = query.get("create_pr") == ["1"]
-            self.commits.append({"repo_id": repo_id, "revision": revision, "summary": header["summary"],
-                                 "description": header.get("description"), "create_pr": create_pr, "files": files})
+            self.commits.append(
+                {
+                    "repo_id": repo_id,
+                    "revision": revision,
+                    "summary": header["summary"],
+                    "description": header.get("description"),
+                    "create_pr": create_pr,
+                    "files": files,
+                }
+            )
             number = len(self.commits)
             if not create_pr:
                 self.repos[repo_id]["files"].update(files)
-            return 200, {
-                "commitUrl": f"{self.endpoint}/{repo_id}/commit/{number:040x}",
-                "commitOid": f"{number:040x}",
-                "pullRequestUrl": f"{self.endpoint}/{repo_id}/discussions/{number}" if create_pr else None,
-            }, {}
+            return (
+                200,
+                {
+                    "commitUrl": f"{self.endpoint}/{repo_id}/commit/{number:040x}",
+                    "commitOid": f"{number:040x}",
+                    "pullRequestUrl": f"{self.endpoint}/{repo_id}/discussions/{number}" if create_pr else None,
+                },
+                {},
+            )
         return 404, {"error": f"fake hub: no route for {method} {path}"}, {}

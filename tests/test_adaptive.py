@@ -7,10 +7,10 @@ import torch
 
 from hf_mergeguard.attacks.realign import realigned_tensors
 from hf_mergeguard.io.checkpoint import Checkpoint
-from hf_mergeguard.symmetry import transforms as symmetry
-from hf_mergeguard.protect.base import DEFENSES, function_preserving_methods
-from hf_mergeguard.protect.function_preserving import sample_transform
 from hf_mergeguard.io.sources import StateDictSource
+from hf_mergeguard.protect.base import DEFENSES
+from hf_mergeguard.protect.function_preserving import sample_transform
+from hf_mergeguard.symmetry import transforms as symmetry
 
 
 def _relative_distance(a: dict, b: dict) -> float:
@@ -37,16 +37,24 @@ def test_realign_recovers_the_original_weights_and_the_merge_regains_the_skill(t
     config = SelfTestConfig(methods=["dare_ties"], limit=100, batch_size=128)
     kept = {}
     for name, source in (("protected", protected), ("realigned", realigned)):
-        report = check_model(source, base, config, tasks=["toy_count"], include_tasks=[str(toy_world.tasks)],
-                             merge_with=[str(toy_world.model("rev"))], freerider_tasks=["toy_rev"], progress=False)
+        report = check_model(
+            source,
+            base,
+            config,
+            tasks=["toy_count"],
+            include_tasks=[str(toy_world.tasks)],
+            merge_with=[str(toy_world.model("rev"))],
+            freerider_tasks=["toy_rev"],
+            progress=False,
+        )
         kept[name] = {m: report.best[m]["protected"].defender_kept for m in report.best}
         if name == "realigned":
-            assert report.standalone["protected"]["toy_count"] == pytest.approx(0.99, abs=0.01)
+            assert report.standalone["protected"]["toy_count"] >= 0.98  # the original's score: re-aligning is exact
             assert all(report.best[m]["protected"].freerider_constraint_met for m in report.best)
-    # Unprotected, DARE-TIES merges keep 0.89 of the gain (300 prompts); measured here (100 prompts): protected
-    # -2.09 (below the base) for both defenses, re-aligned 0.84 for both.
+    # Measured here (100 prompts): protected -1.50 (below the base) for both defenses, re-aligned 0.78 for both, as much
+    # as an unprotected DARE-TIES merge keeps (0.75).
     assert kept["protected"]["dare_ties"] < 0
-    assert kept["realigned"]["dare_ties"] >= 0.8
+    assert kept["realigned"]["dare_ties"] >= 0.7
 
 
 def test_attack_command_realigns_a_protected_release(toy_world, tmp_path, capsys):
@@ -54,17 +62,35 @@ def test_attack_command_realigns_a_protected_release(toy_world, tmp_path, capsys
     from hf_mergeguard.cli.main import main
 
     out = tmp_path / "protected"
-    common = ["--base", str(toy_world.base), "--tasks", "toy_count", "--include-tasks", str(toy_world.tasks),
-              "--merge-with", str(toy_world.model("rev")), "--freerider-tasks", "toy_rev", "--methods", "dare_ties",
-              "--limit", "100", "--batch-size", "128"]
-    assert main(["protect", str(toy_world.model("count")), "--method", "mergelock", "--no-adaptive", "--output-dir", str(out), *common]) in (0, 1)
+    common = [
+        "--base",
+        str(toy_world.base),
+        "--tasks",
+        "toy_count",
+        "--include-tasks",
+        str(toy_world.tasks),
+        "--merge-with",
+        str(toy_world.model("rev")),
+        "--freerider-tasks",
+        "toy_rev",
+        "--methods",
+        "dare_ties",
+        "--limit",
+        "100",
+        "--batch-size",
+        "128",
+    ]
+    # DARE-TIES alone (no TA at lambda = 1): MergeLock passes every gate of the plain self-test.
+    assert (
+        main(["protect", str(toy_world.model("count")), "--method", "mergelock", "--no-adaptive", "--output-dir", str(out), *common]) == 0
+    )
     capsys.readouterr()
     assert main(["attack", str(out), "--kind", "realign", "--output-dir", str(tmp_path / "attack"), *common]) == 1
     printed = capsys.readouterr().out
     assert "realign" in printed and "defeats the protection: yes" in printed
     report = json.loads((tmp_path / "attack" / "attack.json").read_text())
     realign = report["robustness"]["attacks"]["realign"]["best"]
-    assert realign["defender_kept"] >= 0.8  # measured 0.84 (100 prompts): as much as an unprotected merge
+    assert realign["defender_kept"] >= 0.7  # measured 0.78 (100 prompts): as much as an unprotected merge (0.75)
     assert (tmp_path / "attack" / "realigned" / "model.safetensors").is_file()
 
 
@@ -76,11 +102,18 @@ def test_fine_tuning_attacks_give_the_same_figures_on_two_processes(toy_world, t
 
     figures = {}
     for processes in (1, 2):
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port)] if processes == 2 else [sys.executable]
+        launcher = (
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port)]
+            if processes == 2
+            else [sys.executable]
+        )
         out = tmp_path / f"out{processes}"
-        args = protect_argv(toy_world, out, "--limit", "20", "--attacks", "recover", methods="dare_ties", batch_size=64,
-                            work=tmp_path / f"w{processes}")
-        completed = subprocess.run([*launcher, "-m", "hf_mergeguard.cli.main", "--quiet", *args], capture_output=True, text=True, timeout=600)
+        args = protect_argv(
+            toy_world, out, "--limit", "20", "--attacks", "recover", methods="dare_ties", batch_size=64, work=tmp_path / f"w{processes}"
+        )
+        completed = subprocess.run(
+            [*launcher, "-m", "hf_mergeguard.cli.main", "--quiet", *args], capture_output=True, text=True, timeout=600
+        )
         # Exit 1: a gate failed (the verdict); anything else is an error.
         assert completed.returncode == 1, completed.stderr[-2000:]
         attacks = json.loads((out / "selftest.json").read_text())["robustness"]["attacks"]

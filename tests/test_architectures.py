@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from hf_mergeguard.architectures import SUPPORTED_MODEL_TYPES, geometry_from_config
-from hf_mergeguard.io.checkpoint import Checkpoint
-from hf_mergeguard.io.hf_models import model_state_dict
-from hf_mergeguard.io.checks import check_compatible
 from hf_mergeguard.errors import IncompatibleModelsError, UnsupportedArchitectureError
+from hf_mergeguard.io.checkpoint import Checkpoint
+from hf_mergeguard.io.checks import check_compatible
+from hf_mergeguard.io.hf_models import model_state_dict
 from hf_mergeguard.testing import pico_config
 
 EXPECTED = {

@@ -1,4 +1,6 @@
-"""The model card: golden file, the Hub metadata it carries, the plot, forced pushes, and `card` re-rendering."""
+"""The model card: golden file, the Hub metadata it carries, the plot, forced pushes, and `card` re-rendering.
+
+The report is ``tests/data/selftest_count.json``, a real run's (see ``tests/data/make_selftest_fixture.py``)."""
 
 import json
 import os
@@ -33,10 +35,11 @@ def test_card_metadata_is_what_the_hub_reads():
     assert meta["license"] == "apache-2.0"
     assert {"mergeguard", "hf-mergeguard"} <= set(meta["tags"])
     result = meta["model-index"][0]["results"][0]
-    assert result["dataset"]["name"] == "toy_count" and result["metrics"][0]["value"] == 91.33
+    assert result["dataset"]["name"] == "toy_count" and result["metrics"][0]["value"] == 95.33
     body = str(card)
-    assert "| task_arithmetic | lambda=1 | 96.0 | 89% | 90.0 | 68% |" in body
-    assert "| toy_count | 71.0 | 99.0 | 91.3 | -7.7 |" in body
+    assert "| task_arithmetic | lambda=1.2 | 91.3 | 75% | 93.0 | 80% |" in body
+    assert "| toy_count | 66.0 | 99.7 | 95.3 | -4.3 |" in body
+    assert "| 93.0 (80% kept) | 91.3 | 66.0 | **yes** |" in body  # realign, in the Robustness section
     assert "pushed with `--force`" not in body
 
 

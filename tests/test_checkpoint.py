@@ -6,10 +6,6 @@ import os
 import pytest
 import torch
 
-from hf_mergeguard.io.checkpoint import Checkpoint
-from hf_mergeguard.io.hf_models import model_state_dict, save_model
-from hf_mergeguard.io.safetensors_format import INDEX_FILE
-from hf_mergeguard.io.writer import parse_size, stamp_metadata, write_checkpoint
 from hf_mergeguard.errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -18,6 +14,10 @@ from hf_mergeguard.errors import (
     OutputExistsError,
     PickleCheckpointError,
 )
+from hf_mergeguard.io.checkpoint import Checkpoint
+from hf_mergeguard.io.hf_models import model_state_dict, save_model
+from hf_mergeguard.io.safetensors_format import INDEX_FILE
+from hf_mergeguard.io.writer import parse_size, stamp_metadata, write_checkpoint
 
 
 def _hf_load(folder):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.errors import OfflineError, UnknownTaskError
 from hf_mergeguard.evaluation import Evaluator, TaskCatalog, load_tokenizer
+from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.toyworld import exact_match, make_tokenizer
 
 

@@ -11,9 +11,9 @@ from hf_mergeguard.attacks.merges import (
     merge_state_dict,
     parse_methods,
 )
+from hf_mergeguard.errors import ConfigError, UnknownNameError
 from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.mergekit_yaml import run_mergekit_config
-from hf_mergeguard.errors import ConfigError, UnknownNameError
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ from hf_mergeguard.testing import pico_config
 
 def test_topk_threshold_is_exact_over_several_tensors():
     generator = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(shape, generator=generator).abs() * scale for shape, scale in [((50, 40), 1.0), ((300,), 1e-3), ((7, 9, 11), 30.0)]]
+    tensors = [
+        torch.randn(shape, generator=generator).abs() * scale for shape, scale in [((50, 40), 1.0), ((300,), 1e-3), ((7, 9, 11), 30.0)]
+    ]
     for share in (0.001, 0.1, 0.37, 1.0):
         threshold, count = topk_threshold(lambda: iter(tensors), share)
         flat = torch.cat([t.reshape(-1) for t in tensors])

@@ -24,10 +24,7 @@ def test_wheel_ships_templates_and_installed_package_finds_them(tmp_path):
     # "Install" the wheel into an empty folder and import from there only (not from the checkout).
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    probe = (
-        "import hf_mergeguard, hf_mergeguard.card.templates as t; "
-        "print(hf_mergeguard.__file__); print(t.template_path('modelcard.md'))"
-    )
+    probe = "import hf_mergeguard, hf_mergeguard.card.templates as t; print(hf_mergeguard.__file__); print(t.template_path('modelcard.md'))"
     completed = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, cwd=str(tmp_path), env={"PYTHONPATH": str(site), "PATH": ""}
     )

@@ -14,12 +14,20 @@ def _write(path, data):
 
 
 def test_flags_override_the_file_which_overrides_the_defaults(tmp_path):
-    config_file = _write(tmp_path / "protect.yml", {
-        "model": "org/model", "base": "org/base", "tasks": ["gsm8k"], "output_dir": "out",
-        "mergeguard": {"beta": 2, "skip_stage1": False, "stage1": {"alpha": 0.05, "steps": 7}},
-        "selftest": {"methods": "ties,dare_ties"},
-    })
-    config = build_protect_config(config_file, {"mergeguard": {"beta": 1.5, "stage1": {"steps": None, "learning_rate": 3e-5}}, "tasks": None})
+    config_file = _write(
+        tmp_path / "protect.yml",
+        {
+            "model": "org/model",
+            "base": "org/base",
+            "tasks": ["gsm8k"],
+            "output_dir": "out",
+            "mergeguard": {"beta": 2, "skip_stage1": False, "stage1": {"alpha": 0.05, "steps": 7}},
+            "selftest": {"methods": "ties,dare_ties"},
+        },
+    )
+    config = build_protect_config(
+        config_file, {"mergeguard": {"beta": 1.5, "stage1": {"steps": None, "learning_rate": 3e-5}}, "tasks": None}
+    )
     assert config.mergeguard.beta == 1.5  # flag beats file
     assert config.mergeguard.skip_stage1 is False  # file beats default, and an absent flag keeps it
     assert config.mergeguard.stage1.alpha == 0.05 and config.mergeguard.stage1.steps == 7

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from fake_hub import GOOD_TOKEN
 from hf_mergeguard.card import write_card
 from hf_mergeguard.errors import PushPermissionError
 from hf_mergeguard.release.push import preflight_push, push_release
+
+from fake_hub import GOOD_TOKEN
 
 DATA = Path(__file__).parent / "data"
 
@@ -33,7 +34,14 @@ def test_push_is_one_commit_as_a_pull_request(hub, tmp_path):
     assert len(hub.commits) == 1
     commit = hub.commits[0]
     assert commit["create_pr"] is True and commit["summary"] == "Protected" and commit["revision"] == "main"
-    assert sorted(commit["files"]) == ["README.md", "config.json", "model.safetensors", "protect_config.yml", "selftest.json", "selftest.png"]
+    assert sorted(commit["files"]) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "protect_config.yml",
+        "selftest.json",
+        "selftest.png",
+    ]
     assert commit["files"]["model.safetensors"] == b"weights"
     assert commit["files"]["README.md"].startswith(b"---\n")
     assert hub.repos["alice/count-protected"]["private"] is True

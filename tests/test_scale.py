@@ -12,16 +12,20 @@ from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.io.read_ahead import read_ahead
 from hf_mergeguard.io.safetensors_format import layout_of
 from hf_mergeguard.io.writer import write_checkpoint
+from hf_mergeguard.protect.base import DEFENSES
+from hf_mergeguard.protect.function_preserving import sample_transform
 from hf_mergeguard.symmetry import matching
 from hf_mergeguard.symmetry import transforms as symmetry
-from hf_mergeguard.protect.base import DEFENSES, function_preserving_methods
-from hf_mergeguard.protect.function_preserving import sample_transform
 from hf_mergeguard.testing import pico_config, write_random_checkpoint
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.bool])
 def test_plain_reads_equal_safetensors(tmp_path, dtype):
-    tensors = {"a": torch.arange(24).reshape(2, 3, 4).to(dtype), "empty": torch.zeros(0, 5, dtype=dtype), "scalar": torch.tensor(3).to(dtype)}
+    tensors = {
+        "a": torch.arange(24).reshape(2, 3, 4).to(dtype),
+        "empty": torch.zeros(0, 5, dtype=dtype),
+        "scalar": torch.tensor(3).to(dtype),
+    }
     config = pico_config("llama")
     folder = write_checkpoint(tmp_path / "m", iter(tensors.items()), layout_of(tensors), config=config)
     checkpoint = Checkpoint(folder)
@@ -61,8 +65,10 @@ def test_chunked_transform_equals_whole_tensor(tmp_path, monkeypatch):
     base = Checkpoint(write_random_checkpoint(tmp_path / "base", config, seed=0))
     model = Checkpoint(write_random_checkpoint(tmp_path / "tuned", config, seed=1, like=base.path, noise=0.1))
     geometry = model.geometry
-    transforms = [dict(sample_transform(method, DEFENSES.get(method).options(), model, base, torch.Generator().manual_seed(0)))
-                  for method in ("params", "mergelock")]
+    transforms = [
+        dict(sample_transform(method, DEFENSES.get(method).options(), model, base, torch.Generator().manual_seed(0)))
+        for method in ("params", "mergelock")
+    ]
     whole = [{name: symmetry.transform_tensor(name, tensor, t, geometry) for name, tensor in model.iter_tensors()} for t in transforms]
     monkeypatch.setattr(symmetry, "_CHUNK_ELEMENTS", 50)  # every matrix in several chunks, the last one short
     for transform, expected in zip(transforms, whole):

@@ -52,14 +52,22 @@ def test_check_unprotected_finetune_exits_1(toy_world, capsys, tmp_path):
         [
             "check",
             str(toy_world.model("count")),
-            "--base", str(toy_world.base),
-            "--merge-with", str(toy_world.model("rev")),
-            "--freerider-tasks", "toy_rev",
-            "--tasks", "toy_count",
-            "--include-tasks", str(toy_world.tasks),
-            "--methods", "task_arithmetic,ties,dare_ties",
-            "--limit", "150",
-            "--output", str(tmp_path / "selftest.json"),
+            "--base",
+            str(toy_world.base),
+            "--merge-with",
+            str(toy_world.model("rev")),
+            "--freerider-tasks",
+            "toy_rev",
+            "--tasks",
+            "toy_count",
+            "--include-tasks",
+            str(toy_world.tasks),
+            "--methods",
+            "task_arithmetic,ties,dare_ties",
+            "--limit",
+            "150",
+            "--output",
+            str(tmp_path / "selftest.json"),
             "--json",
         ]
     )
@@ -79,13 +87,27 @@ def test_two_processes_give_the_same_scores(toy_world, tmp_path, free_port):
     out = tmp_path / "two.json"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
-         str(Path(__file__).parent / "distributed_matrix.py"), str(out)],
-        env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port),
+            str(Path(__file__).parent / "distributed_matrix.py"),
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     two = json.loads(out.read_text())
     one = matrix(toy_world)
     assert two["processes"] == 2
     assert two["standalone"] == one["standalone"]
-    assert [(m["method"], m["value"], m["scores"]) for m in two["merges"]] == [(m["method"], m["value"], m["scores"]) for m in one["merges"]]
+    assert [(m["method"], m["value"], m["scores"]) for m in two["merges"]] == [
+        (m["method"], m["value"], m["scores"]) for m in one["merges"]
+    ]

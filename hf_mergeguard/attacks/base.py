@@ -58,8 +58,14 @@ class AttackContext:
 
     def merge(self, method: str, value: float | None, freerider: int) -> dict:
         """The protected model merged with free-rider ``freerider`` by ``method`` at ``value`` (as the self-test did)."""
-        return merge_state_dict(get_merge_method(method), value, base=self.base, defender=self.protected,
-                                freeriders=[self.freeriders[freerider].model], seed=self.seed)
+        return merge_state_dict(
+            get_merge_method(method),
+            value,
+            base=self.base,
+            defender=self.protected,
+            freeriders=[self.freeriders[freerider].model],
+            seed=self.seed,
+        )
 
     def scored(self, scores: dict, freerider: int, **where) -> ScoredModel:
         return self.shares.scored(scores, freerider, **where)

@@ -27,8 +27,13 @@ class FineTuningStart:
 def fine_tune(model, ctx: AttackContext, examples: list, on_gradients=None):
     """The attacks' fine-tune: ``attack_steps`` steps on ``examples`` (in place; returns the model)."""
     config = ctx.config
-    training = TrainingConfig(steps=config.attack_steps, learning_rate=config.attack_learning_rate,
-                              batch_size=min(16, len(examples)), max_length=256, seed=ctx.seed)
+    training = TrainingConfig(
+        steps=config.attack_steps,
+        learning_rate=config.attack_learning_rate,
+        batch_size=min(16, len(examples)),
+        max_length=256,
+        seed=ctx.seed,
+    )
     train_causal_lm(model, ctx.tokenizer, examples, training, progress=False, on_gradients=on_gradients)
     return model
 
@@ -40,9 +45,11 @@ def shared_start(ctx: AttackContext) -> FineTuningStart:
 
 def _start(ctx: AttackContext) -> FineTuningStart:
     if not ctx.examples:
-        raise ConfigError("The graderase and recover attacks need a few examples of the defender's task.",
-                          "Pass --train-data (the attacker's examples are taken from it), or leave those attacks out (--attacks realign,unmask).")
-    examples = list(ctx.examples)[-ctx.config.attack_examples:]  # the end of the data: away from the calibration set
+        raise ConfigError(
+            "The graderase and recover attacks need a few examples of the defender's task.",
+            "Pass --train-data (the attacker's examples are taken from it), or leave those attacks out (--attacks realign,unmask).",
+        )
+    examples = list(ctx.examples)[-ctx.config.attack_examples :]  # the end of the data: away from the calibration set
     candidates = [merge for merge in ctx.report.merges if merge.variant == "protected"]
     start = max(candidates, key=lambda merge: ((merge.freerider_kept or 0.0), merge.defender_score))
     merged = ctx.merge(start.method, start.value, start.freerider)
@@ -54,13 +61,24 @@ def _start(ctx: AttackContext) -> FineTuningStart:
 
 def fine_tuning_result(ctx: AttackContext, name: str, setup: FineTuningStart, scored: ScoredModel) -> AttackResult:
     """The result of a fine-tuning attack: credited only beyond what the examples alone reach."""
-    beyond = None if scored.defender_kept is None or setup.data_only.defender_kept is None else scored.defender_kept - setup.data_only.defender_kept
+    beyond = (
+        None
+        if scored.defender_kept is None or setup.data_only.defender_kept is None
+        else scored.defender_kept - setup.data_only.defender_kept
+    )
     details = {
         "beyond_data": beyond,
         "setup": {
-            "start": {"method": setup.start.method, "value": setup.start.value, "freerider": setup.start.freerider,
-                      "defender_kept": setup.start.defender_kept, "freerider_kept": setup.start.freerider_kept},
-            "examples": len(setup.examples), "steps": ctx.config.attack_steps, "learning_rate": ctx.config.attack_learning_rate,
+            "start": {
+                "method": setup.start.method,
+                "value": setup.start.value,
+                "freerider": setup.start.freerider,
+                "defender_kept": setup.start.defender_kept,
+                "freerider_kept": setup.start.freerider_kept,
+            },
+            "examples": len(setup.examples),
+            "steps": ctx.config.attack_steps,
+            "learning_rate": ctx.config.attack_learning_rate,
             "data_only": to_dict(setup.data_only),
         },
     }
@@ -69,8 +87,12 @@ def fine_tuning_result(ctx: AttackContext, name: str, setup: FineTuningStart, sc
 
 def describe_fine_tuning(what: str):
     """The card's sentence for a fine-tuning attack (``what`` it did to the gradients, if anything)."""
+
     def describe(result: AttackResult) -> str:
         setup = result.details["setup"]
-        return (f"fine-tuned the best merge on {setup['examples']} defender examples for {setup['steps']} steps{what}; the examples "
-                f"alone (free-rider fine-tuned the same way) reach {100 * setup['data_only']['defender_score']:.1f}")
+        return (
+            f"fine-tuned the best merge on {setup['examples']} defender examples for {setup['steps']} steps{what}; the examples "
+            f"alone (free-rider fine-tuned the same way) reach {100 * setup['data_only']['defender_score']:.1f}"
+        )
+
     return describe

@@ -30,10 +30,12 @@ def run_graderase(ctx: AttackContext) -> AttackResult:
     return fine_tuning_result(ctx, "graderase", setup, scored)
 
 
-register_attack(AttackSpec(
-    name="graderase",
-    run=run_graderase,
-    rank=40,
-    describe=describe_fine_tuning(", gradients projected off the estimated defense direction"),
-    needs_examples=True,
-))
+register_attack(
+    AttackSpec(
+        name="graderase",
+        run=run_graderase,
+        rank=40,
+        describe=describe_fine_tuning(", gradients projected off the estimated defense direction"),
+        needs_examples=True,
+    )
+)

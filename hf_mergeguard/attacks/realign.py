@@ -109,7 +109,9 @@ def block_alignment(protected, base, geometry: Geometry, layer: int) -> BlockTra
             correlation = (q_target * q_source).sum(1) + (k_target * k_source).sum(1)
             half = g.rotary_dim // 2
             pair = correlation[:half] + correlation[half : 2 * half]
-            signs = pair_constant(torch.where(pair >= 0, 1.0, -1.0).double(), g, torch.where(correlation[2 * half :] >= 0, 1.0, -1.0).double())
+            signs = pair_constant(
+                torch.where(pair >= 0, 1.0, -1.0).double(), g, torch.where(correlation[2 * half :] >= 0, 1.0, -1.0).double()
+            )
             qk.append(torch.diag(signs))
         else:
             from_q = _least_squares_map(q_target, q_source)
@@ -127,7 +129,7 @@ def block_alignment(protected, base, geometry: Geometry, layer: int) -> BlockTra
         def pair_ratio(name: str) -> torch.Tensor:
             p, b_ = protected.get(name).double() + offset, base.get(name).double() + offset
             half = g.rotary_dim // 2
-            ratio = (p[:half] * b_[:half] + p[half:2 * half] * b_[half:2 * half]) / (b_[:half] ** 2 + b_[half:2 * half] ** 2)
+            ratio = (p[:half] * b_[:half] + p[half : 2 * half] * b_[half : 2 * half]) / (b_[:half] ** 2 + b_[half : 2 * half] ** 2)
             return pair_constant(ratio, g, p[2 * half :] / b_[2 * half :])
 
         # q_norm_protected = d * q_norm_base, k_norm_protected = k_norm_base / d: fit d from both.
@@ -140,8 +142,11 @@ def realigned_tensors(protected, base, progress: bool = False) -> Iterator[tuple
     """The protected model's tensors mapped back to the base's coordinates, in one streaming pass: each block
     is aligned when its first tensor arrives (one block of each model in memory at a time)."""
     geometry = protected.geometry
-    transform = LazyTransform(geometry.num_layers, lambda layer: block_alignment(protected, base, geometry, layer),
-                              desc="re-aligning to the base" if progress else None)
+    transform = LazyTransform(
+        geometry.num_layers,
+        lambda layer: block_alignment(protected, base, geometry, layer),
+        desc="re-aligning to the base" if progress else None,
+    )
     return transform_tensors(protected.iter_tensors(), [transform], geometry)
 
 
@@ -164,24 +169,34 @@ def run_realign(ctx: AttackContext) -> AttackResult:
         report = ctx.merge_matrix(realigned)
         note = f"re-aligning moved the weights by up to {moved:.2f} of a tensor's norm"
     per_method = {
-        method: ScoredModel(defender_score=b.defender_score, defender_kept=ctx.shares.defender_kept(b.defender_score),
-                            freerider=b.freerider, freerider_kept=b.freerider_kept, method=method, value=b.value,
-                            freerider_constraint_met=b.freerider_constraint_met)
+        method: ScoredModel(
+            defender_score=b.defender_score,
+            defender_kept=ctx.shares.defender_kept(b.defender_score),
+            freerider=b.freerider,
+            freerider_kept=b.freerider_kept,
+            method=method,
+            value=b.value,
+            freerider_constraint_met=b.freerider_constraint_met,
+        )
         for method, b in ((method, variants["protected"]) for method, variants in report.best.items())
     }
-    best, _ = attacker_best(list(per_method.values()), ctx.config.freerider_floor,
-                            score=lambda r: r.defender_score, freerider_kept=lambda r: r.freerider_kept)
+    best, _ = attacker_best(
+        list(per_method.values()), ctx.config.freerider_floor, score=lambda r: r.defender_score, freerider_kept=lambda r: r.freerider_kept
+    )
     standalone = {task: report.standalone["protected"][task] for task in ctx.shares.tasks}
     details = {"standalone": standalone, "per_method": to_dict(per_method), "note": note}
-    return AttackResult("realign", best, credited=best.defender_kept, details=details,
-                        model=realigned if ctx.keep_models else None)
+    return AttackResult("realign", best, credited=best.defender_kept, details=details, model=realigned if ctx.keep_models else None)
 
 
-register_attack(AttackSpec(
-    name="realign",
-    run=run_realign,
-    rank=10,
-    model_folder="realigned",
-    describe=lambda result: ("re-aligned the protected model to the public base (Hungarian matching of MLP neurons, least "
-                             "squares per attention head), then merged it with every method"),
-))
+register_attack(
+    AttackSpec(
+        name="realign",
+        run=run_realign,
+        rank=10,
+        model_folder="realigned",
+        describe=lambda result: (
+            "re-aligned the protected model to the public base (Hungarian matching of MLP neurons, least "
+            "squares per attention head), then merged it with every method"
+        ),
+    )
+)

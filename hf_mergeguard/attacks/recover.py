@@ -17,10 +17,12 @@ def run_recover(ctx: AttackContext) -> AttackResult:
     return fine_tuning_result(ctx, "recover", setup, scored)
 
 
-register_attack(AttackSpec(
-    name="recover",
-    run=run_recover,
-    rank=30,
-    describe=describe_fine_tuning(""),
-    needs_examples=True,
-))
+register_attack(
+    AttackSpec(
+        name="recover",
+        run=run_recover,
+        rank=30,
+        describe=describe_fine_tuning(""),
+        needs_examples=True,
+    )
+)

@@ -25,17 +25,22 @@ def run_unmask(ctx: AttackContext) -> AttackResult:
                 tau_hat = ctx.protected.get(name).float() - ctx.base.get(name).float()
                 tensors[name] = (tensor.float() - lam * tau_hat).to(tensor.dtype)
             tried.append((lam, ctx.scored(ctx.score_tensors(tensors), start.freerider, method=method, value=start.value)))
-    (lam, best), met = attacker_best(tried, ctx.config.freerider_floor, score=lambda t: t[1].defender_score,
-                                     freerider_kept=lambda t: t[1].freerider_kept)
+    (lam, best), met = attacker_best(
+        tried, ctx.config.freerider_floor, score=lambda t: t[1].defender_score, freerider_kept=lambda t: t[1].freerider_kept
+    )
     best.freerider_constraint_met = met
     details = {"best_lambda": lam, "tried": [{"unmask_lambda": lam, **to_dict(scored)} for lam, scored in tried]}
     return AttackResult("unmask", best, credited=best.defender_kept, details=details)
 
 
-register_attack(AttackSpec(
-    name="unmask",
-    run=run_unmask,
-    rank=20,
-    describe=lambda result: ("subtracted lambda x the protected task vector from its best merge of each method "
-                             f"(lambda {', '.join(f'{v:g}' for v in UNMASK_LAMBDAS)})"),
-))
+register_attack(
+    AttackSpec(
+        name="unmask",
+        run=run_unmask,
+        rank=20,
+        describe=lambda result: (
+            "subtracted lambda x the protected task vector from its best merge of each method "
+            f"(lambda {', '.join(f'{v:g}' for v in UNMASK_LAMBDAS)})"
+        ),
+    )
+)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import __version__
 from ..attacks.base import ATTACKS
 from ..environment import package_versions
 from ..errors import ConfigError
@@ -24,6 +23,7 @@ from .plot import PLOT_FILE, plot_scores
 from .templates import template_path
 
 CARD_FILE = "README.md"
+
 
 def _points(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
@@ -40,18 +40,25 @@ def limits_of(report: SelfTestReport) -> list[str]:
     limits = [
         f"Merges with other models than the {len(report.sources.freeriders)} free-rider(s) listed below; "
         "another free-rider may keep more of the skill.",
-        "Merge methods other than " + ", ".join(methods) + ", and coefficients outside the swept grid"
-        + ("" if config.get("thorough") else " (the default grid; `--thorough` sweeps finer)") + ".",
+        "Merge methods other than "
+        + ", ".join(methods)
+        + ", and coefficients outside the swept grid"
+        + ("" if config.get("thorough") else " (the default grid; `--thorough` sweeps finer)")
+        + ".",
         "Tasks other than " + ", ".join(report.tasks) + ": other skills of this model were not measured.",
         "Attackers who fine-tune the protected model (even briefly) before or after merging, or who undo the "
         "protection with knowledge of the method" + ("" if report.robustness else " (no adaptive attack ran in this self-test)") + ".",
         *(
-            ["Re-alignment to the public base: a function-preserving transform can be undone without its key by "
-             "matching the weights to the base (Hungarian matching of MLP neurons, least squares per attention "
-             "head); such an attacker then merges as if the model were unprotected."]
-            if set(str(report.method or "").split("+")) & set(function_preserving_methods()) and not report.robustness else []
+            [
+                "Re-alignment to the public base: a function-preserving transform can be undone without its key by "
+                "matching the weights to the base (Hungarian matching of MLP neurons, least squares per attention "
+                "head); such an attacker then merges as if the model were unprotected."
+            ]
+            if set(str(report.method or "").split("+")) & set(function_preserving_methods()) and not report.robustness
+            else []
         ),
-        "Scores are from one seed" + (f" on {config['limit']} examples per task" if config.get("limit") else "")
+        "Scores are from one seed"
+        + (f" on {config['limit']} examples per task" if config.get("limit") else "")
         + "; differences of a few points are within noise.",
     ]
     return limits
@@ -68,13 +75,15 @@ def _standalone_rows(report: SelfTestReport) -> list[dict]:
     for task in report.tasks:
         original, protected = standalone.get("original", {}).get(task), standalone["protected"][task]
         change = None if original is None else 100 * (protected - original)
-        rows.append({
-            "task": task,
-            "base": _points(standalone["base"][task]),
-            "original": _points(original),
-            "protected": _points(protected),
-            "change": "–" if change is None else f"{change:+.1f}",
-        })
+        rows.append(
+            {
+                "task": task,
+                "base": _points(standalone["base"][task]),
+                "original": _points(original),
+                "protected": _points(protected),
+                "change": "–" if change is None else f"{change:+.1f}",
+            }
+        )
     return rows
 
 
@@ -82,14 +91,16 @@ def _merged_rows(report: SelfTestReport) -> list[dict]:
     rows = []
     for method, variants in report.best.items():
         original, protected = variants.get("original"), variants["protected"]
-        rows.append({
-            "method": method,
-            "coefficient": coefficient_label(method, protected.value),
-            "unprotected": _points(original.defender_score if original else None),
-            "unprotected_kept": _share(original.defender_kept if original else None),
-            "protected": _points(protected.defender_score),
-            "protected_kept": _share(protected.defender_kept),
-        })
+        rows.append(
+            {
+                "method": method,
+                "coefficient": coefficient_label(method, protected.value),
+                "unprotected": _points(original.defender_score if original else None),
+                "unprotected_kept": _share(original.defender_kept if original else None),
+                "protected": _points(protected.defender_score),
+                "protected_kept": _share(protected.defender_kept),
+            }
+        )
     return rows
 
 
@@ -97,12 +108,14 @@ def _gate_rows(report: SelfTestReport) -> list[dict]:
     rows = []
     for name, gate in report.gates.items():
         is_points = gate.unit == "points"
-        rows.append({
-            "name": name.replace("_", " "),
-            "value": f"{gate.value:.1f} points" if is_points else _share(gate.value),
-            "threshold": f"{gate.threshold:g} points" if is_points else _share(gate.threshold),
-            "verdict": "passed" if gate.passed else "FAILED",
-        })
+        rows.append(
+            {
+                "name": name.replace("_", " "),
+                "value": f"{gate.value:.1f} points" if is_points else _share(gate.value),
+                "threshold": f"{gate.threshold:g} points" if is_points else _share(gate.threshold),
+                "verdict": "passed" if gate.passed else "FAILED",
+            }
+        )
     return rows
 
 
@@ -110,14 +123,17 @@ def _robustness_rows(report: SelfTestReport) -> list[dict] | None:
     robustness = report.robustness
     if robustness is None:
         return None
-    return [{
-        "attack": name,
-        "description": ATTACKS.get(name).describe(result),
-        "score": attack_score(result),
-        "unprotected": _points(robustness.unprotected),
-        "floor": _points(robustness.floor),
-        "defeats": "**yes**" if result.defeats else "no",
-    } for name, result in robustness.attacks.items()]
+    return [
+        {
+            "attack": name,
+            "description": ATTACKS.get(name).describe(result),
+            "score": attack_score(result),
+            "unprotected": _points(robustness.unprotected),
+            "floor": _points(robustness.floor),
+            "defeats": "**yes**" if result.defeats else "no",
+        }
+        for name, result in robustness.attacks.items()
+    ]
 
 
 def card_variables(report: SelfTestReport, *, model_name: str, protect_config: dict | None = None, forced: bool = False) -> dict:
@@ -126,8 +142,7 @@ def card_variables(report: SelfTestReport, *, model_name: str, protect_config: d
     method = report.method or "+".join(p.method for p in protections) or "none"
     # A stack's parameters, each named after its stage.
     public_parameters = {
-        (f"{p.method}: {key}" if len(protections) > 1 else key): value
-        for p in protections for key, value in p.public_parameters.items()
+        (f"{p.method}: {key}" if len(protections) > 1 else key): value for p in protections for key, value in p.public_parameters.items()
     }
     base = report.inputs.base if report.inputs else report.sources.base
     versions = report.versions or package_versions()
@@ -203,8 +218,9 @@ def card_data(report: SelfTestReport, *, model_name: str, license: str | None = 
     )
 
 
-def render_card(report: SelfTestReport, *, model_name: str, license: str | None = None, protect_config: dict | None = None,
-                forced: bool = False):
+def render_card(
+    report: SelfTestReport, *, model_name: str, license: str | None = None, protect_config: dict | None = None, forced: bool = False
+):
     """The :class:`huggingface_hub.ModelCard` of a release (not written anywhere)."""
     from huggingface_hub import ModelCard
 
@@ -227,8 +243,13 @@ def write_card(folder: str | Path, *, model_name: str | None = None, license: st
     release = report.release
     license = license or (report.inputs.license if report.inputs else None)
     forced = (release.forced if release else False) if forced is None else forced
-    card = render_card(report, model_name=model_name or (release.name if release else None) or folder.name, license=license,
-                       protect_config=protect_config, forced=forced)
+    card = render_card(
+        report,
+        model_name=model_name or (release.name if release else None) or folder.name,
+        license=license,
+        protect_config=protect_config,
+        forced=forced,
+    )
     plot_scores(report, folder / PLOT_FILE)
     return write_text_atomically(folder / CARD_FILE, str(card) + ("" if str(card).endswith("\n") else "\n"))
 

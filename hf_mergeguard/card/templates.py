@@ -16,9 +16,7 @@ def templates_dir() -> Path:
     for candidate in CANDIDATES:
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(
-        "model_card_templates not found next to the package or in the source checkout; reinstall hf-mergeguard."
-    )
+    raise FileNotFoundError("model_card_templates not found next to the package or in the source checkout; reinstall hf-mergeguard.")
 
 
 def template_path(name: str = "modelcard.md") -> Path:

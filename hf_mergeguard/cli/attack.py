@@ -20,7 +20,9 @@ from .options import JsonOpt, TokenOpt
 @with_config_flags(CheckConfig, exclude=("--adaptive/--no-adaptive", "--thorough", "--bf16", "--fsdp"), rename={"--attacks": "--kind"})
 def attack_command(
     protected: str = typer.Argument(..., help="The protected model (folder or repo id)."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Write attack.json here (and, for realign, the re-aligned model in realigned/)."),
+    output_dir: Optional[Path] = typer.Option(
+        None, "--output-dir", "-o", help="Write attack.json here (and, for realign, the re-aligned model in realigned/)."
+    ),
     token: TokenOpt = None,
     as_json: JsonOpt = False,
     *,
@@ -62,5 +64,10 @@ def _write_outputs(output_dir: Path, report, protected: str, token) -> None:
     write_text_atomically(output_dir / "attack.json", report.to_json())
     for name, result in report.robustness.attacks.items():
         if result.model is not None:
-            write_checkpoint(output_dir / ATTACKS.get(name).model_folder, result.model.iter_tensors(), result.model.layout,
-                             companions_from=Checkpoint.open(protected, token=token), overwrite=True)
+            write_checkpoint(
+                output_dir / ATTACKS.get(name).model_folder,
+                result.model.iter_tensors(),
+                result.model.layout,
+                companions_from=Checkpoint.open(protected, token=token),
+                overwrite=True,
+            )

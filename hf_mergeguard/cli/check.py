@@ -28,14 +28,36 @@ def run_check(config: CheckConfig, *, token: str | None, attack_examples=None, k
     """``check_model`` on a checked configuration."""
     from ..selftest.check import check_model
 
-    return check_model(config.model, config.base, config.selftest, tasks=config.tasks, include_tasks=config.include_tasks,
-                       merge_with=config.merge_with, freerider_tasks=config.freerider_tasks, seed=config.run.seed, token=token,
-                       device=config.run.device or default_device(), attack_examples=attack_examples, keep_models=keep_models)
+    return check_model(
+        config.model,
+        config.base,
+        config.selftest,
+        tasks=config.tasks,
+        include_tasks=config.include_tasks,
+        merge_with=config.merge_with,
+        freerider_tasks=config.freerider_tasks,
+        seed=config.run.seed,
+        token=token,
+        device=config.run.device or default_device(),
+        attack_examples=attack_examples,
+        keep_models=keep_models,
+    )
 
 
 @app.command("check")
-@with_config_flags(CheckConfig, exclude=("--train-data", "--train-split", "--adaptive/--no-adaptive", "--attacks", "--attack-examples",
-                                         "--attack-steps", "--bf16", "--fsdp"))
+@with_config_flags(
+    CheckConfig,
+    exclude=(
+        "--train-data",
+        "--train-split",
+        "--adaptive/--no-adaptive",
+        "--attacks",
+        "--attack-examples",
+        "--attack-steps",
+        "--bf16",
+        "--fsdp",
+    ),
+)
 def check_command(
     model: str = typer.Argument(..., help="The fine-tuned model you are about to release (folder or repo id)."),
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the report to this selftest.json path."),

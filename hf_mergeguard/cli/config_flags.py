@@ -94,8 +94,16 @@ def config_flags(defaults: Any, section_label: Callable[[tuple[str, ...]], str |
                     choices = f.metadata.get("choices")
                     help_text = f.metadata.get("help", "") + (f" ({' | '.join(choices())})" if choices else "")
                     name = decls[0].split("/")[0].lstrip("-").replace("-", "_")
-                    found[decls] = ConfigFlag(name, decls, [path + (f.name,)], _cli_type(hints[f.name], f.metadata.get("repeatable", False)),
-                                              help_text, [value], negate=f.metadata.get("negate", False), label=section_label(path) or "")
+                    found[decls] = ConfigFlag(
+                        name,
+                        decls,
+                        [path + (f.name,)],
+                        _cli_type(hints[f.name], f.metadata.get("repeatable", False)),
+                        help_text,
+                        [value],
+                        negate=f.metadata.get("negate", False),
+                        label=section_label(path) or "",
+                    )
                 else:  # the same flag on another field: it sets both
                     flag.paths.append(path + (f.name,))
                     flag.defaults.append(value)
@@ -110,8 +118,13 @@ def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def with_config_flags(defaults: Callable[[], Any], *, exclude: tuple[str, ...] = (), rename: dict[str, str] | None = None,
-                      section_label: Callable[[tuple[str, ...]], str | None] = lambda path: None):
+def with_config_flags(
+    defaults: Callable[[], Any],
+    *,
+    exclude: tuple[str, ...] = (),
+    rename: dict[str, str] | None = None,
+    section_label: Callable[[tuple[str, ...]], str | None] = lambda path: None,
+):
     """Decorate a typer command: add one option per flag of the configuration ``defaults()`` makes, and call the command
     with ``overrides``, the nested dict of the flags that were given.
 
@@ -119,6 +132,7 @@ def with_config_flags(defaults: Callable[[], Any], *, exclude: tuple[str, ...] =
         exclude: flags (their first declaration) the command does not offer.
         rename: flags the command offers under another name (``{"--attacks": "--kind"}``).
     """
+
     def decorate(command):
         flags = [flag for flag in config_flags(defaults(), section_label) if flag.decls[0] not in exclude]
         for flag in flags:
@@ -126,8 +140,10 @@ def with_config_flags(defaults: Callable[[], Any], *, exclude: tuple[str, ...] =
                 flag.decls = (rename[flag.decls[0]],)
                 flag.param = flag.decls[0].lstrip("-").replace("-", "_")
         own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "overrides"]
-        params = own + [inspect.Parameter(flag.param, inspect.Parameter.KEYWORD_ONLY, default=flag.option(), annotation=flag.annotation)
-                        for flag in flags]
+        params = own + [
+            inspect.Parameter(flag.param, inspect.Parameter.KEYWORD_ONLY, default=flag.option(), annotation=flag.annotation)
+            for flag in flags
+        ]
 
         @functools.wraps(command)
         def wrapper(**kwargs):

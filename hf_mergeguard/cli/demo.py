@@ -15,7 +15,9 @@ def demo_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the toy world."),
     defender: str = typer.Option("count", "--defender", help="Toy skill whose fine-tune is protected (sort, count, rev)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
-    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Run the adaptive attacks after the merges (default; --no-adaptive is faster)."),
+    adaptive: bool = typer.Option(
+        True, "--adaptive/--no-adaptive", help="Run the adaptive attacks after the merges (default; --no-adaptive is faster)."
+    ),
 ) -> None:
     """The whole flow offline on a toy world: build it (a tiny Llama base and one fine-tune per synthetic skill,
     cached after the first build), protect one fine-tune with the default method, self-test it against the others

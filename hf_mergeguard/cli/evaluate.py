@@ -34,8 +34,17 @@ def evaluate_command(
     """
     from ..evaluation import evaluate_model
 
-    scores = evaluate_model(model, tasks, revision=revision, device=device, include_tasks=include_tasks or [], limit=limit,
-                            batch_size=batch_size, allow_code_eval=allow_code_eval, code_timeout=code_timeout)
+    scores = evaluate_model(
+        model,
+        tasks,
+        revision=revision,
+        device=device,
+        include_tasks=include_tasks or [],
+        limit=limit,
+        batch_size=batch_size,
+        allow_code_eval=allow_code_eval,
+        code_timeout=code_timeout,
+    )
     if as_json:
         typer.echo(json.dumps({t: s.to_dict() for t, s in scores.items()}, indent=2))
         return

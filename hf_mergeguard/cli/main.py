@@ -48,10 +48,14 @@ def _run(command, argv: list[str], debug: bool) -> int:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             return _report_unexpected(exc, debug)
         # A full disk outside the output folder (which raises DiskFullError itself): the work folder, the cache.
-        return _report(DiskFullError(
-            f"No space left on the device while writing {exc.filename or 'a file'}; nothing half-written is taken as finished.",
-            "Free some space (or point --output-dir / --work-dir / HF_MERGEGUARD_CACHE elsewhere) and rerun the same "
-            "command: finished steps are reused."), debug)
+        return _report(
+            DiskFullError(
+                f"No space left on the device while writing {exc.filename or 'a file'}; nothing half-written is taken as finished.",
+                "Free some space (or point --output-dir / --work-dir / HF_MERGEGUARD_CACHE elsewhere) and rerun the same "
+                "command: finished steps are reused.",
+            ),
+            debug,
+        )
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback unless --debug
         return _report_unexpected(exc, debug)
     return result if isinstance(result, int) else 0
@@ -69,8 +73,12 @@ def _report(error: MergeGuardError, debug: bool) -> int:
 
 
 def _report_unexpected(exc: Exception, debug: bool) -> int:
-    return _report(MergeGuardError(f"unexpected {type(exc).__name__}: {exc}",
-                                   "Rerun with --debug for the traceback, and report it if it looks like a bug."), debug)
+    return _report(
+        MergeGuardError(
+            f"unexpected {type(exc).__name__}: {exc}", "Rerun with --debug for the traceback, and report it if it looks like a bug."
+        ),
+        debug,
+    )
 
 
 def _end_distributed() -> None:

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-TokenOpt = Annotated[Optional[str], typer.Option("--token", help="Hub token (default: HF_TOKEN or your login). Never printed.",
-                                                 show_default=False)]
+TokenOpt = Annotated[
+    Optional[str], typer.Option("--token", help="Hub token (default: HF_TOKEN or your login). Never printed.", show_default=False)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full figures as JSON instead of a table.")]
 ConfigFileOpt = Annotated[Optional[Path], typer.Option("--config", help="A YAML file holding any of these options (flags override it).")]

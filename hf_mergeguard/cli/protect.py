@@ -44,7 +44,9 @@ def protect_command(
     if outcome.passed or config.force:
         typer.echo(f"Protected model, model card (README.md), selftest.json and protect_config.yml in {outcome.output_dir}")
     if outcome.key_file:
-        typer.echo(f"Owner's key (undoes the protection with `hf-mergeguard unprotect`; keep it private, it is not pushed): {outcome.key_file}")
+        typer.echo(
+            f"Owner's key (undoes the protection with `hf-mergeguard unprotect`; keep it private, it is not pushed): {outcome.key_file}"
+        )
     if outcome.url:
         typer.echo(f"Pushed to {outcome.url}" + (" (gates FAILED, pushed with --force)" if outcome.report.release.forced else ""))
     if not outcome.passed and not config.force:

@@ -21,6 +21,7 @@ from .tasks import TaskCatalog, parse_tasks
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class TaskScore:
     """One task's primary metric (a share in [0, 1])."""
@@ -43,8 +44,9 @@ def _primary_metric(task: str, results: dict, config: dict) -> tuple[str, float,
     """The task's first metric under its first filter (e.g. GSM8K's ``exact_match,strict-match``)."""
     keys = [k for k in results if k != "alias" and "_stderr" not in k and "," in k]
     if not keys:
-        raise MergeGuardError(f"lm-eval returned no metric for task {task}.",
-                              "Give the task's YAML a metric_list (lm-eval scores nothing without one).")
+        raise MergeGuardError(
+            f"lm-eval returned no metric for task {task}.", "Give the task's YAML a metric_list (lm-eval scores nothing without one)."
+        )
     preferred = None
     metrics = config.get("metric_list") or []
     filters = [f.get("name") for f in (config.get("filter_list") or [])] or ["none"]
@@ -112,7 +114,7 @@ class Evaluator:
                 raise
         return self._task_dict
 
-    def restricted_to(self, tasks: Sequence[str]) -> "Evaluator":
+    def restricted_to(self, tasks: Sequence[str]) -> Evaluator:
         """The same evaluator on a subset of its tasks (the task index is shared: no second lm-eval scan)."""
         unknown = [t for t in tasks if t not in self.catalog.names]
         if unknown:
@@ -193,7 +195,10 @@ class Evaluator:
             env = scrubbed_environment({"HF_ALLOW_CODE_EVAL": "1", "TOKENIZERS_PARALLELISM": "false"})
             completed = run_with_time_limit(
                 [sys.executable, "-m", "hf_mergeguard.evaluation.code_child", str(Path(tmp) / "spec.json")],
-                env=env, cwd=tmp, timeout=self.code_timeout, what=f"Code evaluation of {', '.join(self.code_tasks)}",
+                env=env,
+                cwd=tmp,
+                timeout=self.code_timeout,
+                what=f"Code evaluation of {', '.join(self.code_tasks)}",
             )
             if completed.returncode != 0:
                 raise MergeGuardError(

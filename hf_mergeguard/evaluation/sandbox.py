@@ -28,8 +28,7 @@ def scrubbed_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
 def run_with_time_limit(command: list[str], *, env: dict, cwd: str, timeout: float, what: str) -> subprocess.CompletedProcess:
     """Run ``command`` in a session of its own; past ``timeout`` the whole session is killed (model-written code
     may have started processes of its own, which ``subprocess.run``'s timeout would leave running)."""
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -72,8 +72,7 @@ class TaskCatalog:
                 "lm-eval task",
                 unknown[0],
                 self.manager.all_tasks,
-                hint="Check the spelling (lm-eval --tasks list shows every task), or add the folder that "
-                "defines it with --include-tasks.",
+                hint="Check the spelling (lm-eval --tasks list shows every task), or add the folder that defines it with --include-tasks.",
             )
 
     def config_of(self, name: str) -> dict:
@@ -91,8 +90,7 @@ class TaskCatalog:
         code = self.code_tasks()
         if code and not allow_code_eval:
             raise CodeEvalNotAllowedError(
-                f"Task(s) {', '.join(code)} execute code written by the model, which can do anything your "
-                "user account can.",
+                f"Task(s) {', '.join(code)} execute code written by the model, which can do anything your user account can.",
                 "Pass --allow-code-eval to run them (in a child process with no Hub token in its "
                 "environment and a time limit), ideally inside a container or VM.",
             )

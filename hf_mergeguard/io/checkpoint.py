@@ -18,9 +18,10 @@ import torch
 
 from ..architectures import Geometry, geometry_from_config
 from ..errors import CheckpointError, CorruptCheckpointError, PickleCheckpointError
+from .hf_models import model_from_state_dict
+from .hub import download_model, looks_like_repo_id
 from .read_ahead import read_ahead
 from .safetensors_format import INDEX_FILE, TensorSpec, read_safetensors_header, read_tensor
-from .hub import download_model, looks_like_repo_id
 from .writer import assert_finite
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -65,7 +66,7 @@ class Checkpoint:
         revision: str | None = None,
         token: str | bool | None = None,
         cache_dir: str | os.PathLike | None = None,
-    ) -> "Checkpoint":
+    ) -> Checkpoint:
         """Open a local folder, or download (or reuse from the HF cache) a Hub repo's weights.
 
         Args:
@@ -113,8 +114,7 @@ class Checkpoint:
             if missing:
                 raise CorruptCheckpointError(
                     f"{index_path.name} names shard(s) that are not in {self.path}: {', '.join(missing)}.",
-                    "The download is incomplete: download the checkpoint again (or delete its HF cache "
-                    "folder and retry).",
+                    "The download is incomplete: download the checkpoint again (or delete its HF cache folder and retry).",
                 )
             files = [self.path / shard for shard in shards]
         else:
@@ -126,7 +126,7 @@ class Checkpoint:
                 raise PickleCheckpointError(
                     f"{self.path} holds only pickle weights ({', '.join(pickles)}); hf-mergeguard reads "
                     "safetensors only, because loading a pickle can execute arbitrary code.",
-                    "In an environment you trust, convert it: python -c \"from transformers import "
+                    'In an environment you trust, convert it: python -c "from transformers import '
                     "AutoModelForCausalLM as M; M.from_pretrained('IN').save_pretrained('OUT')\" "
                     "(save_pretrained writes safetensors), or use the Hub's 'convert to safetensors' Space.",
                 )
@@ -223,8 +223,13 @@ class Checkpoint:
             return
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_bytes, unit="B", unit_scale=True, desc=f"Checking {self.path.name}",
-                   disable=not progress or self.total_bytes < 1 << 30)
+        bar = tqdm(
+            total=self.total_bytes,
+            unit="B",
+            unit_scale=True,
+            desc=f"Checking {self.path.name}",
+            disable=not progress or self.total_bytes < 1 << 30,
+        )
         with bar:
             for name, tensor in self.iter_tensors():
                 assert_finite(name, tensor, f" of {self.source} ({self._file_of[name].name})")
@@ -237,6 +242,4 @@ class Checkpoint:
 
     def load_model(self, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
         """A ``transformers`` causal LM built from this checkpoint (``trust_remote_code`` stays off)."""
-        from .hf_models import model_from_state_dict
-
         return model_from_state_dict(self.config, self.state_dict(), dtype=dtype, device=device)

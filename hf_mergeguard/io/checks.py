@@ -19,9 +19,7 @@ def check_geometry(checkpoint: Checkpoint) -> None:
         if name not in checkpoint:
             problems.append(f"{name}: missing")
         elif checkpoint.spec(name).shape != geometry.expected_shape(name):
-            problems.append(
-                f"{name}: {checkpoint.spec(name).shape} stored, {geometry.expected_shape(name)} in config.json"
-            )
+            problems.append(f"{name}: {checkpoint.spec(name).shape} stored, {geometry.expected_shape(name)} in config.json")
     allowed = set(expected) | ({LM_HEAD} if geometry.tie_word_embeddings else set())
     extra = [name for name in checkpoint.tensor_names if name not in allowed]
     problems += [f"{name}: not part of a {geometry.model_type} model" for name in extra]

@@ -11,7 +11,7 @@ import torch
 from ..architectures import LM_HEAD
 from ..errors import CheckpointError
 from .safetensors_format import layout_of
-from .writer import write_checkpoint
+from .writer import Companions, write_checkpoint
 
 
 def model_from_state_dict(
@@ -63,7 +63,7 @@ def save_model(
     target: str | os.PathLike,
     *,
     tokenizer=None,
-    companions_from: Checkpoint | None = None,
+    companions_from: Companions | None = None,
     metadata: Mapping[str, str] | None = None,
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,

@@ -75,8 +75,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorSpec], dict[str
         (header_len,) = struct.unpack("<Q", raw_len)
         if header_len > min(_MAX_HEADER_BYTES, size - 8):
             raise CorruptCheckpointError(
-                f"{path} has a corrupt safetensors header (declared header size {header_len} bytes, "
-                f"file size {size} bytes).",
+                f"{path} has a corrupt safetensors header (declared header size {header_len} bytes, file size {size} bytes).",
                 hint,
             )
         try:
@@ -94,9 +93,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorSpec], dict[str
             shape = tuple(int(d) for d in entry["shape"])
             begin, end = (int(x) for x in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise CorruptCheckpointError(
-                f"{path}: corrupt or unsupported header entry for tensor {name!r}: {entry!r}.", hint
-            ) from None
+            raise CorruptCheckpointError(f"{path}: corrupt or unsupported header entry for tensor {name!r}: {entry!r}.", hint) from None
         spec = TensorSpec(dtype, shape)
         if end - begin != spec.nbytes or end > data_len or begin < 0:
             raise CorruptCheckpointError(
@@ -127,8 +124,10 @@ def read_tensor(path: Path, offset: int, spec: TensorSpec) -> torch.Tensor:
         while done < len(buffer):
             read = os.preadv(descriptor, [buffer[done:]], offset + done)
             if read == 0:
-                raise CorruptCheckpointError(f"{path} ended while reading a tensor: the file is truncated.",
-                                             "Download or convert the checkpoint again; the file is damaged.")
+                raise CorruptCheckpointError(
+                    f"{path} ended while reading a tensor: the file is truncated.",
+                    "Download or convert the checkpoint again; the file is damaged.",
+                )
             done += read
     finally:
         os.close(descriptor)

@@ -12,7 +12,7 @@ import re
 import shutil
 import struct
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Protocol
 
 import torch
 
@@ -21,6 +21,12 @@ from ..errors import CheckpointError, NonFiniteWeightsError
 from .atomic import atomic_output_dir
 from .read_ahead import read_ahead
 from .safetensors_format import DTYPE_NAMES, INDEX_FILE, SINGLE_FILE, Layout
+
+
+class Companions(Protocol):
+    """What gives a checkpoint folder its non-weight files (config, tokenizer, ...): a :class:`~.checkpoint.Checkpoint`."""
+
+    def companion_files(self) -> list[Path]: ...
 
 
 def parse_size(size: int | str) -> int:
@@ -34,7 +40,6 @@ def parse_size(size: int | str) -> int:
     base = 1024 if binary else 1000
     power = " KMGT".index(unit.upper() or " ")
     return int(float(number) * base**power)
-
 
 
 def assert_finite(name: str, tensor: torch.Tensor, where: str = "") -> None:
@@ -102,7 +107,6 @@ class _ShardWriter:
         self.handle.close()
 
 
-
 def stamp_metadata(method: str | None = None, config_digest: str | None = None, **extra: str) -> dict[str, str]:
     """The metadata written into every safetensors header we produce. Never put a secret here."""
     metadata = {"format": "pt", "hf_mergeguard_version": __version__}
@@ -144,9 +148,7 @@ def write_weights(
             if spec is None or name in buffer or rank[name] < position:
                 raise CheckpointError(f"Unexpected or repeated tensor {name!r} while writing {folder}.")
             if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
-                raise CheckpointError(
-                    f"Tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, expected {spec.dtype} {spec.shape}."
-                )
+                raise CheckpointError(f"Tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, expected {spec.dtype} {spec.shape}.")
             assert_finite(name, tensor, " (about to be written)")
             buffer[name] = tensor
             while position < len(order) and order[position] in buffer:
@@ -159,9 +161,7 @@ def write_weights(
                 writer.write(buffer.pop(current))
                 position += 1
         if position != len(order):
-            raise CheckpointError(
-                f"Tensors missing while writing {folder}: {', '.join(order[position:position + 5])}."
-            )
+            raise CheckpointError(f"Tensors missing while writing {folder}: {', '.join(order[position : position + 5])}.")
         if writer is not None:
             writer.close()
             writer = None
@@ -182,7 +182,7 @@ def write_checkpoint(
     tensors: Iterable[tuple[str, torch.Tensor]],
     layout: Layout,
     *,
-    companions_from: Checkpoint | None = None,
+    companions_from: Companions | None = None,
     config: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
     max_shard_size: int | str = "5GB",

@@ -19,7 +19,6 @@ from typing import Protocol
 
 import torch
 
-from ..architectures import Geometry
 from ..io.checkpoint import Checkpoint
 from ..io.writer import stamp_metadata, write_checkpoint
 from ..symmetry import transforms
@@ -44,15 +43,19 @@ def uniform(shape, low: float, high: float, generator: torch.Generator) -> torch
     return low + (high - low) * torch.rand(*shape, generator=generator, dtype=torch.float64)
 
 
-def sample_transform(method: str, options: TransformOptions, model: Checkpoint, base: Checkpoint, generator: torch.Generator,
-                     progress: bool = False) -> transforms.LazyTransform:
+def sample_transform(
+    method: str, options: TransformOptions, model: Checkpoint, base: Checkpoint, generator: torch.Generator, progress: bool = False
+) -> transforms.LazyTransform:
     """One transform per decoder block of ``model`` for ``method`` (whose ``options`` sample it).
 
     Blocks are sampled on first use, in block order, so that streaming the checkpoint through the transform
     overlaps sampling (PaRaMS's assignments) with reading and writing.
     """
-    return transforms.LazyTransform(model.geometry.num_layers, lambda layer: options.sample_block(model, base, layer, generator),
-                                    desc=f"{method}: sampling" if progress else None)
+    return transforms.LazyTransform(
+        model.geometry.num_layers,
+        lambda layer: options.sample_block(model, base, layer, generator),
+        desc=f"{method}: sampling" if progress else None,
+    )
 
 
 def secret_generator() -> torch.Generator:
@@ -60,8 +63,18 @@ def secret_generator() -> torch.Generator:
     return torch.Generator().manual_seed(secrets.randbits(63))
 
 
-def write_protected(model: Checkpoint, base: Checkpoint, method: str, options: TransformOptions, folder, key_path, *,
-                    companions_from: Checkpoint | None = None, generator: torch.Generator | None = None, progress: bool = False) -> dict:
+def write_protected(
+    model: Checkpoint,
+    base: Checkpoint,
+    method: str,
+    options: TransformOptions,
+    folder,
+    key_path,
+    *,
+    companions_from: Checkpoint | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> dict:
     """Sample ``method``'s transform and stream ``model`` through it into ``folder`` (one pass: read, transform,
     write overlap), then write the owner's key to ``key_path``. Returns the record kept beside the checkpoint."""
     transform = sample_transform(method, options, model, base, generator or secret_generator(), progress=progress)
@@ -72,8 +85,9 @@ def write_protected(model: Checkpoint, base: Checkpoint, method: str, options: T
             digest.update(name, tensor)
             yield name, tensor
 
-    write_checkpoint(folder, protected_tensors(), model.layout, companions_from=companions_from,
-                     metadata=stamp_metadata(method=method), overwrite=True)
+    write_checkpoint(
+        folder, protected_tensors(), model.layout, companions_from=companions_from, metadata=stamp_metadata(method=method), overwrite=True
+    )
     write_key(key_path, [(method, transform)], protected_digest=digest.hexdigest())
     record = {"blocks": len(transform), "max_condition": transforms.max_condition(transform), "protected_digest": digest.hexdigest()}
     mark_finished(folder, record)
@@ -99,7 +113,10 @@ def run_function_preserving(ctx: ProtectContext, method: str, options: Transform
     transform = read_key(key_path, ctx.model.geometry).stages[0][1]
     details = {"config": asdict(options), **{k: v for k, v in record.items() if k != "protected_digest"}}
     return ProtectionResult(
-        Checkpoint(folder), method, options.public_parameters(), details,
+        Checkpoint(folder),
+        method,
+        options.public_parameters(),
+        details,
         secret={"method": method, "transform": transform, "protected_digest": record["protected_digest"]},
     )
 

@@ -75,8 +75,9 @@ def check_key_location(key_path: str | os.PathLike, output_dir: str | os.PathLik
         )
 
 
-def write_key(path: str | os.PathLike, stages: Sequence[tuple[str, ModelTransform]], *, protected_digest: str,
-              extra_metadata: dict | None = None) -> Path:
+def write_key(
+    path: str | os.PathLike, stages: Sequence[tuple[str, ModelTransform]], *, protected_digest: str, extra_metadata: dict | None = None
+) -> Path:
     """Write ``stages`` to ``path`` atomically (replacing it), readable by the owner only (mode 0600).
 
     ``protect`` refuses an existing key before any work starts (see :func:`hf_mergeguard.pipeline.protect`).
@@ -132,7 +133,9 @@ def read_key(path: str | os.PathLike, geometry: Geometry | None = None) -> Key:
 
     path = Path(path)
     if not path.is_file():
-        raise KeyFileError(f"Key file {path} does not exist.", "Pass the .key.safetensors file that protect wrote beside its output folder.")
+        raise KeyFileError(
+            f"Key file {path} does not exist.", "Pass the .key.safetensors file that protect wrote beside its output folder."
+        )
     mode = path.stat().st_mode
     if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(

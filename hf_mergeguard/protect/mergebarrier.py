@@ -26,12 +26,17 @@ class MergeBarrierConfig:
     mlp_permutation: bool = True
 
     def public_parameters(self) -> dict:
-        return {"QK": "rotation per RoPE pair", "VO": "random orthogonal per KV head",
-                "FFN": "random neuron permutation" if self.mlp_permutation else "untouched"}
+        return {
+            "QK": "rotation per RoPE pair",
+            "VO": "random orthogonal per KV head",
+            "FFN": "random neuron permutation" if self.mlp_permutation else "untouched",
+        }
 
     def sample_block(self, model: Checkpoint, base: Checkpoint, layer: int, generator: torch.Generator) -> BlockTransform:
         geometry = model.geometry
-        block = BlockTransform(vo=transforms.stack_per_kv_head(lambda: transforms.random_orthogonal(geometry.head_dim, generator), geometry))
+        block = BlockTransform(
+            vo=transforms.stack_per_kv_head(lambda: transforms.random_orthogonal(geometry.head_dim, generator), geometry)
+        )
         if geometry.qk_norm:
             block.qk = transforms.stack_per_kv_head(lambda: transforms.qk_norm_signs(geometry, generator), geometry)
         else:
@@ -41,16 +46,18 @@ class MergeBarrierConfig:
         return block
 
 
-register_defense(DefenseSpec(
-    name="mergebarrier",
-    options=MergeBarrierConfig,
-    run=runner("mergebarrier"),
-    stack_rank=40,
-    card_text=(
-        "MergeBarrier, orthogonal part (function-preserving): random rotations of the query-key (per RoPE pair) "
-        "and value-output branches and a random permutation of the MLP neurons."
-    ),
-    reference="Do Not Merge My Model! Safeguarding Open-Source LLMs Against Unauthorized Model Merging (arXiv:2511.10712)",
-    function_preserving=True,
-    check=no_checks,
-))
+register_defense(
+    DefenseSpec(
+        name="mergebarrier",
+        options=MergeBarrierConfig,
+        run=runner("mergebarrier"),
+        stack_rank=40,
+        card_text=(
+            "MergeBarrier, orthogonal part (function-preserving): random rotations of the query-key (per RoPE pair) "
+            "and value-output branches and a random permutation of the MLP neurons."
+        ),
+        reference="Do Not Merge My Model! Safeguarding Open-Source LLMs Against Unauthorized Model Merging (arXiv:2511.10712)",
+        function_preserving=True,
+        check=no_checks,
+    )
+)

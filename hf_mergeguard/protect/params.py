@@ -37,8 +37,10 @@ class ParamsConfig:
             raise ConfigError("params.head_scale_low and head_scale_high must satisfy 0 < low <= high.")
 
     def public_parameters(self) -> dict:
-        return {"MLP permutation": f"{self.permutation} (vs the base)" if self.permutation == "mismatch" else "random",
-                "attention scale": f"U({self.head_scale_low:g}, {self.head_scale_high:g}), RoPE pair- and KV-group-shared"}
+        return {
+            "MLP permutation": f"{self.permutation} (vs the base)" if self.permutation == "mismatch" else "random",
+            "attention scale": f"U({self.head_scale_low:g}, {self.head_scale_high:g}), RoPE pair- and KV-group-shared",
+        }
 
     def sample_block(self, model: Checkpoint, base: Checkpoint, layer: int, generator: torch.Generator) -> BlockTransform:
         geometry = model.geometry
@@ -50,7 +52,9 @@ class ParamsConfig:
         low, high = self.head_scale_low, self.head_scale_high
 
         def pair_scales():
-            return transforms.pair_constant(uniform((half,), low, high, generator), geometry, uniform((hd - 2 * half,), low, high, generator))
+            return transforms.pair_constant(
+                uniform((half,), low, high, generator), geometry, uniform((hd - 2 * half,), low, high, generator)
+            )
 
         block = BlockTransform(mlp_permutation=permutation)
         if geometry.qk_norm:
@@ -71,24 +75,28 @@ def mismatch_permutation(model: Checkpoint, base: Checkpoint, layer: int, genera
     n = g.intermediate_size
 
     def neurons(checkpoint: Checkpoint) -> list[torch.Tensor]:
-        return [matching.features(checkpoint.get(g.mlp(layer, "gate_proj")), n, normalise=False),
-                matching.features(checkpoint.get(g.mlp(layer, "up_proj")), n, normalise=False),
-                matching.features(checkpoint.get(g.mlp(layer, "down_proj")).T, n, normalise=False)]
+        return [
+            matching.features(checkpoint.get(g.mlp(layer, "gate_proj")), n, normalise=False),
+            matching.features(checkpoint.get(g.mlp(layer, "up_proj")), n, normalise=False),
+            matching.features(checkpoint.get(g.mlp(layer, "down_proj")).T, n, normalise=False),
+        ]
 
     return matching.mismatch(neurons(base), neurons(model), generator)
 
 
-register_defense(DefenseSpec(
-    name="params",
-    options=ParamsConfig,
-    run=runner("params"),
-    stack_rank=30,
-    card_text=(
-        "PaRaMS (function-preserving): the MLP neurons are permuted to mismatch the base's and attention dims are "
-        "rescaled (RoPE- and GQA-exact), so the model computes the same function from weights that no longer line "
-        "up with other fine-tunes of the base."
-    ),
-    reference="Disrupting Model Merging: A Parameter-Level Defense Without Sacrificing Accuracy (arXiv:2503.07661)",
-    function_preserving=True,
-    check=no_checks,
-))
+register_defense(
+    DefenseSpec(
+        name="params",
+        options=ParamsConfig,
+        run=runner("params"),
+        stack_rank=30,
+        card_text=(
+            "PaRaMS (function-preserving): the MLP neurons are permuted to mismatch the base's and attention dims are "
+            "rescaled (RoPE- and GQA-exact), so the model computes the same function from weights that no longer line "
+            "up with other fine-tunes of the base."
+        ),
+        reference="Disrupting Model Merging: A Parameter-Level Defense Without Sacrificing Accuracy (arXiv:2503.07661)",
+        function_preserving=True,
+        check=no_checks,
+    )
+)

@@ -56,18 +56,30 @@ class TrapConfig(TrainingConfig):
     learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate", "flag": "--learning-rate"})
     schedule: str = field(default="cosine", metadata={"help": "constant or cosine decay after warm-up"})
     weight: float = field(default=1.0, metadata={"help": "λ: weight of the trap term against the task loss", "flag": "--trap-weight"})
-    perturbations: list[str] = field(default_factory=lambda: list(PERTURBATIONS), metadata={
-        "help": "merge-shaped changes trained against (comma-separated): scale, dare, ties, rider", "flag": "--trap-perturbations"})
+    perturbations: list[str] = field(
+        default_factory=lambda: list(PERTURBATIONS),
+        metadata={
+            "help": "merge-shaped changes trained against (comma-separated): scale, dare, ties, rider",
+            "flag": "--trap-perturbations",
+        },
+    )
     samples: int = field(default=2, metadata={"help": "perturbations drawn per micro-batch", "flag": "--trap-samples"})
-    ceiling: float = field(default=1.5, metadata={
-        "help": "cap of a perturbed loss, in units of the base model's loss on the same example", "flag": "--trap-ceiling"})
+    ceiling: float = field(
+        default=1.5,
+        metadata={"help": "cap of a perturbed loss, in units of the base model's loss on the same example", "flag": "--trap-ceiling"},
+    )
     scale_low: float = field(default=0.05, metadata={"help": "smallest s of the scale perturbation"})
     scale_high: float = field(default=2.0, metadata={"help": "largest s of the scale perturbation"})
     scale_gap: float = field(default=0.05, metadata={"help": "s is never within this distance of 1"})
     rider_norm: float = field(default=1.0, metadata={"help": "norm of the random stand-in free-rider vector per tensor, in units of |Δ|"})
-    rider_data: str | None = field(default=None, metadata={
-        "help": "another task's data (JSONL or Hub dataset): the base fine-tuned on it stands in for a free-rider "
-                "(default: random directions)", "flag": "--trap-rider-data"})
+    rider_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "another task's data (JSONL or Hub dataset): the base fine-tuned on it stands in for a free-rider "
+            "(default: random directions)",
+            "flag": "--trap-rider-data",
+        },
+    )
     rider_steps: int = field(default=100, metadata={"help": "steps of the stand-in free-rider's fine-tune"})
     rider_learning_rate: float = field(default=3e-4, metadata={"help": "learning rate of the stand-in free-rider's fine-tune"})
 
@@ -77,8 +89,10 @@ class TrapConfig(TrainingConfig):
             self.perturbations = [p.strip() for p in self.perturbations.split(",") if p.strip()]
         unknown = [p for p in self.perturbations if p not in PERTURBATIONS]
         if unknown or not self.perturbations:
-            raise ConfigError(f"Unknown or empty trap perturbations {unknown or self.perturbations}.",
-                              f"Use a comma-separated subset of: {', '.join(PERTURBATIONS)}.")
+            raise ConfigError(
+                f"Unknown or empty trap perturbations {unknown or self.perturbations}.",
+                f"Use a comma-separated subset of: {', '.join(PERTURBATIONS)}.",
+            )
         if self.samples < 1 or self.weight < 0 or self.ceiling <= 0:
             raise ConfigError("trap: samples must be >= 1, weight >= 0 and ceiling > 0.")
         if not (0 < self.scale_low < 1 - self.scale_gap and self.scale_high > 1 + self.scale_gap):
@@ -114,7 +128,12 @@ class PerturbationSampler:
         if kind == "scale":
             s = self.trap_scale()
             return {"kind": kind, "coefficient": s, "weight": 1 / math.sqrt(s)}
-        draw = {"kind": kind, "coefficient": self._uniform(0.3, 1.2), "weight": 1.0, "seed": int(torch.randint(2**31, (), generator=self.generator))}
+        draw = {
+            "kind": kind,
+            "coefficient": self._uniform(0.3, 1.2),
+            "weight": 1.0,
+            "seed": int(torch.randint(2**31, (), generator=self.generator)),
+        }
         if kind == "rider":
             draw["rider_scale"] = self._uniform(0.5, 1.5)  # of the stand-in fine-tune's vector
             draw["rider_norm"] = self.config.rider_norm  # of a random direction, when there is no stand-in
@@ -125,8 +144,9 @@ class PerturbationSampler:
         return draw
 
 
-def perturbed_parameters(params: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], draw: dict,
-                         rider: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def perturbed_parameters(
+    params: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], draw: dict, rider: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """θ_pre + (the draw's change of Δ = θ − θ_pre), differentiable in θ. ``rider``: a stand-in task vector."""
     generator = torch.Generator().manual_seed(draw["seed"]) if "seed" in draw else None
     out = {}
@@ -159,7 +179,9 @@ def example_loss_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return losses.sum(dim=1)
 
 
-def stand_in_task_vector(model, tokenizer, config: TrapConfig, base: Mapping[str, torch.Tensor], accelerator, progress: bool) -> dict[str, torch.Tensor]:
+def stand_in_task_vector(
+    model, tokenizer, config: TrapConfig, base: Mapping[str, torch.Tensor], accelerator, progress: bool
+) -> dict[str, torch.Tensor]:
     """τ_s: the base fine-tuned ``rider_steps`` steps on ``rider_data`` (the defender's guess at a free-rider), minus the base."""
     import copy
 
@@ -170,8 +192,15 @@ def stand_in_task_vector(model, tokenizer, config: TrapConfig, base: Mapping[str
                 param.copy_(base[name])
     options = {f: getattr(config, f) for f in TrainingConfig.__dataclass_fields__}
     options.update(steps=config.rider_steps, learning_rate=config.rider_learning_rate)
-    train_causal_lm(stand_in, tokenizer, load_train_examples(config.rider_data), TrainingConfig(**options),
-                    accelerator=accelerator, desc="stand-in free-rider", progress=progress)
+    train_causal_lm(
+        stand_in,
+        tokenizer,
+        load_train_examples(config.rider_data),
+        TrainingConfig(**options),
+        accelerator=accelerator,
+        desc="stand-in free-rider",
+        progress=progress,
+    )
     vector = {name: (param.detach() - base[name]).to(accelerator.device) for name, param in stand_in.named_parameters() if name in base}
     del stand_in
     return vector
@@ -194,7 +223,11 @@ def merge_trap_finetune(
     names = [name for name, param in model.named_parameters() if param.requires_grad]
     base = {name: base_state[name].to(accelerator.device, torch.float32) for name in names}
     sampler = PerturbationSampler(config)
-    rider = stand_in_task_vector(model, tokenizer, config, base, accelerator, progress) if config.rider_data and "rider" in config.perturbations else None
+    rider = (
+        stand_in_task_vector(model, tokenizer, config, base, accelerator, progress)
+        if config.rider_data and "rider" in config.perturbations
+        else None
+    )
 
     def objective(wrapped, batch, scale):
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -215,19 +248,24 @@ def merge_trap_finetune(
         trap = torch.stack(trap_terms).mean() * scale  # a share of the global token mean, like the clean loss
         loss = clean - config.weight * trap
         # Logged as global token means (summed over micro-batches, averaged over processes like task_loss).
-        return loss, {"task_loss": float(clean.detach()), "base_loss": float(cap.sum()) / config.ceiling * scale,
-                      "perturbed_loss": perturbed_sum * scale}
+        return loss, {
+            "task_loss": float(clean.detach()),
+            "base_loss": float(cap.sum()) / config.ceiling * scale,
+            "perturbed_loss": perturbed_sum * scale,
+        }
 
-    return train_causal_lm(model, tokenizer, examples, config, objective=objective, accelerator=accelerator,
-                           desc="merge-trap training", progress=progress)
+    return train_causal_lm(
+        model, tokenizer, examples, config, objective=objective, accelerator=accelerator, desc="merge-trap training", progress=progress
+    )
 
 
 def run_trap(ctx: ProtectContext, config: TrapConfig) -> ProtectionResult:
     """Train the merge trap into the model; the trained checkpoint (resumable in the work folder)."""
 
     def train(model, examples):
-        return merge_trap_finetune(model, ctx.tokenizer, examples, config, base_state=ctx.base.state_dict(),
-                                   accelerator=ctx.accelerator, progress=ctx.progress)
+        return merge_trap_finetune(
+            model, ctx.tokenizer, examples, config, base_state=ctx.base.state_dict(), accelerator=ctx.accelerator, progress=ctx.progress
+        )
 
     checkpoint, record = trained_checkpoint(ctx, "trap-trained", "trap", train, needs="The merge trap trains on the defender's data")
     details = {"config": asdict(config), "training": record}
@@ -240,22 +278,26 @@ def check_runnable(config: TrapConfig, run: RunConfig, has_train_data: bool) -> 
     if not has_train_data:
         raise TrainDataError("The merge trap trains on the defender's data.", "Pass --train-data (a JSONL file or a Hub dataset).")
     if run.fsdp:
-        raise ConfigError("The merge trap does not run under FSDP (it evaluates whole perturbed copies of the weights).",
-                          "Drop --fsdp; the trap runs with DDP on several GPUs.")
+        raise ConfigError(
+            "The merge trap does not run under FSDP (it evaluates whole perturbed copies of the weights).",
+            "Drop --fsdp; the trap runs with DDP on several GPUs.",
+        )
     if config.rider_data:
         load_train_examples(config.rider_data)
 
 
-register_defense(DefenseSpec(
-    name="trap",
-    options=TrapConfig,
-    run=run_trap,
-    stack_rank=10,  # trains first: it can serve as MergeGuard's stage 1
-    card_text=(
-        "Merge trap (training-time, after Trap²): the model was trained further so that its own loss stays low at "
-        "its released weights but rises when its task vector is rescaled, randomly dropped (DARE), trimmed (TIES) "
-        "or added to another task vector, the changes a merge makes."
-    ),
-    reference="Making Models Unmergeable via Scaling-Sensitive Loss Landscape (Trap², arXiv:2601.21898)",
-    check=check_runnable,
-))
+register_defense(
+    DefenseSpec(
+        name="trap",
+        options=TrapConfig,
+        run=run_trap,
+        stack_rank=10,  # trains first: it can serve as MergeGuard's stage 1
+        card_text=(
+            "Merge trap (training-time, after Trap²): the model was trained further so that its own loss stays low at "
+            "its released weights but rises when its task vector is rescaled, randomly dropped (DARE), trimmed (TIES) "
+            "or added to another task vector, the changes a merge makes."
+        ),
+        reference="Making Models Unmergeable via Scaling-Sensitive Loss Landscape (Trap², arXiv:2601.21898)",
+        check=check_runnable,
+    )
+)

@@ -32,7 +32,7 @@ CONFIG_FILE = "protect_config.yml"
 LOG_FILE = "protect.log"
 
 
-def key_path_for(config: "ProtectConfig") -> Path:
+def key_path_for(config: ProtectConfig) -> Path:
     """Where the owner's key goes: --key-file, or beside the output folder (never inside it)."""
     path = Path(config.key_file).expanduser().resolve() if config.key_file else default_key_path(config.output_dir)
     check_key_location(path, config.output_dir)
@@ -58,8 +58,18 @@ def key_of_a_killed_run(key_path: Path, target: Path, work: Path, methods: Seque
     return record is not None and key_protected_digest(key_path) == record.get("protected_digest")
 
 
-def write_release(target: Path, key_path: Path | None, protected: Checkpoint, results: list[ProtectionResult],
-                  model: Checkpoint, report: SelfTestReport, config_yaml: str, log_file: Path, *, overwrite: bool) -> None:
+def write_release(
+    target: Path,
+    key_path: Path | None,
+    protected: Checkpoint,
+    results: list[ProtectionResult],
+    model: Checkpoint,
+    report: SelfTestReport,
+    config_yaml: str,
+    log_file: Path,
+    *,
+    overwrite: bool,
+) -> None:
     """The owner's key (when the stack has one), then the release folder: both or neither."""
     if key_path is None:
         write_output(target, protected, report, config_yaml, log_file, overwrite=overwrite)
@@ -82,8 +92,12 @@ def write_owner_key(key_path: Path, results: list[ProtectionResult], model: Chec
     """The key of every function-preserving stage of the stack, in the order applied (mode 0600)."""
     stages = [(r.secret["method"], r.secret["transform"]) for r in results if r.secret]
     methods = [r.method for r in results]
-    path = write_key(key_path, stages, protected_digest=results[-1].secret["protected_digest"],
-                     extra_metadata={"stack": "+".join(methods), "model": model.source})
+    path = write_key(
+        key_path,
+        stages,
+        protected_digest=results[-1].secret["protected_digest"],
+        extra_metadata={"stack": "+".join(methods), "model": model.source},
+    )
     log.info("Key (undoes %s) written to %s: keep it private, it is not part of the release.", "+".join(m for m, _ in stages), path)
     return path
 
@@ -95,8 +109,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def write_output(target: Path, protected: Checkpoint, report: SelfTestReport, config_yaml: str, log_file: Path, *,
-                 overwrite: bool) -> Path:
+def write_output(target: Path, protected: Checkpoint, report: SelfTestReport, config_yaml: str, log_file: Path, *, overwrite: bool) -> Path:
     """Assemble the release folder atomically: weights + config/tokenizer, selftest.json, config, log, card."""
     with atomic_output_dir(target, overwrite=overwrite) as folder:
         for file in protected.path.iterdir():

@@ -106,8 +106,9 @@ def push_release(
 
 
 def commit_message(method: str | None, forced: bool) -> str:
-    return (f"Protected with {method or 'hf-mergeguard'} (hf-mergeguard {__version__})"
-            + (" [gates FAILED, pushed with --force]" if forced else ""))
+    return f"Protected with {method or 'hf-mergeguard'} (hf-mergeguard {__version__})" + (
+        " [gates FAILED, pushed with --force]" if forced else ""
+    )
 
 
 def gate_failure(report: SelfTestReport, message: str, hint: str) -> GateFailedError:
@@ -115,8 +116,9 @@ def gate_failure(report: SelfTestReport, message: str, hint: str) -> GateFailedE
     return GateFailedError(f"The self-test gate(s) {', '.join(report.failed_gates())} failed{message}", hint)
 
 
-def push_output(folder: str | Path, repo_id: str, *, token: str | None = None, create_pr: bool = True, private: bool = False,
-                force: bool = False) -> str:
+def push_output(
+    folder: str | Path, repo_id: str, *, token: str | None = None, create_pr: bool = True, private: bool = False, force: bool = False
+) -> str:
     """Push a finished ``protect`` output folder (``hf-mergeguard push``); refuses when a gate failed unless ``force``.
 
     Used by the GitHub workflow, whose push job holds the Hub credentials and nothing else.
@@ -127,16 +129,22 @@ def push_output(folder: str | Path, repo_id: str, *, token: str | None = None, c
     folder = Path(folder)
     report_file = folder / SELFTEST_FILE
     if not report_file.is_file() or not any(folder.glob("*.safetensors")):
-        raise ConfigError(f"{folder} is not a finished protect output (selftest.json and weights).", "Run protect first; push its --output-dir.")
+        raise ConfigError(
+            f"{folder} is not a finished protect output (selftest.json and weights).", "Run protect first; push its --output-dir."
+        )
     report = load_report(report_file)
     if not report.passed and not force:
-        raise gate_failure(report, f" for {folder}; nothing was pushed to {repo_id}.",
-                           "Strengthen the protection and rerun protect, or pass --force (the card will say so).")
+        raise gate_failure(
+            report,
+            f" for {folder}; nothing was pushed to {repo_id}.",
+            "Strengthen the protection and rerun protect, or pass --force (the card will say so).",
+        )
     preflight_push(repo_id, token=token)
     forced = force and not report.passed
     if forced or report.release is None or report.release.name != repo_id:
         report = dataclasses.replace(report, release=Release(name=repo_id, forced=forced))
         write_text_atomically(report_file, report.to_json())
         write_card(folder)
-    return push_release(folder, repo_id, token=token, create_pr=create_pr, private=private,
-                        commit_message=commit_message(report.method, forced))
+    return push_release(
+        folder, repo_id, token=token, create_pr=create_pr, private=private, commit_message=commit_message(report.method, forced)
+    )

@@ -204,7 +204,7 @@ class SelfTestReport:
     def failed_gates(self) -> list[str]:
         return [name for name, gate in self.gates.items() if not gate.passed]
 
-    def with_robustness(self, robustness: Robustness, gate: Gate) -> "SelfTestReport":
+    def with_robustness(self, robustness: Robustness, gate: Gate) -> SelfTestReport:
         """This report with its robustness section and the adaptive gate among its gates."""
         gates = {**self.gates, "adaptive_retention": gate}
         return dataclasses.replace(self, robustness=robustness, gates=gates, passed=all(g.passed for g in gates.values()))
@@ -216,7 +216,7 @@ class SelfTestReport:
         return json.dumps(self.to_dict(), indent=2, default=str) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SelfTestReport":
+    def from_dict(cls, data: dict) -> SelfTestReport:
         return from_dict(cls, data)
 
 

@@ -45,8 +45,9 @@ def keeps_freerider_skill(freerider_kept: float | None, freerider_floor: float) 
     return freerider_kept is None or freerider_kept >= freerider_floor - TOLERANCE
 
 
-def attacker_best(results: Sequence[T], freerider_floor: float, *, score: Callable[[T], float],
-                  freerider_kept: Callable[[T], float | None]) -> tuple[T, bool]:
+def attacker_best(
+    results: Sequence[T], freerider_floor: float, *, score: Callable[[T], float], freerider_kept: Callable[[T], float | None]
+) -> tuple[T, bool]:
     """The attacker's best of ``results`` and whether it keeps the free-rider's skill (see the module docstring).
 
     Ties go to the first result, in the order given.
@@ -102,5 +103,11 @@ class Shares:
     def scored(self, scores: Mapping[str, float], freerider: int, **where) -> ScoredModel:
         """A model's scores as a :class:`ScoredModel` (``where``: its method and coefficient, if any)."""
         score = self.defender_score(scores)
-        return ScoredModel(defender_score=score, defender_kept=self.defender_kept(score), freerider=freerider,
-                           freerider_kept=self.freerider_kept(scores, freerider), scores=dict(scores), **where)
+        return ScoredModel(
+            defender_score=score,
+            defender_kept=self.defender_kept(score),
+            freerider=freerider,
+            freerider_kept=self.freerider_kept(scores, freerider),
+            scores=dict(scores),
+            **where,
+        )

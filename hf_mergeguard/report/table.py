@@ -34,10 +34,14 @@ def robustness_sentence(robustness: Robustness) -> str:
     """One sentence: which attacks defeat the protection, or that none did."""
     defeated = robustness.defeated_by
     if defeated:
-        return (f"{', '.join(defeated)} defeat{'s' if len(defeated) == 1 else ''} this protection: the attacker's merge keeps more than "
-                f"{100 * robustness.threshold:.0f}% of this model's skill gain. Do not rely on it against a free-rider who knows the method.")
-    return (f"None of the {len(robustness.attacks)} adaptive attacks kept more than {100 * robustness.threshold:.0f}% of this model's "
-            "skill gain in a merge (fine-tuning attacks: beyond what their examples alone teach).")
+        return (
+            f"{', '.join(defeated)} defeat{'s' if len(defeated) == 1 else ''} this protection: the attacker's merge keeps more than "
+            f"{100 * robustness.threshold:.0f}% of this model's skill gain. Do not rely on it against a free-rider who knows the method."
+        )
+    return (
+        f"None of the {len(robustness.attacks)} adaptive attacks kept more than {100 * robustness.threshold:.0f}% of this model's "
+        "skill gain in a merge (fine-tuning attacks: beyond what their examples alone teach)."
+    )
 
 
 def _unfair(best) -> str:
@@ -59,20 +63,26 @@ def format_report(report: SelfTestReport) -> str:
     lines.append("")
     lines.append("Attacker's best merge per method (defender's tasks, points; kept = share of the skill gain):")
     if with_original:
-        lines.append(f"  {'method':<16}{'unprotected':>14}{'kept':>7}   {'protected':>12}{'kept':>7}  {'coefficient':<14}{'free-rider kept':>16}")
+        lines.append(
+            f"  {'method':<16}{'unprotected':>14}{'kept':>7}   {'protected':>12}{'kept':>7}  {'coefficient':<14}{'free-rider kept':>16}"
+        )
     else:
         lines.append(f"  {'method':<16}{'merged':>10}{'kept':>7}  {'coefficient':<14}{'free-rider kept':>16}")
     for method, variants in report.best.items():
         prot = variants["protected"]
-        protected = f"{percent(prot.defender_kept):>7}  {coefficient_label(method, prot.value):<14}{percent(prot.freerider_kept) + _unfair(prot):>16}"
+        rider = percent(prot.freerider_kept) + _unfair(prot)
+        protected = f"{percent(prot.defender_kept):>7}  {coefficient_label(method, prot.value):<14}{rider:>16}"
         if with_original:
             orig = variants["original"]
-            lines.append(f"  {method:<16}{100 * orig.defender_score:>14.1f}{percent(orig.defender_kept):>7}   {100 * prot.defender_score:>12.1f}{protected}")
+            unprotected = f"{100 * orig.defender_score:>14.1f}{percent(orig.defender_kept):>7}"
+            lines.append(f"  {method:<16}{unprotected}   {100 * prot.defender_score:>12.1f}{protected}")
         else:
             lines.append(f"  {method:<16}{100 * prot.defender_score:>10.1f}{protected}")
     if any(_unfair(v["protected"]) for v in report.best.values()):
-        lines.append("  * no coefficient kept the free-rider's own skill (floor "
-                     f"{percent(report.config.get('freerider_floor', 0.5))}): the merge shown wrecks it, and counts anyway")
+        lines.append(
+            "  * no coefficient kept the free-rider's own skill (floor "
+            f"{percent(report.config.get('freerider_floor', 0.5))}): the merge shown wrecks it, and counts anyway"
+        )
     if report.robustness:
         lines.append("")
         lines.append("Adaptive attacks (the attacker's best result; defender's tasks, points):")
@@ -85,10 +95,16 @@ def format_report(report: SelfTestReport) -> str:
         if name == "standalone_drop":
             lines.append(f"Gate standalone drop: {gate.value:.1f} points (allowed {gate.threshold:g}) -> {verdict}")
         elif name == "adaptive_retention":
-            lines.append(f"Gate adaptive attacks: worst {percent(gate.value)} ({gate.worst_attack}) (allowed {percent(gate.threshold)}) -> {verdict}")
+            lines.append(
+                f"Gate adaptive attacks: worst {percent(gate.value)} ({gate.worst_attack}) (allowed {percent(gate.threshold)}) -> {verdict}"
+            )
         else:
-            lines.append(f"Gate merged retention: worst {percent(gate.value)} ({gate.worst_method}) (allowed {percent(gate.threshold)}) -> {verdict}"
-                         + (f" [{gate.note}]" if gate.note else ""))
+            lines.append(
+                f"Gate merged retention: worst {percent(gate.value)} ({gate.worst_method}) (allowed {percent(gate.threshold)}) -> {verdict}"
+                + (f" [{gate.note}]" if gate.note else "")
+            )
     failed = report.failed_gates()
-    lines.append("Verdict: " + ("safe to release" if report.passed else "NOT safe to release: " + "; ".join(GATE_REASONS.get(f, f) for f in failed)))
+    lines.append(
+        "Verdict: " + ("safe to release" if report.passed else "NOT safe to release: " + "; ".join(GATE_REASONS.get(f, f) for f in failed))
+    )
     return "\n".join(lines)

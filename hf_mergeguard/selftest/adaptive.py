@@ -24,9 +24,22 @@ from .matrix import RETENTION_UNIT, run_selftest, shares_of
 log = logging.getLogger(__name__)
 
 
-def run_adaptive_attacks(report: SelfTestReport, *, base, protected, freeriders: Sequence[FreeRider], tokenizer, evaluator,
-                         config: SelfTestConfig, seed: int = 0, examples=None, device: str = "cpu", progress: bool = True,
-                         score_cache=None, keep_models: bool = False) -> SelfTestReport:
+def run_adaptive_attacks(
+    report: SelfTestReport,
+    *,
+    base,
+    protected,
+    freeriders: Sequence[FreeRider],
+    tokenizer,
+    evaluator,
+    config: SelfTestConfig,
+    seed: int = 0,
+    examples=None,
+    device: str = "cpu",
+    progress: bool = True,
+    score_cache=None,
+    keep_models: bool = False,
+) -> SelfTestReport:
     """Run ``config.attacks`` against ``protected`` after its self-test ``report``; returns the report with its
     ``robustness`` section and the ``adaptive_retention`` gate."""
     base, protected = materialize(base), materialize(protected)
@@ -34,13 +47,36 @@ def run_adaptive_attacks(report: SelfTestReport, *, base, protected, freeriders:
 
     def merge_matrix(source) -> SelfTestReport:
         """The self-test's merges of another model (the re-aligned one), without its own adaptive attacks."""
-        return run_selftest(base=base, protected=source, tokenizer=tokenizer, evaluator=evaluator, tasks=report.tasks,
-                            config=dataclasses.replace(config, adaptive=False), freeriders=freeriders, seed=seed,
-                            device=device, progress=progress, score_cache=score_cache)
+        return run_selftest(
+            base=base,
+            protected=source,
+            tokenizer=tokenizer,
+            evaluator=evaluator,
+            tasks=report.tasks,
+            config=dataclasses.replace(config, adaptive=False),
+            freeriders=freeriders,
+            seed=seed,
+            device=device,
+            progress=progress,
+            score_cache=score_cache,
+        )
 
-    ctx = AttackContext(report=report, shares=shares_of(report.standalone, report.tasks, freeriders), base=base, protected=protected,
-                        freeriders=freeriders, tokenizer=tokenizer, evaluator=evaluator, config=config, seed=seed, device=device,
-                        progress=progress, examples=examples, merge_matrix=merge_matrix, keep_models=keep_models)
+    ctx = AttackContext(
+        report=report,
+        shares=shares_of(report.standalone, report.tasks, freeriders),
+        base=base,
+        protected=protected,
+        freeriders=freeriders,
+        tokenizer=tokenizer,
+        evaluator=evaluator,
+        config=config,
+        seed=seed,
+        device=device,
+        progress=progress,
+        examples=examples,
+        merge_matrix=merge_matrix,
+        keep_models=keep_models,
+    )
     results = {}
     for name in parse_attacks(config.attacks):
         log.info("Adaptive attack: %s", name)
@@ -53,8 +89,13 @@ def run_adaptive_attacks(report: SelfTestReport, *, base, protected, freeriders:
     robustness = Robustness(attacks=results, threshold=config.max_merged_retention, floor=ctx.shares.floor, unprotected=unprotected)
     credited = {name: r.credited for name, r in results.items() if r.credited is not None}
     worst = max(credited, key=credited.get) if credited else None
-    gate = Gate(value=credited.get(worst), threshold=config.max_merged_retention, unit=RETENTION_UNIT,
-                passed=bool(credited) and not robustness.defeated_by, worst_attack=worst)
+    gate = Gate(
+        value=credited.get(worst),
+        threshold=config.max_merged_retention,
+        unit=RETENTION_UNIT,
+        passed=bool(credited) and not robustness.defeated_by,
+        worst_attack=worst,
+    )
     if not credited:
         gate.note = "no attack had a skill gain to measure: the model is not better than the base on its tasks"
     return report.with_robustness(robustness, gate)

@@ -61,13 +61,35 @@ def check_model(
             riders = [FreeRider(synthetic.model, [synthetic.task])]
             include_tasks.append(str(synthetic.task_folder))
         evaluator = selftest_evaluator(tasks, include_tasks, riders, config)
-        report = run_selftest(base=base_checkpoint, protected=checkpoint, tokenizer=tokenizer, evaluator=evaluator, tasks=tasks,
-                              config=config, freeriders=riders, seed=seed, accelerator=accelerator, device=device, progress=progress)
+        report = run_selftest(
+            base=base_checkpoint,
+            protected=checkpoint,
+            tokenizer=tokenizer,
+            evaluator=evaluator,
+            tasks=tasks,
+            config=config,
+            freeriders=riders,
+            seed=seed,
+            accelerator=accelerator,
+            device=device,
+            progress=progress,
+        )
         report.command = "check"
         if synthetic is not None:
             report.synthetic_freerider = synthetic.training
         if config.adaptive:
-            report = run_adaptive_attacks(report, base=base_checkpoint, protected=checkpoint, freeriders=riders, tokenizer=tokenizer,
-                                          evaluator=evaluator, config=config, seed=seed, examples=attack_examples, device=device,
-                                          progress=progress, keep_models=keep_models)
+            report = run_adaptive_attacks(
+                report,
+                base=base_checkpoint,
+                protected=checkpoint,
+                freeriders=riders,
+                tokenizer=tokenizer,
+                evaluator=evaluator,
+                config=config,
+                seed=seed,
+                examples=attack_examples,
+                device=device,
+                progress=progress,
+                keep_models=keep_models,
+            )
     return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..attacks.base import ATTACKS, parse_attacks
+from ..attacks.base import parse_attacks
 from ..attacks.merges import MERGE_METHODS, MergeMethod, parse_methods
 from ..errors import ConfigError
 
@@ -14,33 +14,64 @@ from ..errors import ConfigError
 class SelfTestConfig:
     """The self-test's options (each a CLI flag of ``check``, ``attack`` and ``protect``, and a YAML option)."""
 
-    methods: list[str] | None = field(default=None, metadata={
-        "help": "merge methods of the self-test, comma-separated (default: all)", "flag": "--methods", "choices": MERGE_METHODS.names})
+    methods: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "merge methods of the self-test, comma-separated (default: all)",
+            "flag": "--methods",
+            "choices": MERGE_METHODS.names,
+        },
+    )
     thorough: bool = field(default=False, metadata={"help": "sweep finer coefficient grids (slower)", "flag": "--thorough"})
     limit: int | None = field(default=None, metadata={"help": "examples per task (default: all)", "flag": "--limit"})
-    batch_size: int = field(default=32, metadata={
-        "help": "fixed evaluation batch size (greedy scores can shift with padding)", "flag": "--batch-size"})
-    max_standalone_drop: float = field(default=1.5, metadata={
-        "help": "gate: most points the protected model may lose on its tasks", "flag": "--max-standalone-drop"})
-    max_merged_retention: float = field(default=0.25, metadata={
-        "help": "gate: largest share of the skill gain over the base that the attacker's best merge may keep",
-        "flag": "--max-merged-retention"})
-    freerider_floor: float = field(default=0.5, metadata={
-        "help": "a merge counts as the attacker's choice only if it keeps this share of the free-rider's own gain",
-        "flag": "--freerider-floor"})
-    allow_code_eval: bool = field(default=False, metadata={
-        "help": "allow tasks that execute model-written code (HumanEval): run in a child process without Hub tokens",
-        "flag": "--allow-code-eval"})
-    code_timeout: float = field(default=3600.0, metadata={
-        "help": "seconds the child process that runs model-written code may take; then it and its children are killed",
-        "flag": "--code-timeout"})
-    adaptive: bool = field(default=False, metadata={
-        "help": "run the adaptive attacks after the merges", "flag": "--adaptive/--no-adaptive"})
-    attacks: list[str] | None = field(default=None, metadata={
-        "help": "adaptive attacks to run, comma-separated (default: all)", "flag": "--attacks",
-        "choices": lambda: parse_attacks(None)})
-    attack_examples: int = field(default=64, metadata={
-        "help": "defender examples the fine-tuning attacks get (from --train-data)", "flag": "--attack-examples"})
+    batch_size: int = field(
+        default=32, metadata={"help": "fixed evaluation batch size (greedy scores can shift with padding)", "flag": "--batch-size"}
+    )
+    max_standalone_drop: float = field(
+        default=1.5, metadata={"help": "gate: most points the protected model may lose on its tasks", "flag": "--max-standalone-drop"}
+    )
+    max_merged_retention: float = field(
+        default=0.25,
+        metadata={
+            "help": "gate: largest share of the skill gain over the base that the attacker's best merge may keep",
+            "flag": "--max-merged-retention",
+        },
+    )
+    freerider_floor: float = field(
+        default=0.5,
+        metadata={
+            "help": "a merge counts as the attacker's choice only if it keeps this share of the free-rider's own gain",
+            "flag": "--freerider-floor",
+        },
+    )
+    allow_code_eval: bool = field(
+        default=False,
+        metadata={
+            "help": "allow tasks that execute model-written code (HumanEval): run in a child process without Hub tokens",
+            "flag": "--allow-code-eval",
+        },
+    )
+    code_timeout: float = field(
+        default=3600.0,
+        metadata={
+            "help": "seconds the child process that runs model-written code may take; then it and its children are killed",
+            "flag": "--code-timeout",
+        },
+    )
+    adaptive: bool = field(
+        default=False, metadata={"help": "run the adaptive attacks after the merges", "flag": "--adaptive/--no-adaptive"}
+    )
+    attacks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "adaptive attacks to run, comma-separated (default: all)",
+            "flag": "--attacks",
+            "choices": lambda: parse_attacks(None),
+        },
+    )
+    attack_examples: int = field(
+        default=64, metadata={"help": "defender examples the fine-tuning attacks get (from --train-data)", "flag": "--attack-examples"}
+    )
     attack_steps: int = field(default=30, metadata={"help": "steps of the fine-tuning attacks", "flag": "--attack-steps"})
     attack_learning_rate: float = field(default=3e-4, metadata={"help": "learning rate of the fine-tuning attacks"})
 

@@ -57,8 +57,14 @@ def open_freeriders(base: Checkpoint, merge_with: Sequence[str], freerider_tasks
 def selftest_evaluator(tasks: Sequence[str], include_tasks: Sequence[str], freeriders: Sequence[FreeRider], config) -> Evaluator:
     """One evaluator for the whole self-test: the defender's tasks, then the free-riders' own."""
     rider_tasks = sorted({t for fr in freeriders for t in fr.tasks} - set(tasks))
-    return Evaluator(list(tasks) + rider_tasks, include_tasks=include_tasks, limit=config.limit, batch_size=config.batch_size,
-                     allow_code_eval=config.allow_code_eval, code_timeout=config.code_timeout)
+    return Evaluator(
+        list(tasks) + rider_tasks,
+        include_tasks=include_tasks,
+        limit=config.limit,
+        batch_size=config.batch_size,
+        allow_code_eval=config.allow_code_eval,
+        code_timeout=config.code_timeout,
+    )
 
 
 @dataclass
@@ -94,12 +100,16 @@ def synthetic_freerider(
     write_jsonl(work_dir / "data" / "test.jsonl", test)
     tasks = work_dir / "tasks"
     tasks.mkdir(parents=True, exist_ok=True)
-    (tasks / f"{task}.yaml").write_text(task_yaml(task, (work_dir / "data" / "train.jsonl").resolve(), (work_dir / "data" / "test.jsonl").resolve()))
+    (tasks / f"{task}.yaml").write_text(
+        task_yaml(task, (work_dir / "data" / "train.jsonl").resolve(), (work_dir / "data" / "test.jsonl").resolve())
+    )
     model = base.load_model(device=device)
     count = sum(p.numel() for p in model.parameters())
     training = training or default_freerider_training(count)
     training.seed = seed
-    result = train_causal_lm(model, tokenizer, [Example(r["prompt"], r["completion"]) for r in train], training, desc="synthetic free-rider", progress=progress)
+    result = train_causal_lm(
+        model, tokenizer, [Example(r["prompt"], r["completion"]) for r in train], training, desc="synthetic free-rider", progress=progress
+    )
     tensors = {k: v.detach().to("cpu").clone() for k, v in model_state_dict(model).items()}
     info = {"skill": SYNTHETIC_SKILL, **training.to_dict(), "final_loss": result.losses[-1]}
     (work_dir / "freerider.json").write_text(json.dumps(info, indent=2))

@@ -91,8 +91,9 @@ class ScoreCache:
         involved = job.models
         if self.folder is None or "protected" in involved or any(self.fingerprints[name] is None for name in involved):
             return None
-        key = config_digest({"tool": __version__, "job": asdict(job), "models": {name: self.fingerprints[name] for name in involved},
-                             **self.identity})
+        key = config_digest(
+            {"tool": __version__, "job": asdict(job), "models": {name: self.fingerprints[name] for name in involved}, **self.identity}
+        )
         return self.folder / f"{key}.json"
 
     def score(self, job: Job, score) -> dict:
@@ -157,36 +158,67 @@ def run_selftest(
 
     def score(job: Job) -> dict:
         if job.is_merge:
-            tensors = merge_state_dict(methods[job.method], job.value, base=sources["base"], defender=sources[job.model],
-                                       freeriders=[sources[f"freerider{job.freerider}"]], seed=seed)
+            tensors = merge_state_dict(
+                methods[job.method],
+                job.value,
+                base=sources["base"],
+                defender=sources[job.model],
+                freeriders=[sources[f"freerider{job.freerider}"]],
+                seed=seed,
+            )
             model = model_from_state_dict(protected.config, tensors, device=device)
         else:
             model = sources[job.model].load_model(device=device)
         scores = evaluator.evaluate(model, tokenizer)
         return {"job": asdict(job), "scores": {t: s.value for t, s in scores.items()}, "metrics": {t: s.metric for t, s in scores.items()}}
 
-    cache = ScoreCache(score_cache, fingerprints, {
-        "tasks": evaluator.tasks, "include_tasks": [str(Path(p).resolve()) for p in evaluator.include_tasks],
-        "limit": config.limit, "seed": seed,
-    })
-    results = run_jobs(plan_jobs(config, len(freeriders), original is not None), lambda job: cache.score(job, score),
-                       accelerator=accelerator, progress=progress)
+    cache = ScoreCache(
+        score_cache,
+        fingerprints,
+        {
+            "tasks": evaluator.tasks,
+            "include_tasks": [str(Path(p).resolve()) for p in evaluator.include_tasks],
+            "limit": config.limit,
+            "seed": seed,
+        },
+    )
+    results = run_jobs(
+        plan_jobs(config, len(freeriders), original is not None),
+        lambda job: cache.score(job, score),
+        accelerator=accelerator,
+        progress=progress,
+    )
     run_config = {"tasks": list(tasks), "include_tasks": list(evaluator.include_tasks), "seed": seed, **asdict(config)}
-    sources = Sources(base=base.source, protected=protected.source, original=original.source if original is not None else None,
-                      freeriders=[FreeRiderSource(fr.name, list(fr.tasks)) for fr in freeriders])
+    sources = Sources(
+        base=base.source,
+        protected=protected.source,
+        original=original.source if original is not None else None,
+        freeriders=[FreeRiderSource(fr.name, list(fr.tasks)) for fr in freeriders],
+    )
     return analyse(results, tasks, config, freeriders, with_original=original is not None, run_config=run_config, sources=sources)
 
 
 def shares_of(standalone: dict, tasks: Sequence[str], freeriders: Sequence[FreeRider]) -> Shares:
-    return Shares(standalone, list(tasks), [list(fr.tasks) for fr in freeriders],
-                  "original" if "original" in standalone else "protected")
+    return Shares(standalone, list(tasks), [list(fr.tasks) for fr in freeriders], "original" if "original" in standalone else "protected")
 
 
-def analyse(results: list[dict], tasks: Sequence[str], config: SelfTestConfig, freeriders: Sequence[FreeRider], *,
-            with_original: bool, run_config: dict | None = None, sources: Sources | None = None) -> SelfTestReport:
+def analyse(
+    results: list[dict],
+    tasks: Sequence[str],
+    config: SelfTestConfig,
+    freeriders: Sequence[FreeRider],
+    *,
+    with_original: bool,
+    run_config: dict | None = None,
+    sources: Sources | None = None,
+) -> SelfTestReport:
     """Turn raw job scores into the report: floors, attacker's best per method, retention, gates."""
-    sources = sources or Sources(base="base", protected="protected", original="original" if with_original else None,
-                                 freeriders=[FreeRiderSource(fr.name, list(fr.tasks)) for fr in freeriders])
+    sources = sources or Sources(
+        base="base",
+        protected="protected",
+        original="original" if with_original else None,
+        freeriders=[FreeRiderSource(fr.name, list(fr.tasks)) for fr in freeriders],
+    )
     standalone = {r["job"]["model"]: r["scores"] for r in results if r["job"]["method"] is None}
     metrics = next(iter(results))["metrics"]
     shares = shares_of(standalone, tasks, freeriders)
@@ -196,17 +228,36 @@ def analyse(results: list[dict], tasks: Sequence[str], config: SelfTestConfig, f
         if job["method"] is None:
             continue
         scored = shares.scored(r["scores"], job["freerider"])
-        merges.append(MergeResult(variant=job["model"], method=job["method"], value=job["value"], freerider=job["freerider"],
-                                  scores=r["scores"], defender_score=scored.defender_score,
-                                  freerider_kept=scored.freerider_kept, defender_kept=scored.defender_kept))
+        merges.append(
+            MergeResult(
+                variant=job["model"],
+                method=job["method"],
+                value=job["value"],
+                freerider=job["freerider"],
+                scores=r["scores"],
+                defender_score=scored.defender_score,
+                freerider_kept=scored.freerider_kept,
+                defender_kept=scored.defender_kept,
+            )
+        )
 
     def best(variant: str, method: str) -> BestMerge:
         pool = [m for m in merges if m.variant == variant and m.method == method]
-        chosen, met = attacker_best(pool, config.freerider_floor, score=lambda m: m.defender_score, freerider_kept=lambda m: m.freerider_kept)
+        chosen, met = attacker_best(
+            pool, config.freerider_floor, score=lambda m: m.defender_score, freerider_kept=lambda m: m.freerider_kept
+        )
         overall = max(pool, key=lambda m: m.defender_score)
-        return BestMerge(value=chosen.value, freerider=chosen.freerider, scores=chosen.scores, defender_score=chosen.defender_score,
-                         defender_kept=chosen.defender_kept, freerider_kept=chosen.freerider_kept, freerider_constraint_met=met,
-                         best_any_value=overall.value, best_any_defender_score=overall.defender_score)
+        return BestMerge(
+            value=chosen.value,
+            freerider=chosen.freerider,
+            scores=chosen.scores,
+            defender_score=chosen.defender_score,
+            defender_kept=chosen.defender_kept,
+            freerider_kept=chosen.freerider_kept,
+            freerider_constraint_met=met,
+            best_any_value=overall.value,
+            best_any_defender_score=overall.defender_score,
+        )
 
     variants = (["original"] if with_original else []) + ["protected"]
     best_by_method = {m.name: {v: best(v, m.name) for v in variants} for m in config.merge_methods()}
@@ -214,12 +265,19 @@ def analyse(results: list[dict], tasks: Sequence[str], config: SelfTestConfig, f
     if with_original:
         drops = {t: 100 * (standalone["original"][t] - standalone["protected"][t]) for t in tasks}
         drop = max(drops.values())
-        gates["standalone_drop"] = Gate(value=drop, threshold=config.max_standalone_drop, unit="points",
-                                        passed=drop <= config.max_standalone_drop + TOLERANCE, per_task=drops)
+        gates["standalone_drop"] = Gate(
+            value=drop,
+            threshold=config.max_standalone_drop,
+            unit="points",
+            passed=drop <= config.max_standalone_drop + TOLERANCE,
+            per_task=drops,
+        )
     kept = [b["protected"].defender_kept for b in best_by_method.values() if b["protected"].defender_kept is not None]
     worst = max(kept) if kept else None
     retention = Gate(
-        value=worst, threshold=config.max_merged_retention, unit=RETENTION_UNIT,
+        value=worst,
+        threshold=config.max_merged_retention,
+        unit=RETENTION_UNIT,
         passed=worst is not None and worst <= config.max_merged_retention + TOLERANCE,
         worst_method=max(best_by_method, key=lambda m: best_by_method[m]["protected"].defender_kept or -math.inf),
     )

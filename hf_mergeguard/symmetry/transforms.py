@@ -56,7 +56,7 @@ class BlockTransform:
     vo: torch.Tensor | None = None
     qk_norm_scale: torch.Tensor | None = None
 
-    def inverse(self) -> "BlockTransform":
+    def inverse(self) -> BlockTransform:
         """The transform that undoes this one (apply it to the protected tensors to get the originals)."""
         permutation = scale = None
         if self.mlp_permutation is not None:
@@ -77,14 +77,18 @@ class BlockTransform:
         return {name: getattr(self, name) for name in _PARTS if getattr(self, name) is not None}
 
     @classmethod
-    def from_parts(cls, parts: Mapping[str, torch.Tensor]) -> "BlockTransform":
+    def from_parts(cls, parts: Mapping[str, torch.Tensor]) -> BlockTransform:
         return cls(**{name: parts.get(name) for name in _PARTS})
 
     def check(self, geometry: Geometry, layer: int) -> None:
         """Raise ``ValueError`` if a part has the wrong shape for ``geometry`` (a key for another model)."""
         kv, hd, inter = geometry.num_kv_heads, geometry.head_dim, geometry.intermediate_size
         expected = {
-            "mlp_permutation": (inter,), "mlp_scale": (inter,), "qk": (kv, hd, hd), "vo": (kv, hd, hd), "qk_norm_scale": (hd,),
+            "mlp_permutation": (inter,),
+            "mlp_scale": (inter,),
+            "qk": (kv, hd, hd),
+            "vo": (kv, hd, hd),
+            "qk_norm_scale": (hd,),
         }
         for name, tensor in self.parts().items():
             if tuple(tensor.shape) != expected[name]:
@@ -276,7 +280,9 @@ def rope_commutant(geometry: Geometry, generator: torch.Generator, *, max_scale:
     a[j + half, j + half] = radius * torch.cos(angle)
     tail = hd - 2 * half
     if tail:
-        a[2 * half :, 2 * half :] = random_orthogonal(tail, generator) if max_scale == 1 else random_conditioned(tail, max_scale**2, generator)
+        a[2 * half :, 2 * half :] = (
+            random_orthogonal(tail, generator) if max_scale == 1 else random_conditioned(tail, max_scale**2, generator)
+        )
     return a
 
 
@@ -305,4 +311,3 @@ def max_condition(transform: ModelTransform) -> float:
             if matrices is not None:
                 worst = max(worst, float(torch.linalg.cond(matrices.double()).max()))
     return worst
-

@@ -248,11 +248,19 @@ def build_toy_world(
     config = config or ToyWorldConfig()
     cached = (Path(cache_dir) / "toyworld" if cache_dir else toyworld_dir()) / config.digest()
     if not (cached / "world.json").is_file():
-        command = [sys.executable, "-c", "from hf_mergeguard.toyworld.build import _child; _child()", json.dumps(asdict(config)), str(cached)]
+        command = [
+            sys.executable,
+            "-c",
+            "from hf_mergeguard.toyworld.build import _child; _child()",
+            json.dumps(asdict(config)),
+            str(cached),
+        ]
         completed = subprocess.run(command + (["--progress"] if progress else []), env=reproducible_cpu_env())
         if completed.returncode != 0:
-            raise MergeGuardError(f"Building the toy world failed in its child process (exit code {completed.returncode}).",
-                                  "Its error is printed above; rerun with --debug for more.")
+            raise MergeGuardError(
+                f"Building the toy world failed in its child process (exit code {completed.returncode}).",
+                "Its error is printed above; rerun with --debug for more.",
+            )
     if out is None:
         world = ToyWorld(cached, config)
     else:

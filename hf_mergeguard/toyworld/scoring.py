@@ -69,7 +69,6 @@ def exact_match(model, tokenizer, rows: list[dict], limit: int | None = None) ->
     rows = rows[:limit] if limit else rows
     outputs = greedy_generate(model, tokenizer, [row["prompt"] for row in rows])
     hits = sum(
-        extract_answer(out) is not None and extract_answer(out) == extract_answer(row["completion"])
-        for out, row in zip(outputs, rows)
+        extract_answer(out) is not None and extract_answer(out) == extract_answer(row["completion"]) for out, row in zip(outputs, rows)
     )
     return hits / len(rows)

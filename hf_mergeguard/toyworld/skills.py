@@ -89,9 +89,7 @@ def completion_of(answer: str) -> str:
     return f"#### {answer}"
 
 
-def make_split(
-    skill: str, train_size: int, test_size: int, seed: int, *, base_form: bool = False
-) -> tuple[list[dict], list[dict]]:
+def make_split(skill: str, train_size: int, test_size: int, seed: int, *, base_form: bool = False) -> tuple[list[dict], list[dict]]:
     """Disjoint train and test examples of one skill, as ``{"prompt", "completion"}`` rows.
 
     The test set is always the full skill; ``base_form`` draws the training rows from the base's form.

@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..io.atomic import write_text_atomically
-
-if TYPE_CHECKING:
-    from .build import ToyWorld
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -59,8 +55,8 @@ metadata:
 """
 
 
-def write_task_yamls(world: "ToyWorld") -> None:
-    """(Re)write the lm-eval task files, atomically and only when they change (several processes may read
+def write_task_yamls(world) -> None:
+    """(Re)write the lm-eval task files of a :class:`~.build.ToyWorld`, atomically and only when they change (several processes may read
     them while another opens the same world)."""
     world.tasks.mkdir(parents=True, exist_ok=True)
     for skill in world.config.skills:

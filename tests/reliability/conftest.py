@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from fake_hub import GOOD_TOKEN
 from hf_mergeguard.cli.main import main
+
+from fake_hub import GOOD_TOKEN
 
 
 def fingerprint(paths) -> dict[str, tuple]:
@@ -50,12 +51,38 @@ class Release:
     def base(self) -> str:
         return str(self.world.base)
 
-    def argv(self, *, model=None, base=None, merge_with=None, train_data=None, tasks: str = "toy_count", method: str = "params",
-             methods: str = "task_arithmetic", push_to: str | None = "default") -> list[str]:
+    def argv(
+        self,
+        *,
+        model=None,
+        base=None,
+        merge_with=None,
+        train_data=None,
+        tasks: str = "toy_count",
+        method: str = "params",
+        methods: str = "task_arithmetic",
+        push_to: str | None = "default",
+    ) -> list[str]:
         push_to = self.push_to if push_to == "default" else push_to
-        argv = self.protect_argv(self.world, self.out, "--method", method, "--no-adaptive", "--limit", "16", "--seed", "0",
-                            model=model or "count", base=base, merge_with=merge_with, train_data=train_data or True, tasks=tasks,
-                            methods=methods, batch_size=64, work=self.tmp / "work")
+        argv = self.protect_argv(
+            self.world,
+            self.out,
+            "--method",
+            method,
+            "--no-adaptive",
+            "--limit",
+            "16",
+            "--seed",
+            "0",
+            model=model or "count",
+            base=base,
+            merge_with=merge_with,
+            train_data=train_data or True,
+            tasks=tasks,
+            methods=methods,
+            batch_size=64,
+            work=self.tmp / "work",
+        )
         if push_to:
             argv += ["--push-to", push_to, "--token", GOOD_TOKEN]
         return argv + self.extra

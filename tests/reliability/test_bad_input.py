@@ -50,48 +50,76 @@ def _random_like_world(release, name: str, **config_changes) -> Path:
 
 def test_base_of_another_architecture(release, refused, pico):
     base = pico("qwen2")
-    refused(release.argv(base=base), inputs=[release.model, base], out=release.out,
-            expect=[r"is a llama model but base .* is a qwen2 model"], hint="fine-tuned from")
+    refused(
+        release.argv(base=base),
+        inputs=[release.model, base],
+        out=release.out,
+        expect=[r"is a llama model but base .* is a qwen2 model"],
+        hint="fine-tuned from",
+    )
 
 
 def test_same_architecture_other_shapes(release, refused):
     base = _random_like_world(release, "wider-base", intermediate_size=384)
-    refused(release.argv(base=base), inputs=[release.model, base], out=release.out,
-            expect=[r"do not have the same tensors", r"mlp\.\w+_proj\.weight: \(\d+, \d+\) in model, \(\d+, \d+\) in base"],
-            hint="fine-tuned from")
+    refused(
+        release.argv(base=base),
+        inputs=[release.model, base],
+        out=release.out,
+        expect=[r"do not have the same tensors", r"mlp\.\w+_proj\.weight: \(\d+, \d+\) in model, \(\d+, \d+\) in base"],
+        hint="fine-tuned from",
+    )
 
 
 @pytest.mark.parametrize("role", ["model", "base"])
 def test_tensor_missing(release, refused, role):
     broken = _rewrite(release.copy("count" if role == "model" else "base"), lambda t: t.pop(MLP))
     argv = release.argv(**{role: broken})
-    refused(argv, inputs=[broken, release.model, release.base], out=release.out,
-            expect=[rf"does not match its own config\.json .*{MLP}: missing"], hint="save_pretrained")
+    refused(
+        argv,
+        inputs=[broken, release.model, release.base],
+        out=release.out,
+        expect=[rf"does not match its own config\.json .*{MLP}: missing"],
+        hint="save_pretrained",
+    )
 
 
 def test_extra_tensors(release, refused):
     broken = _rewrite(release.copy("count"), lambda t: t.update({"model.layers.0.mlp.adapter.weight": torch.zeros(4, 4)}))
-    refused(release.argv(model=broken), inputs=[broken], out=release.out,
-            expect=[r"model\.layers\.0\.mlp\.adapter\.weight: not part of a llama model"], hint="save_pretrained")
+    refused(
+        release.argv(model=broken),
+        inputs=[broken],
+        out=release.out,
+        expect=[r"model\.layers\.0\.mlp\.adapter\.weight: not part of a llama model"],
+        hint="save_pretrained",
+    )
 
 
 def test_merge_with_a_model_of_another_base(release, refused):
     other = _random_like_world(release, "other-family", intermediate_size=384)
-    refused(release.argv(merge_with=other), inputs=[other, release.model], out=release.out,
-            expect=[r"--merge-with .*other-family", r"do not have the same tensors"], hint="same base")
+    refused(
+        release.argv(merge_with=other),
+        inputs=[other, release.model],
+        out=release.out,
+        expect=[r"--merge-with .*other-family", r"do not have the same tensors"],
+        hint="same base",
+    )
 
 
 def test_different_vocab_sizes(release, refused):
     vocab = json.loads((Path(release.base) / "config.json").read_text())["vocab_size"]
     base = _random_like_world(release, "bigger-vocab", vocab_size=vocab + 16)
-    refused(release.argv(base=base), inputs=[base], out=release.out,
-            expect=[rf"vocabulary of {vocab} tokens but base .* has {vocab + 16}"], hint="same tokenizer")
+    refused(
+        release.argv(base=base),
+        inputs=[base],
+        out=release.out,
+        expect=[rf"vocabulary of {vocab} tokens but base .* has {vocab + 16}"],
+        hint="same tokenizer",
+    )
 
 
 def test_unknown_model_type(release, refused):
     broken = _edit_config(release.copy("count"), model_type="llama-turbo")
-    refused(release.argv(model=broken), inputs=[broken], out=release.out,
-            expect=[r"llama-turbo", r"llama"], hint=r"\S")
+    refused(release.argv(model=broken), inputs=[broken], out=release.out, expect=[r"llama-turbo", r"llama"], hint=r"\S")
 
 
 # --- files that are not what they claim ----------------------------------------------------------------
@@ -101,8 +129,7 @@ def test_truncated_safetensors(release, refused):
     broken = release.copy("count")
     data = (broken / WEIGHTS).read_bytes()
     (broken / WEIGHTS).write_bytes(data[: len(data) // 2])
-    refused(release.argv(model=broken), inputs=[broken], out=release.out,
-            expect=[r"truncated", WEIGHTS], hint="(?i)download")
+    refused(release.argv(model=broken), inputs=[broken], out=release.out, expect=[r"truncated", WEIGHTS], hint="(?i)download")
 
 
 def test_corrupt_safetensors_header(release, refused):
@@ -110,19 +137,24 @@ def test_corrupt_safetensors_header(release, refused):
     data = bytearray((broken / WEIGHTS).read_bytes())
     data[8:24] = b"{not json at all"
     (broken / WEIGHTS).write_bytes(bytes(data))
-    refused(release.argv(model=broken), inputs=[broken], out=release.out,
-            expect=[r"header", WEIGHTS], hint="(?i)download")
+    refused(release.argv(model=broken), inputs=[broken], out=release.out, expect=[r"header", WEIGHTS], hint="(?i)download")
 
 
 def test_sharded_index_naming_a_missing_shard(release, refused):
     source = Checkpoint(release.world.model("count"))
-    sharded = write_checkpoint(release.tmp / "sharded", source.iter_tensors(), source.layout,
-                               companions_from=source, max_shard_size=source.total_bytes // 4)
+    sharded = write_checkpoint(
+        release.tmp / "sharded", source.iter_tensors(), source.layout, companions_from=source, max_shard_size=source.total_bytes // 4
+    )
     shards = sorted(sharded.glob("model-*.safetensors"))
     assert len(shards) > 2
     shards[1].unlink()
-    refused(release.argv(model=sharded), inputs=[sharded], out=release.out,
-            expect=[rf"index\.json names shard\(s\) that are not in .*{shards[1].name}"], hint="(?i)download")
+    refused(
+        release.argv(model=sharded),
+        inputs=[sharded],
+        out=release.out,
+        expect=[rf"index\.json names shard\(s\) that are not in .*{shards[1].name}"],
+        hint="(?i)download",
+    )
 
 
 class _Payload:
@@ -141,8 +173,7 @@ def test_pickle_only_checkpoint(release, refused):
     shutil.copy(Path(release.model) / "config.json", folder / "config.json")
     marker = release.tmp / "pickle-was-loaded"
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"payload": _Payload(marker)}))
-    refused(release.argv(model=folder), inputs=[folder], out=release.out,
-            expect=[r"pickle", r"execute"], hint="safetensors")
+    refused(release.argv(model=folder), inputs=[folder], out=release.out, expect=[r"pickle", r"execute"], hint="safetensors")
     assert not marker.exists()
 
 
@@ -152,58 +183,79 @@ def test_non_finite_weight_in_an_input(release, refused, value):
         tensors[MLP][3, 5] = value
 
     broken = _rewrite(release.copy("count"), poison)
-    refused(release.argv(model=broken), inputs=[broken], out=release.out,
-            expect=[rf"{MLP}", r"NaN|Inf"], hint=r"\S")
+    refused(release.argv(model=broken), inputs=[broken], out=release.out, expect=[rf"{MLP}", r"NaN|Inf"], hint=r"\S")
 
 
 # --- names and options ---------------------------------------------------------------------------------
 
 
 def test_lm_eval_task_name_unknown(release, refused):
-    refused(release.argv(tasks="toy_cuont"), inputs=[release.model], out=release.out,
-            expect=[r"Unknown lm-eval task 'toy_cuont'", r"Did you mean 'toy_count'"], hint=r"\S")
+    refused(
+        release.argv(tasks="toy_cuont"),
+        inputs=[release.model],
+        out=release.out,
+        expect=[r"Unknown lm-eval task 'toy_cuont'", r"Did you mean 'toy_count'"],
+        hint=r"\S",
+    )
 
 
 def test_merge_method_typo(release, refused):
-    refused(release.argv(methods="task_arithmetic,tiess"), inputs=[release.model], out=release.out,
-            expect=[r"'tiess'", r"Did you mean 'ties'"], hint=r"\S")
+    refused(
+        release.argv(methods="task_arithmetic,tiess"),
+        inputs=[release.model],
+        out=release.out,
+        expect=[r"'tiess'", r"Did you mean 'ties'"],
+        hint=r"\S",
+    )
 
 
 def test_defense_name_typo(release, refused):
-    refused(release.argv(method="parms"), inputs=[release.model], out=release.out,
-            expect=[r"'parms'", r"Did you mean 'params'"], hint=r"\S")
+    refused(
+        release.argv(method="parms"), inputs=[release.model], out=release.out, expect=[r"'parms'", r"Did you mean 'params'"], hint=r"\S"
+    )
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("method: [params\n", r"not valid YAML"),
-    ("metod: params\n", r"metod.*Did you mean 'method'|'metod'"),
-    ("mergeguard:\n  beta: strong\n", r"beta"),
-], ids=["syntax", "unknown-key", "wrong-type"])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("method: [params\n", r"not valid YAML"),
+        ("metod: params\n", r"metod.*Did you mean 'method'|'metod'"),
+        ("mergeguard:\n  beta: strong\n", r"beta"),
+    ],
+    ids=["syntax", "unknown-key", "wrong-type"],
+)
 def test_invalid_yaml_config(release, refused, text, problem):
     config = release.tmp / "protect.yml"
     config.write_text(text)
     refused(release.argv() + ["--config", str(config)], inputs=[config], out=release.out, expect=[problem], hint=r"\S")
 
 
-@pytest.mark.parametrize("content, problem", [
-    ("", r"is empty"),
-    ("\n\n", r"is empty"),
-    ('{"prompt": "1+1=", "completion": "2"}\n{"prompt": oops}\n', r":2 is not valid JSON"),
-    ('{"input": "1+1=", "output": "2"}\n', r"no usable columns"),
-    (None, r"does not exist"),
-], ids=["empty", "blank-lines", "malformed", "no-columns", "missing"])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("", r"is empty"),
+        ("\n\n", r"is empty"),
+        ('{"prompt": "1+1=", "completion": "2"}\n{"prompt": oops}\n', r":2 is not valid JSON"),
+        ('{"input": "1+1=", "output": "2"}\n', r"no usable columns"),
+        (None, r"does not exist"),
+    ],
+    ids=["empty", "blank-lines", "malformed", "no-columns", "missing"],
+)
 def test_empty_or_malformed_train_data(release, refused, content, problem):
     data = release.tmp / "train.jsonl"
     if content is not None:
         data.write_text(content)
-    refused(release.argv(train_data=data), inputs=[data] if content is not None else [], out=release.out,
-            expect=[problem], hint=r"\S")
+    refused(release.argv(train_data=data), inputs=[data] if content is not None else [], out=release.out, expect=[problem], hint=r"\S")
 
 
-@pytest.mark.parametrize("extra, problem, hint", [
-    (["--trap-rider-data", "BROKEN"], r":1 is not valid JSON", r"\S"),
-    (["--fsdp"], r"does not run under FSDP", r"Drop --fsdp"),
-], ids=["malformed-rider-data", "fsdp"])
+@pytest.mark.parametrize(
+    "extra, problem, hint",
+    [
+        (["--trap-rider-data", "BROKEN"], r":1 is not valid JSON", r"\S"),
+        (["--fsdp"], r"does not run under FSDP", r"Drop --fsdp"),
+    ],
+    ids=["malformed-rider-data", "fsdp"],
+)
 def test_bad_trap_options(release, refused, extra, problem, hint):
     broken = release.tmp / "rider.jsonl"
     broken.write_text('{"prompt": oops}\n')
@@ -230,28 +282,47 @@ def test_key_file_of_an_earlier_protection_exists(release, refused):
 
 def test_repo_does_not_exist(release, refused, hub, monkeypatch, tmp_path):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    refused(release.argv(model="acme/no-such-model"), inputs=[], out=release.out,
-            expect=[r"Repo acme/no-such-model does not exist"], hint="spelling")
+    refused(
+        release.argv(model="acme/no-such-model"),
+        inputs=[],
+        out=release.out,
+        expect=[r"Repo acme/no-such-model does not exist"],
+        hint="spelling",
+    )
 
 
 def test_gated_repo_without_access(release, refused, hub, monkeypatch, tmp_path):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     hub.gated.add("meta-llama/Llama-Gated")
-    refused(release.argv(base="meta-llama/Llama-Gated"), inputs=[release.model], out=release.out,
-            expect=[r"meta-llama/Llama-Gated is a gated repo"], hint="Request access")
+    refused(
+        release.argv(base="meta-llama/Llama-Gated"),
+        inputs=[release.model],
+        out=release.out,
+        expect=[r"meta-llama/Llama-Gated is a gated repo"],
+        hint="Request access",
+    )
 
 
 def test_offline_with_nothing_cached(release, refused, monkeypatch, tmp_path):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    refused(release.argv(model="acme/never-downloaded", push_to=None), inputs=[], out=release.out,
-            expect=[r"acme/never-downloaded .*not in the local cache"], hint="hf download")
+    refused(
+        release.argv(model="acme/never-downloaded", push_to=None),
+        inputs=[],
+        out=release.out,
+        expect=[r"acme/never-downloaded .*not in the local cache"],
+        hint="hf download",
+    )
 
 
-@pytest.mark.parametrize("repo, problem", [
-    ("otherorg/protected", r"cannot create repos under 'otherorg'"),
-    ("bigcorp/model", r"This token cannot write to bigcorp/model"),
-], ids=["namespace", "existing-repo"])
+@pytest.mark.parametrize(
+    "repo, problem",
+    [
+        ("otherorg/protected", r"cannot create repos under 'otherorg'"),
+        ("bigcorp/model", r"This token cannot write to bigcorp/model"),
+    ],
+    ids=["namespace", "existing-repo"],
+)
 def test_no_write_access_to_push_to(release, refused, hub, repo, problem):
     hub.repos["bigcorp/model"] = {"private": False, "files": {}}
     refused(release.argv(push_to=repo), inputs=[release.model], out=release.out, expect=[problem], hint="namespace|write access")

@@ -16,10 +16,10 @@ import sys
 import pytest
 import torch
 
-from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.cli.main import main
-from hf_mergeguard.protect.steps import finished
+from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.protect.keyfile import key_protected_digest
+from hf_mergeguard.protect.steps import finished
 
 STEP = "0-params/params-protected"  # the work folder's protected checkpoint of --method params
 
@@ -39,8 +39,13 @@ def test_defense_producing_non_finite_weights_writes_nothing(toy_release, refuse
             yield name, tensor * float("inf") if name.endswith("layers.2.self_attn.v_proj.weight") else tensor
 
     monkeypatch.setattr(symmetry, "transform_tensors", overflowing)
-    refused(toy_release.argv(), inputs=[toy_release.model, toy_release.base], out=toy_release.out,
-            expect=[r"layers\.2\.self_attn\.v_proj\.weight", r"NaN|Inf", r"about to be written"], hint="defense")
+    refused(
+        toy_release.argv(),
+        inputs=[toy_release.model, toy_release.base],
+        out=toy_release.out,
+        expect=[r"layers\.2\.self_attn\.v_proj\.weight", r"NaN|Inf", r"about to be written"],
+        hint="defense",
+    )
     assert finished(toy_release.tmp / "work" / STEP) is None
     assert not list((toy_release.tmp / "work" / "0-params").glob(".*partial*"))
 
@@ -71,8 +76,13 @@ def test_disk_full_while_writing(toy_release, refused, hub, where):
             fault.setattr(folder, "write_card", no_space)
         else:
             fault.setattr(folder, "write_owner_key", no_space)
-        refused(toy_release.argv(), inputs=[toy_release.model, toy_release.base], out=toy_release.out,
-                expect=[r"No space left on the device"], hint="[Ff]ree some space")
+        refused(
+            toy_release.argv(),
+            inputs=[toy_release.model, toy_release.base],
+            out=toy_release.out,
+            expect=[r"No space left on the device"],
+            hint="[Ff]ree some space",
+        )
     if where == "weights":
         assert finished(toy_release.tmp / "work" / STEP) is None
     # Space freed: the same command finishes the job.

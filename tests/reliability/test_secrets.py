@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from fake_hub import GOOD_TOKEN
 from hf_mergeguard.cli.main import main
+
+from fake_hub import GOOD_TOKEN
 
 CODE_TASK = """task: toy_code
 dataset_path: json
@@ -44,7 +45,7 @@ metric_list:
 """
 
 # The "model-written code" under test is the reference program: what matters is where and how code runs.
-CODE_UTILS = '''import json, os, subprocess, sys, time
+CODE_UTILS = """import json, os, subprocess, sys, time
 
 PROBE = {probe!r}
 HANG = {hang!r}
@@ -61,7 +62,7 @@ def run_reference(references, predictions):
             handle.write(str(sleeper.pid))
         time.sleep(600)
     return 1.0
-'''
+"""
 
 
 @pytest.fixture
@@ -87,8 +88,12 @@ def _alive(pid: int) -> bool:
 
 def test_code_eval_needs_the_flag_runs_without_tokens_and_has_a_time_limit(pico_world, code_task, monkeypatch, capsys):
     tasks, probe, hang = code_task
-    secrets = {"HF_TOKEN": "hf_secret_1", "HUGGING_FACE_HUB_TOKEN": "hf_secret_2", "GITHUB_TOKEN": "ghp_secret_3",
-               "AWS_SECRET_ACCESS_KEY": "aws_secret_4"}
+    secrets = {
+        "HF_TOKEN": "hf_secret_1",
+        "HUGGING_FACE_HUB_TOKEN": "hf_secret_2",
+        "GITHUB_TOKEN": "ghp_secret_3",
+        "AWS_SECRET_ACCESS_KEY": "aws_secret_4",
+    }
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
     argv = ["evaluate", str(pico_world.base), "--tasks", "toy_code", "--include-tasks", str(tasks), "--limit", "1"]
@@ -141,14 +146,34 @@ def test_remote_code_of_a_checkpoint_is_never_imported(pico_world, tmp_path, cap
 
     assert main(["evaluate", str(model), "--tasks", "toy_count", "--include-tasks", str(pico_world.tasks), "--limit", "8"]) == 0
     assert "toy_count" in capsys.readouterr().out
-    assert main(["check", str(model), "--base", str(pico_world.base), "--merge-with", str(pico_world.model("rev")),
-                 "--freerider-tasks", "toy_rev", "--tasks", "toy_count", "--include-tasks", str(pico_world.tasks),
-                 "--methods", "task_arithmetic", "--limit", "8"]) == 1  # unprotected: merges keep what it has
+    assert (
+        main(
+            [
+                "check",
+                str(model),
+                "--base",
+                str(pico_world.base),
+                "--merge-with",
+                str(pico_world.model("rev")),
+                "--freerider-tasks",
+                "toy_rev",
+                "--tasks",
+                "toy_count",
+                "--include-tasks",
+                str(pico_world.tasks),
+                "--methods",
+                "task_arithmetic",
+                "--limit",
+                "8",
+            ]
+        )
+        == 1
+    )  # unprotected: merges keep what it has
     assert not marker.exists(), "a checkpoint's own code was imported"
     # Control: the same folder does run its code when trust_remote_code is on (so the test above can fail).
     from transformers import AutoModelForCausalLM
 
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - the fake classes fail to load in any of several ways; the import ran
         AutoModelForCausalLM.from_pretrained(str(model), trust_remote_code=True)
     assert marker.exists()
 
@@ -169,16 +194,30 @@ def test_a_release_leaks_no_token_and_no_key(toy_release, hub, capsys, caplog, m
     assert str(key) in out and not (toy_release.out / key.name).exists()
     (commit,) = hub.commits
     assert sorted(commit["files"]) == sorted(
-        ["README.md", "config.json", "generation_config.json", "model.safetensors", "protect_config.yml",
-         "selftest.json", "selftest.png", "tokenizer.json", "tokenizer_config.json"])
+        [
+            "README.md",
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "protect_config.yml",
+            "selftest.json",
+            "selftest.png",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ]
+    )
     assert sorted(commit["files"]) == sorted(p.name for p in toy_release.out.iterdir() if p.name != "protect.log")
     assert commit["files"] == {name: (toy_release.out / name).read_bytes() for name in commit["files"]}
 
     # Where a secret could end up: every file we wrote (release, work folder, logs), the push, stdout/stderr, logs.
     written = {**_files(toy_release.out), **_files(toy_release.tmp / "work")}
     pushed = {f"pushed:{name}": content for name, content in commit["files"].items()}
-    texts = {"stdout": out.encode(), "stderr": err.encode(), "logs": caplog.text.encode(),
-             "commit message": f"{commit['summary']}\n{commit['description']}".encode()}
+    texts = {
+        "stdout": out.encode(),
+        "stderr": err.encode(),
+        "logs": caplog.text.encode(),
+        "commit message": f"{commit['summary']}\n{commit['description']}".encode(),
+    }
     everything = {**written, **pushed, **texts}
     assert len(written) > 10 and len(caplog.records) > 10
     leaks = [where for where, content in everything.items() if GOOD_TOKEN.encode() in content]

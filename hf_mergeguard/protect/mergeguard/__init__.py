@@ -34,11 +34,15 @@ log = logging.getLogger(__name__)
 def _stage1(ctx: ProtectContext, config: MergeGuardConfig) -> Checkpoint:
     def train(model, examples):
         base_state = ctx.base.state_dict() if config.stage1.reading.startswith("base") else None
-        return density_aware_finetune(model, ctx.tokenizer, examples, config.stage1, base_state=base_state,
-                                      accelerator=ctx.accelerator, progress=ctx.progress)
+        return density_aware_finetune(
+            model, ctx.tokenizer, examples, config.stage1, base_state=base_state, accelerator=ctx.accelerator, progress=ctx.progress
+        )
 
     checkpoint, _ = trained_checkpoint(
-        ctx, "mergeguard-stage1", "mergeguard-stage1", train,
+        ctx,
+        "mergeguard-stage1",
+        "mergeguard-stage1",
+        train,
         needs="MergeGuard stage 1 needs the defender's training data (or --skip-stage1 to run stage 2 alone)",
     )
     return checkpoint
@@ -54,8 +58,16 @@ def _criticality(ctx: ProtectContext, config: MergeGuardConfig, theta_source: Ch
     theta, base = theta_source.state_dict(), ctx.base.state_dict()
     if config.criticality == "exact":
         result = exact_criticality(
-            ctx.model.config, theta, base, units, tokenizer=ctx.tokenizer, evaluator=ctx.evaluator,
-            exclude_share=config.exclude_share, device=ctx.device, accelerator=ctx.accelerator, progress=ctx.progress,
+            ctx.model.config,
+            theta,
+            base,
+            units,
+            tokenizer=ctx.tokenizer,
+            evaluator=ctx.evaluator,
+            exclude_share=config.exclude_share,
+            device=ctx.device,
+            accelerator=ctx.accelerator,
+            progress=ctx.progress,
         )
     else:
         if ctx.train_examples is None:
@@ -65,9 +77,16 @@ def _criticality(ctx: ProtectContext, config: MergeGuardConfig, theta_source: Ch
             )
         calibration = list(ctx.train_examples())[: config.calibration_size]
         result = fast_criticality(
-            ctx.model.config, theta, base, units, tokenizer=ctx.tokenizer, calibration=calibration,
-            exclude_share=config.exclude_share, check_factor=config.check_factor,
-            max_length=config.stage1.max_length, device=ctx.device,
+            ctx.model.config,
+            theta,
+            base,
+            units,
+            tokenizer=ctx.tokenizer,
+            calibration=calibration,
+            exclude_share=config.exclude_share,
+            check_factor=config.check_factor,
+            max_length=config.stage1.max_length,
+            device=ctx.device,
         )
     record = result.to_dict()
     if ctx.is_main:
@@ -82,6 +101,7 @@ def negation_thresholds(theta: Checkpoint, base: Checkpoint, names: list[str], s
 
     Streams one tensor pair at a time from disk, twice (see :func:`~.negation.topk_threshold`).
     """
+
     def abs_tau(selected):
         for (_, tensor), (_, anchor) in zip(theta.iter_tensors(selected), base.iter_tensors(selected)):
             yield (tensor.float() - anchor.float()).abs_()
@@ -164,16 +184,18 @@ def check_runnable(config: MergeGuardConfig, run: RunConfig, has_train_data: boo
         )
 
 
-register_defense(DefenseSpec(
-    name="mergeguard",
-    options=MergeGuardConfig,
-    run=run_mergeguard,
-    stack_rank=20,  # measures the task vector against the base: before any function-preserving transform
-    card_text=(
-        "MergeGuard (dual-stage weight protection): optional density-aware fine-tuning (stage 1), then the "
-        "top-k largest entries of the task vector outside the most critical layers are negated "
-        "(theta - beta * M * tau; beta = 1 resets them to the base, beta = 2 flips them)."
-    ),
-    reference="Defending Unauthorized Model Merging via Dual-Stage Weight Protection (arXiv:2511.11851)",
-    check=check_runnable,
-))
+register_defense(
+    DefenseSpec(
+        name="mergeguard",
+        options=MergeGuardConfig,
+        run=run_mergeguard,
+        stack_rank=20,  # measures the task vector against the base: before any function-preserving transform
+        card_text=(
+            "MergeGuard (dual-stage weight protection): optional density-aware fine-tuning (stage 1), then the "
+            "top-k largest entries of the task vector outside the most critical layers are negated "
+            "(theta - beta * M * tau; beta = 1 resets them to the base, beta = 2 flips them)."
+        ),
+        reference="Defending Unauthorized Model Merging via Dual-Stage Weight Protection (arXiv:2511.11851)",
+        check=check_runnable,
+    )
+)

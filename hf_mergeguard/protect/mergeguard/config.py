@@ -15,15 +15,25 @@ class MergeGuardConfig:
     base) barely hurt them."""
 
     stage1: Stage1Config = field(default_factory=lambda: Stage1Config(steps=100, learning_rate=1e-4, batch_size=16))
-    skip_stage1: bool = field(default=True, metadata={
-        "help": "run stage 1 (density-aware fine-tuning) before stage 2, or stage 2 alone (the best measured)",
-        "flag": "--stage1/--skip-stage1", "negate": True})
-    beta: float = field(default=2.0, metadata={
-        "help": "negation strength: 1 resets masked entries to the base (the paper), 2 flips them", "flag": "--beta"})
-    exclude_share: float = field(default=0.1, metadata={"help": "k': share of most critical layers left untouched", "flag": "--exclude-share"})
+    skip_stage1: bool = field(
+        default=True,
+        metadata={
+            "help": "run stage 1 (density-aware fine-tuning) before stage 2, or stage 2 alone (the best measured)",
+            "flag": "--stage1/--skip-stage1",
+            "negate": True,
+        },
+    )
+    beta: float = field(
+        default=2.0, metadata={"help": "negation strength: 1 resets masked entries to the base (the paper), 2 flips them", "flag": "--beta"}
+    )
+    exclude_share: float = field(
+        default=0.1, metadata={"help": "k': share of most critical layers left untouched", "flag": "--exclude-share"}
+    )
     mask_share: float = field(default=0.1, metadata={"help": "k: share of the remaining |tau| entries negated", "flag": "--mask-share"})
-    criticality: str = field(default="fast", metadata={
-        "help": "fast (calibration loss + first-order screen) | exact (the paper's: lm-eval per layer)", "flag": "--criticality"})
+    criticality: str = field(
+        default="fast",
+        metadata={"help": "fast (calibration loss + first-order screen) | exact (the paper's: lm-eval per layer)", "flag": "--criticality"},
+    )
     granularity: str = field(default="matrix", metadata={"help": "matrix (each tensor of each block) | block", "flag": "--granularity"})
     calibration_size: int = field(default=32, metadata={"help": "examples of the calibration set (fast mode)"})
     check_factor: float = field(default=2.0, metadata={"help": "fast mode: exact checks per excluded layer"})
@@ -42,8 +52,11 @@ class MergeGuardConfig:
             raise ConfigError("beta must be >= 0.")
 
     def public_parameters(self) -> dict:
+        stage1 = self.stage1
         return {
-            "stage 1": "skipped" if self.skip_stage1 else f"{self.stage1.steps} steps, lr {self.stage1.learning_rate:g}, alpha {self.stage1.alpha:g} ({self.stage1.reading} reading)",
+            "stage 1": "skipped"
+            if self.skip_stage1
+            else f"{stage1.steps} steps, lr {stage1.learning_rate:g}, alpha {stage1.alpha:g} ({stage1.reading} reading)",
             "beta": self.beta,
             "critical layers kept (k')": self.exclude_share,
             "entries negated (k)": self.mask_share,

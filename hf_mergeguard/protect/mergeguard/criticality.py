@@ -72,10 +72,7 @@ def calibration_loss(model, batches: list[dict]) -> float:
 def calibration_batches(tokenizer, examples: Sequence[Example], *, max_length: int, batch_size: int, device) -> tuple[list[dict], int]:
     encoded = encode_examples(tokenizer, examples, max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batches = [
-        {k: v.to(device) for k, v in collate(encoded[i : i + batch_size], pad).items()}
-        for i in range(0, len(encoded), batch_size)
-    ]
+    batches = [{k: v.to(device) for k, v in collate(encoded[i : i + batch_size], pad).items()} for i in range(0, len(encoded), batch_size)]
     return batches, sum(len(ids) for ids, _ in encoded)
 
 

@@ -52,7 +52,7 @@ def _coarse_bins(values: torch.Tensor) -> torch.Tensor:
     return values.float().contiguous().view(torch.int32) >> _MANTISSA_BITS_DROPPED
 
 
-def topk_threshold(tensors: "callable[[], Iterator[torch.Tensor]]", share: float) -> tuple[float, int]:
+def topk_threshold(tensors: callable[[], Iterator[torch.Tensor]], share: float) -> tuple[float, int]:
     """The value t such that exactly the ``share`` largest |values| (over all tensors) are >= t.
 
     Exact and streaming in constant memory: pass 1 builds a histogram of |x| on the top 16 bits of its float32

@@ -34,7 +34,9 @@ class Stage1Config(TrainingConfig):
     # 0.001, a tenth of the paper's 0.01: of every reading and alpha measured (README, "MergeGuard as measured"),
     # the only one that kept the toy world's model within the standalone gate.
     alpha: float = field(default=0.001, metadata={"help": "strength of the per-layer L2 term (the paper: 0.01)", "flag": "--alpha"})
-    reading: str = field(default="paper", metadata={"help": "what the L2 term measures: paper | paper-mean | base | base-mean", "flag": "--stage1-reading"})
+    reading: str = field(
+        default="paper", metadata={"help": "what the L2 term measures: paper | paper-mean | base | base-mean", "flag": "--stage1-reading"}
+    )
 
     def __post_init__(self):
         super().__post_init__()
