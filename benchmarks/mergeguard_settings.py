@@ -6,7 +6,7 @@ only re-reads them):
     python benchmarks/mergeguard_settings.py [--out DIR] [--results benchmarks/results/mergeguard_settings.md]
 
 Defender: the toy world's ``count`` fine-tune; free-riders: ``rev`` and ``sort``; all 300 test prompts per task;
-the attacker's best coefficient per method (see the README's self-test section).
+the attacker's best coefficient per method (see docs/methods.md, "The self-test").
 """
 
 from __future__ import annotations

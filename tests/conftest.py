@@ -7,6 +7,8 @@ fixture is marked automatically) and the multi-process and packaging runs. The f
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 # Before anything imports huggingface_hub / datasets / transformers / torch.
@@ -86,6 +88,19 @@ def _protect_argv(
 @pytest.fixture
 def free_port() -> int:
     return _free_port()
+
+
+@pytest.fixture
+def torchrun(free_port):
+    """``torchrun(*args, timeout=)``: ``python -m torch.distributed.run --nproc_per_node 2 ARGS``, two CPU processes
+    over gloo, with this folder on the path (``ARGS`` is a script, or ``-m module ...``)."""
+
+    def run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port), *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+    return run
 
 
 @pytest.fixture

@@ -94,7 +94,7 @@ def test_attack_command_realigns_a_protected_release(toy_world, tmp_path, capsys
     assert (tmp_path / "attack" / "realigned" / "model.safetensors").is_file()
 
 
-def test_fine_tuning_attacks_give_the_same_figures_on_two_processes(toy_world, tmp_path, protect_argv, free_port):
+def test_fine_tuning_attacks_give_the_same_figures_on_two_processes(toy_world, tmp_path, protect_argv, torchrun):
     """protect under torchrun (2 CPU processes, gloo): the attacks' DDP fine-tuning meets on both ranks (no hang)
     and ends with the figures of one process."""
     import subprocess
@@ -102,18 +102,15 @@ def test_fine_tuning_attacks_give_the_same_figures_on_two_processes(toy_world, t
 
     figures = {}
     for processes in (1, 2):
-        launcher = (
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port)]
-            if processes == 2
-            else [sys.executable]
-        )
         out = tmp_path / f"out{processes}"
         args = protect_argv(
             toy_world, out, "--limit", "20", "--attacks", "recover", methods="dare_ties", batch_size=64, work=tmp_path / f"w{processes}"
         )
-        completed = subprocess.run(
-            [*launcher, "-m", "hf_mergeguard.cli.main", "--quiet", *args], capture_output=True, text=True, timeout=600
-        )
+        command = ("-m", "hf_mergeguard.cli.main", "--quiet", *args)
+        if processes == 2:
+            completed = torchrun(*command, timeout=600)
+        else:
+            completed = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=600)
         # Exit 1: a gate failed (the verdict); anything else is an error.
         assert completed.returncode == 1, completed.stderr[-2000:]
         attacks = json.loads((out / "selftest.json").read_text())["robustness"]["attacks"]

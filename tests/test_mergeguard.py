@@ -1,9 +1,6 @@
 """MergeGuard on the toy world: stage 1 over processes, criticality, and ``protect`` end to end."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,29 +22,12 @@ def test_l2_readings():
     assert l2_term(layer, "base-mean", base).item() == pytest.approx(8.0 / 6)
 
 
-def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path, free_port):
+def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path, torchrun):
     """Stage 1 and the merge trap under torchrun (2 CPU processes, gloo, DDP) end with the weights of 1-process runs."""
     from distributed_stage1 import stage1_weights, trap_weights
 
     out = tmp_path / "two.pt"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port),
-            str(TESTS / "distributed_stage1.py"),
-            str(out),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    completed = torchrun(str(TESTS / "distributed_stage1.py"), str(out), timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     two = torch.load(out)
     weights, result = stage1_weights(toy_world, None)

@@ -1,9 +1,6 @@
 """The self-test matrix and ``check``: real mergekit merges scored by real lm-eval runs."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -80,29 +77,12 @@ def test_check_unprotected_finetune_exits_1(toy_world, capsys, tmp_path):
     assert not report["passed"]
 
 
-def test_two_processes_give_the_same_scores(toy_world, tmp_path, free_port):
+def test_two_processes_give_the_same_scores(toy_world, tmp_path, torchrun):
     """The matrix split over 2 CPU processes (torchrun + gloo) scores exactly like 1 process."""
     from distributed_matrix import matrix
 
     out = tmp_path / "two.json"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port),
-            str(Path(__file__).parent / "distributed_matrix.py"),
-            str(out),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    completed = torchrun(str(Path(__file__).parent / "distributed_matrix.py"), str(out))
     assert completed.returncode == 0, completed.stderr[-3000:]
     two = json.loads(out.read_text())
     one = matrix(toy_world)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..io.hf_models import model_from_state_dict
 from ..report.schema import AttackResult, MergeResult, ScoredModel, to_dict
 from ..training import TrainingConfig, train_causal_lm
 from .base import AttackContext
@@ -57,6 +58,20 @@ def _start(ctx: AttackContext) -> FineTuningStart:
     rider_model = ctx.freeriders[start.freerider].model.load_model(device=ctx.device)
     data_only = ctx.scored(ctx.score_model(fine_tune(rider_model, ctx, examples)), start.freerider)
     return FineTuningStart(start, merged, examples, data_only)
+
+
+def repair(ctx: AttackContext, name: str, on_gradients=None) -> AttackResult:
+    """Fine-tune the start merge on the attacker's examples (``on_gradients`` may change each step's gradients) and
+    score it: the attack ``name``'s result.
+
+    The model shares memory with the start merge's tensors (no copy), so the fine-tune changes them in place, and an
+    attack that runs next (``graderase`` after ``recover``) starts from the changed weights: kept as measured until
+    the LLM-scale work fixes it.
+    """
+    setup = shared_start(ctx)
+    model = model_from_state_dict(ctx.protected.config, setup.merged, device=ctx.device)
+    scored = ctx.scored(ctx.score_model(fine_tune(model, ctx, setup.examples, on_gradients=on_gradients)), setup.start.freerider)
+    return fine_tuning_result(ctx, name, setup, scored)
 
 
 def fine_tuning_result(ctx: AttackContext, name: str, setup: FineTuningStart, scored: ScoredModel) -> AttackResult:

@@ -4,10 +4,9 @@ projected orthogonal to v (see ``finetuning``)."""
 
 from __future__ import annotations
 
-from ..io.hf_models import model_from_state_dict
 from ..report.schema import AttackResult
 from .base import AttackContext, AttackSpec, register_attack
-from .finetuning import describe_fine_tuning, fine_tune, fine_tuning_result, shared_start
+from .finetuning import describe_fine_tuning, fine_tune, repair, shared_start
 
 
 def run_graderase(ctx: AttackContext) -> AttackResult:
@@ -25,9 +24,7 @@ def run_graderase(ctx: AttackContext) -> AttackResult:
             if params[n].grad is not None:
                 params[n].grad -= (dot / max(norm2, 1e-30)) * v.to(params[n].grad.dtype)
 
-    model = model_from_state_dict(ctx.protected.config, setup.merged, device=ctx.device)
-    scored = ctx.scored(ctx.score_model(fine_tune(model, ctx, setup.examples, on_gradients=project)), setup.start.freerider)
-    return fine_tuning_result(ctx, "graderase", setup, scored)
+    return repair(ctx, "graderase", on_gradients=project)
 
 
 register_attack(

@@ -1,4 +1,4 @@
-"""Bad input, one test per case of the README's troubleshooting catalog, each through the real CLI.
+"""Bad input, one test per case of the troubleshooting catalog (docs/troubleshooting.md), each through the real CLI.
 
 Every test breaks one thing of a valid ``protect`` command on the toy world (with ``--push-to`` a fake Hub that
 would accept the push) and ``refused`` (conftest.py) checks the promises: the error names the problem, the hint
@@ -119,7 +119,7 @@ def test_different_vocab_sizes(release, refused):
 
 def test_unknown_model_type(release, refused):
     broken = _edit_config(release.copy("count"), model_type="llama-turbo")
-    refused(release.argv(model=broken), inputs=[broken], out=release.out, expect=[r"llama-turbo", r"llama"], hint=r"\S")
+    refused(release.argv(model=broken), inputs=[broken], out=release.out, expect=[r"llama-turbo", r"llama"], hint=r"open an issue")
 
 
 # --- files that are not what they claim ----------------------------------------------------------------
@@ -183,7 +183,7 @@ def test_non_finite_weight_in_an_input(release, refused, value):
         tensors[MLP][3, 5] = value
 
     broken = _rewrite(release.copy("count"), poison)
-    refused(release.argv(model=broken), inputs=[broken], out=release.out, expect=[rf"{MLP}", r"NaN|Inf"], hint=r"\S")
+    refused(release.argv(model=broken), inputs=[broken], out=release.out, expect=[rf"{MLP}", r"NaN|Inf"], hint=r"re-export")
 
 
 # --- names and options ---------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_lm_eval_task_name_unknown(release, refused):
         inputs=[release.model],
         out=release.out,
         expect=[r"Unknown lm-eval task 'toy_cuont'", r"Did you mean 'toy_count'"],
-        hint=r"\S",
+        hint=r"--include-tasks",
     )
 
 
@@ -205,47 +205,46 @@ def test_merge_method_typo(release, refused):
         inputs=[release.model],
         out=release.out,
         expect=[r"'tiess'", r"Did you mean 'ties'"],
-        hint=r"\S",
+        hint=r"available merge methods",
     )
 
 
 def test_defense_name_typo(release, refused):
-    refused(
-        release.argv(method="parms"), inputs=[release.model], out=release.out, expect=[r"'parms'", r"Did you mean 'params'"], hint=r"\S"
-    )
+    expect = [r"'parms'", r"Did you mean 'params'"]
+    refused(release.argv(method="parms"), inputs=[release.model], out=release.out, expect=expect, hint=r"available protection methods")
 
 
 @pytest.mark.parametrize(
-    "text, problem",
+    "text, problem, hint",
     [
-        ("method: [params\n", r"not valid YAML"),
-        ("metod: params\n", r"metod.*Did you mean 'method'|'metod'"),
-        ("mergeguard:\n  beta: strong\n", r"beta"),
+        ("method: [params\n", r"not valid YAML", r"Fix the YAML syntax"),
+        ("metod: params\n", r"metod.*Did you mean 'method'|'metod'", r"Options of config: .*method"),
+        ("mergeguard:\n  beta: strong\n", r"beta", r"--config"),
     ],
     ids=["syntax", "unknown-key", "wrong-type"],
 )
-def test_invalid_yaml_config(release, refused, text, problem):
+def test_invalid_yaml_config(release, refused, text, problem, hint):
     config = release.tmp / "protect.yml"
     config.write_text(text)
-    refused(release.argv() + ["--config", str(config)], inputs=[config], out=release.out, expect=[problem], hint=r"\S")
+    refused(release.argv() + ["--config", str(config)], inputs=[config], out=release.out, expect=[problem], hint=hint)
 
 
 @pytest.mark.parametrize(
-    "content, problem",
+    "content, problem, hint",
     [
-        ("", r"is empty"),
-        ("\n\n", r"is empty"),
-        ('{"prompt": "1+1=", "completion": "2"}\n{"prompt": oops}\n', r":2 is not valid JSON"),
-        ('{"input": "1+1=", "output": "2"}\n', r"no usable columns"),
-        (None, r"does not exist"),
+        ("", r"is empty", r"at least one training example"),
+        ("\n\n", r"is empty", r"at least one training example"),
+        ('{"prompt": "1+1=", "completion": "2"}\n{"prompt": oops}\n', r":2 is not valid JSON", r"one JSON object"),
+        ('{"input": "1+1=", "output": "2"}\n', r"no usable columns", r"prompt\+completion"),
+        (None, r"does not exist", r"JSONL file or a Hub dataset"),
     ],
     ids=["empty", "blank-lines", "malformed", "no-columns", "missing"],
 )
-def test_empty_or_malformed_train_data(release, refused, content, problem):
+def test_empty_or_malformed_train_data(release, refused, content, problem, hint):
     data = release.tmp / "train.jsonl"
     if content is not None:
         data.write_text(content)
-    refused(release.argv(train_data=data), inputs=[data] if content is not None else [], out=release.out, expect=[problem], hint=r"\S")
+    refused(release.argv(train_data=data), inputs=[data] if content is not None else [], out=release.out, expect=[problem], hint=hint)
 
 
 @pytest.mark.parametrize(

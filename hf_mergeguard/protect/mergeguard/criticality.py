@@ -113,7 +113,7 @@ def fast_criticality(
         p.requires_grad_(True)
     # The screen: mean over examples of |g_i . tau_l|, the first-order change of example i's loss when unit l
     # is reset. Not the mean gradient: at a converged fine-tune it is close to zero and the signed changes of
-    # the examples cancel, so -g . tau missed units that matter (measured on the toy world, see the README).
+    # the examples cancel, so -g . tau missed units that matter (measured on the toy world, see docs/methods.md).
     screen = {unit: 0.0 for unit in units}
     tau = {name: (theta[name].float() - base[name].float()).to(device) for names in units.values() for name in names}
     examples = 0

@@ -31,7 +31,7 @@ READINGS = ("paper", "paper-mean", "base", "base-mean")
 class Stage1Config(TrainingConfig):
     """Stage 1 options: the training options plus the regulariser's strength and reading."""
 
-    # 0.001, a tenth of the paper's 0.01: of every reading and alpha measured (README, "MergeGuard as measured"),
+    # 0.001, a tenth of the paper's 0.01: of every reading and alpha measured (docs/results.md, "MergeGuard"),
     # the only one that kept the toy world's model within the standalone gate.
     alpha: float = field(default=0.001, metadata={"help": "strength of the per-layer L2 term (the paper: 0.01)", "flag": "--alpha"})
     reading: str = field(
