@@ -42,9 +42,11 @@ def table(rows) -> str:
 def main() -> None:
     args = parse_args(__doc__, "adaptive-attacks", "adaptive.md")
     rows = run(args.out)
+    standalone = rows[0][1]["standalone"]
+    original, base = 100 * standalone["original"]["toy_count"], 100 * standalone["base"]["toy_count"]
     text = (
         "# Adaptive attacks on the toy world\n\n" + measured_on("adaptive.py") + "\n\n"
-        "Defender count (original 99.0, base 71.0), free-rider rev, merges TA/TIES/DARE-TIES, 300 prompts per task, "
+        f"Defender count (original {original:.1f}, base {base:.1f}), free-rider rev, merges TA/TIES/DARE-TIES, 300 prompts per task, "
         "64 attacker examples and 30 steps for graderase/recover, one random key per defense. Cells: the attacker's "
         "merged count score (share of the gain kept) and the share credited to the attack (fine-tuning attacks: "
         "beyond what the free-rider fine-tuned on the same examples reaches, the 'examples alone' column); an attack "

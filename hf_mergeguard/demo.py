@@ -13,14 +13,26 @@ DEMO_LIMIT = 100  # prompts per task in the demo's self-test (the documented fig
 
 
 def run_demo(
-    out: Path, *, seed: int = 0, overwrite: bool = False, defender: str = "count", progress: bool = True, adaptive: bool = True
+    out: Path,
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+    defender: str = "count",
+    progress: bool = True,
+    adaptive: bool = True,
+    world: ToyWorldConfig | None = None,
+    methods: list[str] | None = None,
 ) -> ProtectOutcome:
     """Build the toy world into ``out``, protect the ``defender`` fine-tune with the default method, self-test it
     against the other fine-tunes with every merge method, and write the release folder to ``out/protected``.
 
     Returns the outcome whether or not the gates passed: the demo shows the verdict, it does not hide it.
+
+    Args:
+        world: the toy world's recipe (default: the standard world with ``seed``).
+        methods: the merge methods of the self-test (default: all).
     """
-    world = build_toy_world(out, ToyWorldConfig(seed=seed), overwrite=overwrite, progress=progress)
+    world = build_toy_world(out, world or ToyWorldConfig(seed=seed), overwrite=overwrite, progress=progress)
     skills = list(world.config.skills)
     if defender not in skills:
         raise ConfigError(f"Unknown toy skill {defender!r}.", f"Use one of: {', '.join(skills)}.")
@@ -38,7 +50,7 @@ def run_demo(
             "output_dir": str(world.root / "protected"),
             "overwrite": True,
             "run": {"seed": seed},
-            "selftest": {"limit": DEMO_LIMIT, "batch_size": 128, "adaptive": adaptive},
+            "selftest": {"limit": DEMO_LIMIT, "batch_size": 128, "adaptive": adaptive, "methods": methods},
         },
     )
     return protect(config, progress=progress)

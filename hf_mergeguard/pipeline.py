@@ -1,4 +1,5 @@
-"""``protect``: pull -> protect -> self-test -> adaptive attacks -> release folder -> push, one function per stage.
+"""``protect``: pull -> protect -> self-test -> adaptive attacks -> release folder -> push, one function per stage
+(:func:`open_inputs`, :func:`apply_defenses`, :func:`self_test`, :func:`adaptive_attacks`, ``write_release``, :func:`push`).
 
 Every step writes into a work folder keyed by a digest of the configuration (``--work-dir``, default
 ``$HF_MERGEGUARD_CACHE/runs/<digest>``) and is skipped when a finished copy is there, so rerunning the same
@@ -158,6 +159,35 @@ def apply_defenses(config: ProtectConfig, inputs: RunInputs, work: Path, *, acce
     return current, results
 
 
+def _run_config(config: ProtectConfig) -> dict:
+    """What a finished self-test records as its ``config`` (a reused one must match it)."""
+    run = {
+        "tasks": list(config.tasks),
+        "include_tasks": list(config.include_tasks),
+        "seed": config.run.seed,
+        **dataclasses.asdict(config.selftest),
+    }
+    return json.loads(json.dumps(run))
+
+
+def _reusable(folder: Path, config: ProtectConfig, what: str) -> SelfTestReport | None:
+    """The finished report in ``folder``, if it was made with these options."""
+    record = finished(folder)
+    if record is not None and record.get("config") == _run_config(config):
+        log.info("%s: reusing the finished run in %s", what, folder)
+        return SelfTestReport.from_dict(record)
+    if record is not None:
+        log.info("%s: the options changed since the run in %s; running it again", what, folder)
+    return None
+
+
+def _keep(folder: Path, report: SelfTestReport, accelerator) -> SelfTestReport:
+    if accelerator.is_main_process:
+        folder.mkdir(exist_ok=True)
+        mark_finished(folder, report.to_dict())
+    return report
+
+
 def self_test(
     config: ProtectConfig,
     inputs: RunInputs,
@@ -170,20 +200,10 @@ def self_test(
     progress: bool,
     protect_seconds: float,
 ) -> SelfTestReport:
-    """The self-test matrix and the adaptive attacks; reused from the work folder when it finished with these options."""
-    report_dir = work / "selftest"
-    record = finished(report_dir)
-    run_config = {
-        "tasks": list(config.tasks),
-        "include_tasks": list(config.include_tasks),
-        "seed": config.run.seed,
-        **dataclasses.asdict(config.selftest),
-    }
-    if record is not None and record.get("config") == json.loads(json.dumps(run_config)):
-        log.info("Self-test: reusing the finished run in %s", report_dir)
-        return SelfTestReport.from_dict(record)
-    if record is not None:
-        log.info("Self-test: the options changed since the run in %s; running it again", report_dir)
+    """The self-test matrix (every merge, scored); reused from the work folder when it finished with these options."""
+    cached = _reusable(work / "selftest", config, "Self-test")
+    if cached is not None:
+        return cached
     log.info("Self-test: %s", ", ".join(m.name for m in config.selftest.merge_methods()))
     report = run_selftest(
         base=inputs.base,
@@ -210,25 +230,42 @@ def self_test(
         license=source_license(inputs.model.path),
     )
     report.versions, report.protect_seconds = package_versions(), protect_seconds
-    if config.selftest.adaptive:
-        report = run_adaptive_attacks(
-            report,
-            base=inputs.base,
-            protected=protected,
-            freeriders=inputs.freeriders,
-            tokenizer=inputs.tokenizer,
-            evaluator=inputs.evaluator,
-            config=config.selftest,
-            seed=config.run.seed,
-            examples=inputs.train_examples() if inputs.train_examples else None,
-            device=device,
-            progress=progress and accelerator.is_main_process,
-            score_cache=scores_dir(),
-        )
-    if accelerator.is_main_process:
-        report_dir.mkdir(exist_ok=True)
-        mark_finished(report_dir, report.to_dict())
-    return report
+    return _keep(work / "selftest", report, accelerator)
+
+
+def adaptive_attacks(
+    config: ProtectConfig,
+    inputs: RunInputs,
+    protected: Checkpoint,
+    report: SelfTestReport,
+    work: Path,
+    *,
+    accelerator,
+    device: str,
+    progress: bool,
+) -> SelfTestReport:
+    """The adaptive attacks after the merges (unless ``--no-adaptive``), kept in the work folder on their own: a crash
+    here resumes with the merges already scored."""
+    if not config.selftest.adaptive:
+        return report
+    cached = _reusable(work / "attacks", config, "Adaptive attacks")
+    if cached is not None:
+        return cached
+    report = run_adaptive_attacks(
+        report,
+        base=inputs.base,
+        protected=protected,
+        freeriders=inputs.freeriders,
+        tokenizer=inputs.tokenizer,
+        evaluator=inputs.evaluator,
+        config=config.selftest,
+        seed=config.run.seed,
+        examples=inputs.train_examples() if inputs.train_examples else None,
+        device=device,
+        progress=progress and accelerator.is_main_process,
+        score_cache=scores_dir(),
+    )
+    return _keep(work / "attacks", report, accelerator)
 
 
 def push(config: ProtectConfig, report: SelfTestReport, target: Path, *, token) -> str | None:
@@ -309,6 +346,7 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
             progress=progress,
             protect_seconds=time.perf_counter() - started,
         )
+        report = adaptive_attacks(config, inputs, protected, report, work, accelerator=accelerator, device=device, progress=progress)
         log.info("Self-test %s", "passed" if report.passed else "FAILED")
     target = Path(config.output_dir).resolve()
     report = dataclasses.replace(report, release=Release(name=config.push_to or target.name, forced=config.force and not report.passed))

@@ -160,14 +160,10 @@ def run_realign(ctx: AttackContext) -> AttackResult:
     tensors = dict(realigned_tensors(ctx.protected, ctx.base, ctx.progress))
     moved = max(_relative_change(tensors[name], before) for name, before in ctx.protected.iter_tensors())
     realigned = StateDictSource(tensors, ctx.protected.config, source="realigned")
-    if moved < NO_SYMMETRY_TOLERANCE:
-        # Re-aligning found no symmetry to undo (e.g. MergeGuard): the re-aligned model is the protected one up to
-        # this tolerance, and its merges are the self-test's own.
-        report = ctx.report
-        note = f"no symmetry found (re-aligning moves no tensor by more than {moved:.1e} of its norm): the self-test's merges stand"
-    else:
-        report = ctx.merge_matrix(realigned)
-        note = f"re-aligning moved the weights by up to {moved:.2f} of a tensor's norm"
+    symmetry_found = moved >= NO_SYMMETRY_TOLERANCE
+    # No symmetry to undo (e.g. MergeGuard): the re-aligned model is the protected one up to the tolerance, and its
+    # merges are the self-test's own.
+    report = ctx.merge_matrix(realigned) if symmetry_found else ctx.report
     per_method = {
         method: ScoredModel(
             defender_score=b.defender_score,
@@ -184,7 +180,8 @@ def run_realign(ctx: AttackContext) -> AttackResult:
         list(per_method.values()), ctx.config.freerider_floor, score=lambda r: r.defender_score, freerider_kept=lambda r: r.freerider_kept
     )
     standalone = {task: report.standalone["protected"][task] for task in ctx.shares.tasks}
-    details = {"standalone": standalone, "per_method": to_dict(per_method), "note": note}
+    # largest_move: the largest relative change of a tensor by re-aligning (its norm's share).
+    details = {"standalone": standalone, "per_method": to_dict(per_method), "largest_move": moved, "symmetry_found": symmetry_found}
     return AttackResult("realign", best, credited=best.defender_kept, details=details, model=realigned if ctx.keep_models else None)
 
 

@@ -77,8 +77,8 @@ def check_command(
     Exit code 0: every attacker's-best merge keeps at most --max-merged-retention of the gain (safe to
     release); 1: some merge keeps more; 2: error.
 
-    Example: hf-mergeguard check demo/models/add --base demo/models/base --merge-with demo/models/sort
-    --freerider-tasks toy_sort --tasks toy_add --include-tasks demo/tasks
+    Example: hf-mergeguard check demo/models/count --base demo/models/base --merge-with demo/models/sort
+    --freerider-tasks toy_sort --tasks toy_count --include-tasks demo/tasks
     """
     from ..io.atomic import write_text_atomically
     from ..report.table import format_report

@@ -30,7 +30,7 @@ def evaluate_command(
 ) -> None:
     """Score MODEL on lm-eval tasks (in-process; code tasks in a child process).
 
-    Example: hf-mergeguard evaluate demo/models/add --tasks toy_add --include-tasks demo/tasks
+    Example: hf-mergeguard evaluate demo/models/count --tasks toy_count --include-tasks demo/tasks
     """
     from ..evaluation import evaluate_model
 

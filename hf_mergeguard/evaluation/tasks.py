@@ -6,6 +6,7 @@ variants) or lives in an ``--include-tasks`` folder, only those folders are inde
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -48,15 +49,13 @@ class TaskCatalog:
     include_paths: list[Path]
 
     def __post_init__(self):
-        from lm_eval.tasks import TaskManager
-
         self.include_paths = [Path(p).resolve() for p in self.include_paths]
         for folder in self.include_paths:
             if not folder.is_dir():
                 raise ConfigError(f"--include-tasks folder {folder} does not exist.")
         if not self.names:
-            raise ConfigError("No tasks given.", "Pass --tasks, e.g. --tasks gsm8k or --tasks toy_add.")
-        local = TaskManager(include_path=[str(p) for p in self.include_paths], include_defaults=False) if self.include_paths else None
+            raise ConfigError("No tasks given.", "Pass --tasks, e.g. --tasks gsm8k or --tasks toy_count.")
+        local = task_manager([str(p) for p in self.include_paths], False) if self.include_paths else None
         local_names = set(local.all_tasks) if local else set()
         wanted = [n for n in self.names if n not in local_names]
         if all(n in KNOWN_TASK_FOLDERS for n in wanted):
@@ -65,7 +64,7 @@ class TaskCatalog:
         else:
             # Some task is not in the cheap index: scan everything lm-eval ships (~11 s).
             self.index_paths, self.include_defaults = [str(p) for p in self.include_paths], True
-        self.manager = TaskManager(include_path=self.index_paths or None, include_defaults=self.include_defaults)
+        self.manager = task_manager(self.index_paths, self.include_defaults)
         unknown = [n for n in self.names if n not in self.manager.all_tasks]
         if unknown:
             raise UnknownTaskError(
@@ -94,6 +93,21 @@ class TaskCatalog:
                 "Pass --allow-code-eval to run them (in a child process with no Hub token in its "
                 "environment and a time limit), ideally inside a container or VM.",
             )
+
+
+def task_manager(include_paths: Sequence[str], include_defaults: bool):
+    """An lm-eval ``TaskManager`` over ``include_paths`` (and every built-in task with ``include_defaults``: ~11 s),
+    made once per process for the same folders with the same files."""
+    found = (f for folder in include_paths for f in Path(folder).rglob("*") if f.is_file())
+    files = tuple(sorted((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in found))
+    return _task_manager(tuple(include_paths), include_defaults, files)
+
+
+@functools.lru_cache(maxsize=16)
+def _task_manager(include_paths: tuple[str, ...], include_defaults: bool, files: tuple):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(include_paths) or None, include_defaults=include_defaults)
 
 
 def parse_tasks(tasks: str | Sequence[str]) -> list[str]:

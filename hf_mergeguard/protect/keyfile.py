@@ -21,6 +21,7 @@ import torch
 from .. import __version__
 from ..architectures import Geometry
 from ..errors import KeyFileError
+from ..io.atomic import atomic_file
 from ..symmetry.transforms import BlockTransform, ModelTransform
 
 KEY_FORMAT = "hf-mergeguard-key"
@@ -100,18 +101,14 @@ def write_key(
     }
     data = save(tensors, metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
+    with atomic_file(path) as temp:
+        # Owner-only from the first byte (O_CREAT's mode); fchmod for a temporary file that already existed.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -8,7 +8,6 @@ that point at the copied data by absolute path. It is trained with pinned CPU nu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..digests import config_digest
 from ..environment import reproducible_cpu_env
 from ..errors import MergeGuardError
 from ..io.atomic import atomic_output_dir, write_text_atomically
@@ -72,8 +72,7 @@ class ToyWorldConfig:
     finetune_replay: float = 0.3
 
     def digest(self) -> str:
-        payload = json.dumps({**asdict(self), "recipe": RECIPE_VERSION}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return config_digest({**asdict(self), "recipe": RECIPE_VERSION})
 
 
 @dataclass

@@ -86,17 +86,25 @@ def _alive(pid: int) -> bool:
     return not (status.exists() and "\nState:\tZ" in status.read_text())
 
 
-def test_code_eval_needs_the_flag_runs_without_tokens_and_has_a_time_limit(pico_world, code_task, monkeypatch, capsys):
-    tasks, probe, hang = code_task
-    secrets = {
-        "HF_TOKEN": "hf_secret_1",
-        "HUGGING_FACE_HUB_TOKEN": "hf_secret_2",
-        "GITHUB_TOKEN": "ghp_secret_3",
-        "AWS_SECRET_ACCESS_KEY": "aws_secret_4",
-    }
-    for name, value in secrets.items():
+SECRETS = {
+    "HF_TOKEN": "hf_secret_1",
+    "HUGGING_FACE_HUB_TOKEN": "hf_secret_2",
+    "GITHUB_TOKEN": "ghp_secret_3",
+    "AWS_SECRET_ACCESS_KEY": "aws_secret_4",
+}
+
+
+@pytest.fixture
+def code_eval_argv(pico_world, code_task, monkeypatch):
+    """``evaluate`` on the code task, with secrets in the environment."""
+    for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
-    argv = ["evaluate", str(pico_world.base), "--tasks", "toy_code", "--include-tasks", str(tasks), "--limit", "1"]
+    return ["evaluate", str(pico_world.base), "--tasks", "toy_code", "--include-tasks", str(code_task[0]), "--limit", "1"]
+
+
+def test_code_eval_needs_the_flag_and_runs_without_tokens(pico_world, code_task, code_eval_argv, capsys):
+    tasks, probe, hang = code_task
+    secrets, argv = SECRETS, code_eval_argv
 
     # Without --allow-code-eval: refused before anything runs; HumanEval too.
     assert main(argv) == 2
@@ -112,8 +120,13 @@ def test_code_eval_needs_the_flag_runs_without_tokens_and_has_a_time_limit(pico_
     assert seen == {**{name: "<none>" for name in secrets}, "HF_ALLOW_CODE_EVAL": "1"}
     assert not any(value in capsys.readouterr().out for value in secrets.values())
 
+
+@pytest.mark.slow  # waits out a 25-second time limit
+def test_code_eval_has_a_time_limit_that_kills_everything_it_started(code_task, code_eval_argv, capsys):
     # Runaway code: the time limit kills the child and the process it started. (25 s leaves the child time to load
     # lm-eval and the model before the code runs.)
+    tasks, probe, hang = code_task
+    argv = code_eval_argv
     hang.write_text("")
     started = time.monotonic()
     assert main([*argv, "--allow-code-eval", "--code-timeout", "25"]) == 2

@@ -1,0 +1,122 @@
+"""The whole pipeline on the pico world, every stage and every registered defense and attack, in seconds.
+
+The pico world's models learn little (a 2-layer, 32-wide Llama trained for a few dozen steps), so these tests check
+what each stage writes and decides, not figures: the toy-world tests (``slow``) measure those. Here a model is "not
+better than the base", so every run's merged-retention gate fails with that note, and the verdict is exit 1. One
+merge method without a coefficient (``model_stock``) and 4 prompts per task keep each run to seconds.
+"""
+
+import json
+
+import pytest
+
+from hf_mergeguard.cli.main import main
+from hf_mergeguard.io.checkpoint import Checkpoint
+from hf_mergeguard.protect.base import DEFENSES
+
+
+@pytest.fixture
+def quick(pico_world, protect_argv, tmp_path):
+    """``quick(method, *extra)``: protect the pico world's count fine-tune; ``(exit code, selftest.json, out)``."""
+
+    def run(method: str, *extra: str) -> tuple[int, dict, object]:
+        out = tmp_path / method.replace("+", "-")
+        argv = protect_argv(
+            pico_world,
+            out,
+            "--method",
+            method,
+            "--limit",
+            "4",
+            *extra,
+            methods="model_stock",
+            batch_size=16,
+            work=tmp_path / f"work-{out.name}",
+        )
+        code = main(argv)
+        return code, json.loads((out / "selftest.json").read_text()), out
+
+    return run
+
+
+def test_every_defense_and_every_attack_run(quick, capsys):
+    """MergeGuard with every adaptive attack; the trap and MergeGuard's stage 1; the three function-preserving defenses
+    stacked: every registered defense runs, and every attack."""
+    code, report, _ = quick("mergeguard", "--attack-steps", "1", "--attack-examples", "4")
+    assert code == 1 and "NOT safe to release" in capsys.readouterr().out
+    assert report["schema_version"] == 2 and report["method"] == "mergeguard"
+    assert list(report["robustness"]["attacks"]) == ["realign", "unmask", "recover", "graderase"]
+    assert report["robustness"]["attacks"]["realign"]["details"]["symmetry_found"] is False  # MergeGuard is no symmetry
+    assert report["robustness"]["attacks"]["graderase"]["details"]["setup"]["examples"] == 4
+    assert report["gates"]["merged_retention"]["note"].startswith("the model is not better than the base")
+    assert report["protection"][0]["details"]["negation"]["negated_share"] == pytest.approx(0.1, abs=0.01)
+
+    code, report, out = quick(
+        "trap+mergeguard",
+        "--stage1",
+        "--steps",
+        "1",
+        "--criticality",
+        "exact",
+        "--trap-perturbations",
+        "scale",
+        "--no-adaptive",
+        "--seed",
+        "3",
+    )
+    trap, mergeguard = report["protection"]
+    assert len(trap["details"]["training"]["losses"]) == 1 and trap["details"]["training"]["seconds_per_step"] > 0
+    assert mergeguard["details"]["criticality"]["mode"] == "fast" and len(mergeguard["details"]["stage1"]["losses"]) == 1
+    config = (out / "protect_config.yml").read_text()
+    assert "run:\n" in config and "seed: 3" in config and "robustness" not in report
+
+    code, report, _ = quick("mergelock+params+mergebarrier", "--no-adaptive")
+    assert [p["method"] for p in report["protection"]] == ["params", "mergebarrier", "mergelock"]
+    ran = {"mergeguard", "trap", "params", "mergebarrier", "mergelock"}
+    assert set(DEFENSES.names()) == ran, "a registered defense this test does not run"
+
+
+def test_a_stack_is_undone_by_its_key_and_realigned_without_it(quick, pico_world, tmp_path, capsys):
+    code, report, out = quick("mergelock+params", "--no-adaptive")
+    key = tmp_path / f"{out.name}.key.safetensors"
+    assert key.is_file() and not (out / key.name).exists()
+    restored = tmp_path / "restored"
+    assert main(["unprotect", str(out), "--key", str(key), "--output-dir", str(restored)]) == 0
+    assert "Undid mergelock then params" in capsys.readouterr().out
+    original, back = Checkpoint(pico_world.model("count")), Checkpoint(restored)
+    assert max((original.get(n).double() - back.get(n).double()).abs().max().item() for n in original.tensor_names) <= 1e-5
+
+    common = [
+        "--base",
+        str(pico_world.base),
+        "--tasks",
+        "toy_count",
+        "--include-tasks",
+        str(pico_world.tasks),
+        "--merge-with",
+        str(pico_world.model("rev")),
+        "--freerider-tasks",
+        "toy_rev",
+        "--methods",
+        "model_stock",
+        "--limit",
+        "4",
+    ]
+    # Nothing to keep on the pico world: the adaptive gate fails with a note, exit 1.
+    assert main(["attack", str(out), "--kind", "realign", "--output-dir", str(tmp_path / "attack"), *common]) == 1
+    report = json.loads((tmp_path / "attack" / "attack.json").read_text())
+    assert report["robustness"]["attacks"]["realign"]["details"]["symmetry_found"] is True
+    assert report["gates"]["adaptive_retention"]["note"].startswith("no attack had a skill gain")
+    realigned = Checkpoint(tmp_path / "attack" / "realigned")
+    assert realigned.tensor_names == original.tensor_names and (realigned.path / "tokenizer.json").is_file()
+
+
+def test_demo_on_the_pico_world(tmp_path):
+    from hf_mergeguard.demo import run_demo
+    from hf_mergeguard.testing import PICO_WORLD
+
+    outcome = run_demo(tmp_path / "demo", world=PICO_WORLD, adaptive=False, progress=False, methods=["model_stock"])
+    assert (
+        set(outcome.report.gates) == {"standalone_drop", "merged_retention"} and (tmp_path / "demo" / "protected" / "README.md").is_file()
+    )
+    assert [fr.tasks for fr in outcome.report.sources.freeriders] == [["toy_sort"], ["toy_rev"]]
