@@ -66,7 +66,7 @@ def test_every_defense_and_every_attack_run(quick, capsys):
     )
     trap, mergeguard = report["protection"]
     assert len(trap["details"]["training"]["losses"]) == 1 and trap["details"]["training"]["seconds_per_step"] > 0
-    assert mergeguard["details"]["criticality"]["mode"] == "fast" and len(mergeguard["details"]["stage1"]["losses"]) == 1
+    assert mergeguard["details"]["criticality"]["mode"] == "exact" and len(mergeguard["details"]["stage1"]["losses"]) == 1
     config = (out / "protect_config.yml").read_text()
     assert "run:\n" in config and "seed: 3" in config and "robustness" not in report
 
