@@ -22,7 +22,7 @@ def parse_args(doc: str, out: str | None, results: str, extra=None) -> argparse.
     ``extra(parser)`` adds a script's own options."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if out is not None:
-        parser.add_argument("--out", type=Path, default=Path(out))
+        parser.add_argument("--out", type=Path, default=Path(__file__).parent / "_work" / out)
     parser.add_argument("--results", type=Path, default=RESULTS / results)
     if extra is not None:
         extra(parser)
