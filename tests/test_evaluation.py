@@ -48,3 +48,28 @@ def test_gsm8k_offline_without_cache_is_a_clear_error(toy_world, monkeypatch, tm
     with pytest.raises(OfflineError) as info:
         evaluator.evaluate(Checkpoint(toy_world.base).load_model(), load_tokenizer(toy_world.base))
     assert "--include-tasks" in info.value.hint
+
+
+def test_few_shot_examples_are_seeded_like_simple_evaluate(pico_world, tmp_path):
+    """lm-eval's ``evaluate`` (what scores an in-memory model) does not seed the few-shot sampler, so two evaluations
+    drew different demonstrations; every evaluation now reseeds it as ``simple_evaluate`` does (seed 1234)."""
+    from hf_mergeguard.evaluation.harness import FEWSHOT_SEED, seed_like_simple_evaluate
+    from hf_mergeguard.toyworld.tasks import task_yaml
+
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    text = task_yaml("fewshot_count", pico_world.data("count", "train").resolve(), pico_world.data("count", "test").resolve())
+    (folder / "fewshot_count.yaml").write_text(text.replace("num_fewshot: 0", "num_fewshot: 3"))
+    evaluator = Evaluator("fewshot_count", include_tasks=[folder])
+    tasks = evaluator._load_tasks()["tasks"]
+    task = tasks["fewshot_count"]
+    docs = list(task.eval_docs)[:6]
+
+    def contexts():
+        return [task.fewshot_context(doc, 3) for doc in docs]
+
+    seed_like_simple_evaluate(tasks.values())
+    first = contexts()
+    unseeded = contexts()  # the sampler goes on drawing: what a second evaluation saw before
+    seed_like_simple_evaluate(tasks.values())
+    assert contexts() == first and unseeded != first and FEWSHOT_SEED == 1234

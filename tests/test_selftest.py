@@ -91,3 +91,31 @@ def test_two_processes_give_the_same_scores(toy_world, tmp_path, torchrun):
     assert [(m["method"], m["value"], m["scores"]) for m in two["merges"]] == [
         (m["method"], m["value"], m["scores"]) for m in one["merges"]
     ]
+
+
+def test_score_cache_keeps_every_job_on_disk_and_forgets_rewritten_files(tmp_path, pico):
+    """Each scored job is kept as it finishes (the protected model's too), keyed by the files' fingerprints: a rerun
+    reuses it, a rewritten checkpoint is scored again, and a model held only in memory is never cached."""
+    from hf_mergeguard.digests import source_fingerprint
+    from hf_mergeguard.io.checkpoint import Checkpoint
+    from hf_mergeguard.selftest.matrix import Job, ScoreCache
+
+    base, protected, rider = (Checkpoint(pico(seed=i)) for i in range(3))
+    prints = {name: source_fingerprint(c) for name, c in (("base", base), ("protected", protected), ("freerider0", rider))}
+    calls = []
+
+    def score(job):
+        calls.append(job)
+        return {"job": job.model, "scores": {"t": 0.5}}
+
+    cache = ScoreCache(tmp_path / "scores", prints, {"tasks": ["t"]})
+    merge = Job("protected", "task_arithmetic", 1.0, 0)
+    cache.score(merge, score), cache.score(Job("protected"), score)
+    cache.score(merge, score), cache.score(Job("protected"), score)
+    assert len(calls) == 2 and len(list((tmp_path / "scores").iterdir())) == 2
+    rewritten = source_fingerprint(Checkpoint(pico(seed=9, folder=protected.path, overwrite=True)))
+    assert rewritten != prints["protected"]
+    ScoreCache(tmp_path / "scores", {**prints, "protected": rewritten}, {"tasks": ["t"]}).score(merge, score)
+    assert len(calls) == 3
+    ScoreCache(tmp_path / "scores", {**prints, "protected": None}, {"tasks": ["t"]}).score(merge, score)
+    assert len(calls) == 4 and len(list((tmp_path / "scores").iterdir())) == 3

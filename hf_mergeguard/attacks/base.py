@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from ..distributed import run_jobs
 from ..io.hf_models import model_from_state_dict
 from ..registry import Registry
 from ..report.schema import AttackResult, ScoredModel, SelfTestReport
@@ -32,6 +33,8 @@ class AttackContext:
         examples: the defender examples an attacker has (fine-tuning attacks), or None.
         merge_matrix: the self-test's merges of another model (``merge_matrix(source) -> SelfTestReport``).
         keep_models: keep a model an attack produces (``AttackResult.model``) for the caller to write.
+        accelerator: the run's ``accelerate.Accelerator`` (one per run: the fine-tuning attacks train with it, and
+            :meth:`map` splits independent scorings over its processes).
     """
 
     report: SelfTestReport
@@ -48,7 +51,12 @@ class AttackContext:
     examples: Sequence | None = None
     merge_matrix: Callable[[Any], SelfTestReport] | None = None
     keep_models: bool = False
+    accelerator: Any = None
     _shared: dict = field(default_factory=dict)
+
+    def map(self, jobs: Sequence[Any], worker: Callable[[Any], Any], desc: str) -> list[Any]:
+        """``worker`` on every job, split over the run's processes; every process gets all results, in order."""
+        return run_jobs(jobs, worker, accelerator=self.accelerator, desc=desc, progress=self.progress)
 
     def score_model(self, model) -> dict[str, float]:
         return {task: score.value for task, score in self.evaluator.evaluate(model, self.tokenizer).items()}

@@ -35,7 +35,7 @@ def fine_tune(model, ctx: AttackContext, examples: list, on_gradients=None):
         max_length=256,
         seed=ctx.seed,
     )
-    train_causal_lm(model, ctx.tokenizer, examples, training, progress=False, on_gradients=on_gradients)
+    train_causal_lm(model, ctx.tokenizer, examples, training, accelerator=ctx.accelerator, progress=False, on_gradients=on_gradients)
     return model
 
 
@@ -64,12 +64,11 @@ def repair(ctx: AttackContext, name: str, on_gradients=None) -> AttackResult:
     """Fine-tune the start merge on the attacker's examples (``on_gradients`` may change each step's gradients) and
     score it: the attack ``name``'s result.
 
-    The model shares memory with the start merge's tensors (no copy), so the fine-tune changes them in place, and an
-    attack that runs next (``graderase`` after ``recover``) starts from the changed weights: kept as measured until
-    the LLM-scale work fixes it.
+    The model is built from a copy of the start merge's tensors (on CPU a model shares memory with the tensors it is
+    built from), so every fine-tuning attack starts from the same merge, on CPU as on GPU.
     """
     setup = shared_start(ctx)
-    model = model_from_state_dict(ctx.protected.config, setup.merged, device=ctx.device)
+    model = model_from_state_dict(ctx.protected.config, {n: t.clone() for n, t in setup.merged.items()}, device=ctx.device)
     scored = ctx.scored(ctx.score_model(fine_tune(model, ctx, setup.examples, on_gradients=on_gradients)), setup.start.freerider)
     return fine_tuning_result(ctx, name, setup, scored)
 

@@ -15,16 +15,24 @@ UNMASK_LAMBDAS = (0.1, 0.3, 0.5)
 
 
 def run_unmask(ctx: AttackContext) -> AttackResult:
-    tried = []
-    for method, variants in ctx.report.best.items():
-        start = variants["protected"]
+    def unmask_method(method: str) -> list[tuple[float, dict]]:
+        start = ctx.report.best[method]["protected"]
         merged = ctx.merge(method, start.value, start.freerider)
+        scores = []
         for lam in UNMASK_LAMBDAS:
             tensors = {}
             for name, tensor in merged.items():
                 tau_hat = ctx.protected.get(name).float() - ctx.base.get(name).float()
                 tensors[name] = (tensor.float() - lam * tau_hat).to(tensor.dtype)
-            tried.append((lam, ctx.scored(ctx.score_tensors(tensors), start.freerider, method=method, value=start.value)))
+            scores.append((lam, ctx.score_tensors(tensors)))
+        return scores
+
+    methods = list(ctx.report.best)
+    tried = []
+    # One job per merge method (one merge, three scorings), split over the run's processes.
+    for method, scores in zip(methods, ctx.map(methods, unmask_method, desc="unmask")):
+        start = ctx.report.best[method]["protected"]
+        tried += [(lam, ctx.scored(s, start.freerider, method=method, value=start.value)) for lam, s in scores]
     (lam, best), met = attacker_best(
         tried, ctx.config.freerider_floor, score=lambda t: t[1].defender_score, freerider_kept=lambda t: t[1].freerider_kept
     )

@@ -11,7 +11,7 @@ import typer
 from ..config import CheckConfig
 from ..errors import ConfigError
 from .app import app
-from .check import checked_config, run_check
+from .check import checked_config, is_main_process, run_check
 from .config_flags import with_config_flags
 from .options import JsonOpt, TokenOpt
 
@@ -46,6 +46,8 @@ def attack_command(
     config.selftest = dataclasses.replace(config.selftest, adaptive=True)
     examples = load_train_examples(config.train_data, split=config.train_split) if config.train_data else None
     report = run_check(config, token=token, attack_examples=examples, keep_models=output_dir is not None)
+    if not is_main_process():
+        raise typer.Exit(0 if report.gates["adaptive_retention"].passed else 1)
     if output_dir:
         _write_outputs(output_dir, report, protected, token)
     typer.echo(report.to_json().rstrip() if as_json else format_report(report))

@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from ..config import CheckConfig, build_config
-from ..environment import default_device
 from ..errors import ConfigError
 from .app import app
 from .config_flags import with_config_flags
@@ -25,9 +24,12 @@ def checked_config(model: str, overrides: dict) -> CheckConfig:
 
 
 def run_check(config: CheckConfig, *, token: str | None, attack_examples=None, keep_models: bool = False):
-    """``check_model`` on a checked configuration."""
+    """``check_model`` on a checked configuration, with the run's accelerator: under ``accelerate launch`` the merges
+    and attack scorings are split over the processes (each scores its share; all end with the whole report)."""
     from ..selftest.check import check_model
+    from ..training import make_accelerator
 
+    accelerator = make_accelerator(config.run)
     return check_model(
         config.model,
         config.base,
@@ -38,10 +40,18 @@ def run_check(config: CheckConfig, *, token: str | None, attack_examples=None, k
         freerider_tasks=config.freerider_tasks,
         seed=config.run.seed,
         token=token,
-        device=config.run.device or default_device(),
+        device=config.run.device or str(accelerator.device),
         attack_examples=attack_examples,
         keep_models=keep_models,
+        accelerator=accelerator,
     )
+
+
+def is_main_process() -> bool:
+    """Only the first process of an ``accelerate launch`` prints and writes (every process ends with the same report)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 @app.command("check")
@@ -84,6 +94,8 @@ def check_command(
     from ..report.table import format_report
 
     report = run_check(checked_config(model, overrides), token=token)
+    if not is_main_process():
+        raise typer.Exit(0 if report.passed else 1)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(output, report.to_json())

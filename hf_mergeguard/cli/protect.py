@@ -9,6 +9,7 @@ import typer
 from ..config import ProtectConfig, build_protect_config
 from ..protect.base import DEFENSES
 from .app import app
+from .check import is_main_process
 from .config_flags import with_config_flags
 from .options import ConfigFileOpt, TokenOpt
 
@@ -40,6 +41,8 @@ def protect_command(
 
     config = build_protect_config(config_file, {"model": model, **overrides})
     outcome = protect(config, token=token)
+    if not is_main_process():  # every process ends with the same outcome: the first one reports it
+        raise typer.Exit(0 if outcome.passed or config.force else 1)
     typer.echo(format_report(outcome.report))
     if outcome.passed or config.force:
         typer.echo(f"Protected model, model card (README.md), selftest.json and protect_config.yml in {outcome.output_dir}")

@@ -19,7 +19,7 @@ def main(spec_path: str) -> int:
     from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], trust_remote_code=False, dtype="auto").to(spec.get("device", "cpu"))
     tokenizer = AutoTokenizer.from_pretrained(spec["model"], trust_remote_code=False)
     manager = TaskManager(include_path=spec["index_paths"] or None, include_defaults=spec["include_defaults"])
     results = lm_eval.simple_evaluate(

@@ -153,6 +153,7 @@ class Evaluator:
         from lm_eval.evaluator import evaluate as lm_evaluate
 
         task_dict = self._load_tasks()
+        seed_like_simple_evaluate(task_dict["tasks"].values())
         # lm-eval returns results only where LOCAL_RANK is 0; under accelerate each process scores its own
         # models, so every process is "rank 0" for lm-eval.
         with patch_environment(local_rank="0"), _quiet_lm_eval():
@@ -189,6 +190,7 @@ class Evaluator:
                 "limit": self.limit,
                 "batch_size": self.batch_size,
                 "bootstrap_iters": self.bootstrap_iters,
+                "device": str(model.device),  # the child scores on the parent's device (a GPU when there is one)
                 "out": str(Path(tmp) / "results.json"),
             }
             (Path(tmp) / "spec.json").write_text(json.dumps(spec))
@@ -209,6 +211,22 @@ class Evaluator:
             log.debug(completed.stderr)
             results = json.loads((Path(tmp) / "results.json").read_text())
         return self._scores_from(results)
+
+
+# lm-eval's ``simple_evaluate`` default: the same few-shot examples as ``lm_eval --model hf``.
+FEWSHOT_SEED = 1234
+
+
+def seed_like_simple_evaluate(tasks) -> None:
+    """Seed every task's few-shot sampler as ``simple_evaluate`` does, before each evaluation.
+
+    ``lm_eval.evaluator.evaluate`` (which scores an in-memory model) does not: without this each evaluation draws
+    its own few-shot examples, so two models would be scored on different prompts. (The global RNGs are left
+    alone: decoding is greedy, and reseeding them here would change the training runs that follow.)
+    """
+    for task in tasks:
+        if hasattr(task, "set_fewshot_seed"):
+            task.set_fewshot_seed(seed=FEWSHOT_SEED)
 
 
 class _quiet_lm_eval:

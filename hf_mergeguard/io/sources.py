@@ -38,10 +38,14 @@ class TensorSource(Protocol):
 class StateDictSource:
     """Tensors held in memory, with the config they belong to (same interface as :class:`Checkpoint`)."""
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], source: str = "<memory>"):
+    def __init__(
+        self, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], source: str = "<memory>", weight_files: list | None = None
+    ):
         self.tensors = dict(tensors)
         self.config = dict(config)
         self.source = source
+        # The files these tensors were read from, unchanged (so score caches keyed by them still hit); None when made in memory.
+        self.weight_files = weight_files
 
     @property
     def tensor_names(self) -> list[str]:
@@ -79,4 +83,4 @@ def materialize(source: Checkpoint | StateDictSource) -> StateDictSource:
     """Read every tensor into memory (for models small enough to be scored many times)."""
     if isinstance(source, StateDictSource):
         return source
-    return StateDictSource(source.state_dict(), source.config, source=source.source)
+    return StateDictSource(source.state_dict(), source.config, source=source.source, weight_files=list(source.weight_files))

@@ -9,13 +9,17 @@ so the fine-tuning attacks' DDP steps meet on every rank and all ranks end with 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Sequence
 
 from ..attacks.base import ATTACKS, AttackContext, parse_attacks
+from ..digests import config_digest
+from ..io.atomic import write_text_atomically
 from ..io.sources import materialize
-from ..report.schema import Gate, Robustness, SelfTestReport
+from ..report.schema import AttackResult, Gate, Robustness, SelfTestReport, from_dict, to_dict
 from ..report.scoring import TOLERANCE
 from .config import SelfTestConfig
 from .freeriders import FreeRider
@@ -39,9 +43,17 @@ def run_adaptive_attacks(
     progress: bool = True,
     score_cache=None,
     keep_models: bool = False,
+    accelerator=None,
+    resume_dir: str | Path | None = None,
 ) -> SelfTestReport:
     """Run ``config.attacks`` against ``protected`` after its self-test ``report``; returns the report with its
-    ``robustness`` section and the ``adaptive_retention`` gate."""
+    ``robustness`` section and the ``adaptive_retention`` gate.
+
+    ``accelerator``: the run's (the fine-tuning attacks train with it; independent scorings are split over its
+    processes). ``resume_dir``: each attack's result is written there as it finishes and read back by a rerun with
+    the same report and options (a crash in the third attack does not repeat the first two).
+    """
+    resume = _AttackResults(resume_dir, report, config, seed, accelerator) if resume_dir is not None else None
     base, protected = materialize(base), materialize(protected)
     freeriders = [FreeRider(model=materialize(fr.model), tasks=fr.tasks, name=fr.name) for fr in freeriders]
 
@@ -56,6 +68,7 @@ def run_adaptive_attacks(
             config=dataclasses.replace(config, adaptive=False),
             freeriders=freeriders,
             seed=seed,
+            accelerator=accelerator,
             device=device,
             progress=progress,
             score_cache=score_cache,
@@ -76,13 +89,20 @@ def run_adaptive_attacks(
         examples=examples,
         merge_matrix=merge_matrix,
         keep_models=keep_models,
+        accelerator=accelerator,
     )
     results = {}
     for name in parse_attacks(config.attacks):
-        log.info("Adaptive attack: %s", name)
-        started = time.perf_counter()
-        result = ATTACKS.get(name).run(ctx)
-        result.seconds = time.perf_counter() - started
+        result = resume.load(name) if resume is not None and not keep_models else None
+        if result is None:
+            log.info("Adaptive attack: %s", name)
+            started = time.perf_counter()
+            result = ATTACKS.get(name).run(ctx)
+            result.seconds = time.perf_counter() - started
+            if resume is not None:
+                resume.save(result)
+        else:
+            log.info("Adaptive attack: %s (reusing the finished result in %s)", name, resume.folder)
         result.defeats = result.credited is not None and result.credited > config.max_merged_retention + TOLERANCE
         results[name] = result
     unprotected = max((v["original"].defender_score for v in report.best.values() if "original" in v), default=None)
@@ -99,3 +119,26 @@ def run_adaptive_attacks(
     if not credited:
         gate.note = "no attack had a skill gain to measure: the model is not better than the base on its tasks"
     return report.with_robustness(robustness, gate)
+
+
+class _AttackResults:
+    """Finished attacks of one adaptive stage, one JSON file each, keyed by what their result depends on (the
+    self-test's merges and scores, the options, the seed)."""
+
+    def __init__(self, folder: str | Path, report: SelfTestReport, config: SelfTestConfig, seed: int, accelerator):
+        self.folder = Path(folder)
+        self.is_main = accelerator is None or accelerator.is_main_process
+        merges = [to_dict(m) for m in report.merges]
+        self.key = config_digest({"merges": merges, "standalone": report.standalone, "config": dataclasses.asdict(config), "seed": seed})
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}-{self.key[:16]}.json"
+
+    def load(self, name: str) -> AttackResult | None:
+        path = self.path(name)
+        return from_dict(AttackResult, json.loads(path.read_text())) if path.is_file() else None
+
+    def save(self, result: AttackResult) -> None:
+        if self.is_main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(self.path(result.attack), json.dumps(to_dict(result)))

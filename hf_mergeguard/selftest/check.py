@@ -91,5 +91,6 @@ def check_model(
                 device=device,
                 progress=progress,
                 keep_models=keep_models,
+                accelerator=accelerator,
             )
     return report

@@ -78,9 +78,11 @@ def plan_jobs(config: SelfTestConfig, n_freeriders: int, with_original: bool) ->
 
 
 class ScoreCache:
-    """Scores of jobs that do not involve the protected model (the base, the original, the free-riders and the
-    original's merges), kept in a folder and keyed by the files' fingerprints, so that trying several protections
-    of one model scores those once."""
+    """Scores of every job whose models are files on disk, kept in a folder as each job finishes and keyed by the
+    files' fingerprints (path, size, modification time): trying several protections of one model scores the base,
+    the original, the free-riders and the original's merges once, and a killed run resumes from its last scored job
+    (the protected model's too: a rewritten checkpoint has another fingerprint). Models held only in memory (a
+    re-aligned model) are not cached."""
 
     def __init__(self, folder: str | Path | None, fingerprints: dict[str, str | None], identity: dict):
         self.folder = Path(folder) if folder is not None else None
@@ -89,7 +91,7 @@ class ScoreCache:
 
     def path(self, job: Job) -> Path | None:
         involved = job.models
-        if self.folder is None or "protected" in involved or any(self.fingerprints[name] is None for name in involved):
+        if self.folder is None or any(self.fingerprints[name] is None for name in involved):
             return None
         key = config_digest(
             {"tool": __version__, "job": asdict(job), "models": {name: self.fingerprints[name] for name in involved}, **self.identity}
