@@ -149,6 +149,12 @@ class TrainingError(MergeGuardError, RuntimeError):
 # --- outcomes ------------------------------------------------------------------------------------------
 
 
+class InsufficientMemoryError(MergeGuardError, MemoryError):
+    """A stage's modelled peak memory is above what the device has free (checked before any work)."""
+
+    default_hint = "Pass the options the message names, or --no-memory-check if you know the run fits."
+
+
 class GateFailedError(MergeGuardError):
     """The self-test's gates failed: the model is not safe to release (exit code 1, nothing pushed)."""
 

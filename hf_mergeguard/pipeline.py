@@ -22,8 +22,9 @@ from .config import RELEASE_ONLY_OPTIONS, ProtectConfig, dump_yaml
 from .data import load_train_examples
 from .digests import config_digest
 from .environment import package_versions
-from .errors import GateFailedError, OutputExistsError
+from .errors import GateFailedError, InsufficientMemoryError, OutputExistsError
 from .evaluation import Evaluator, load_tokenizer
+from .evaluation.chat import as_chat, use_chat_template
 from .io.checkpoint import Checkpoint
 from .io.checks import check_compatible, check_finite
 from .paths import runs_dir, scores_dir
@@ -120,17 +121,47 @@ def open_inputs(config: ProtectConfig, *, token=None) -> RunInputs:
     check_compatible(model, base)
     riders = open_freeriders(base, config.merge_with, config.freerider_tasks, token=token)
     check_finite(model, base, *(rider.model for rider in riders))
-    evaluator = selftest_evaluator(config.tasks, config.include_tasks, riders, config.selftest)
+    tokenizer = load_tokenizer(model.path)
+    chat = use_chat_template(config.selftest.chat_template, tokenizer)  # an instruct model: scored and trained as one
+    evaluator = selftest_evaluator(config.tasks, config.include_tasks, riders, config.selftest, chat_template=chat)
     cache: dict = {}
 
     def train_examples():
         if "rows" not in cache:
-            cache["rows"] = load_train_examples(config.train_data, split=config.train_split)
+            rows = load_train_examples(config.train_data, split=config.train_split)
+            cache["rows"] = as_chat(tokenizer, rows) if chat else rows
         return cache["rows"]
 
     if config.train_data:
         train_examples()
-    return RunInputs(model, base, riders, load_tokenizer(model.path), evaluator, train_examples if config.train_data else None)
+    return RunInputs(model, base, riders, tokenizer, evaluator, train_examples if config.train_data else None)
+
+
+def check_memory(
+    config: ProtectConfig, model: Checkpoint, *, processes: int, device: str, free: tuple[float, str] | None = None
+) -> list[dict]:
+    """Before any work: the modelled peak memory of each defense's heaviest step (per process) against what ``device``
+    has free (or ``free``: bytes and how to say them); a stage that cannot fit is refused, naming the options that
+    lower it. Returns what was checked."""
+    from .memory import DTYPE_BYTES, GB, Shape, available_memory
+
+    shape = Shape.of(model.config)
+    stored = max((DTYPE_BYTES.get(spec.dtype, 4) for spec in model.layout.values()), default=4)
+    free, where = free or available_memory(device)
+    checked = []
+    for name in parse_method(config.method):
+        spec = DEFENSES.get(name)
+        needed = spec.memory(config.defenses[name], shape, stored, processes, config.run.bf16) if spec.memory else None
+        if needed is None:
+            continue
+        checked.append({"stage": needed.stage, "modelled_gb": round(needed.total / GB, 2), "free_gb": round(free / GB, 2)})
+        log.info("Memory: %s needs about %s per process; %s", needed.stage, needed.describe(), where)
+        if config.run.memory_check and needed.total > free:
+            raise InsufficientMemoryError(
+                f"{needed.stage} would need about {needed.describe()} per process (hf_mergeguard.memory's model), and {where}.",
+                f"Pass {spec.fits_with}; or --no-memory-check if you know it fits.",
+            )
+    return checked
 
 
 def apply_defenses(config: ProtectConfig, inputs: RunInputs, work: Path, *, accelerator, device: str, progress: bool):
@@ -264,6 +295,8 @@ def adaptive_attacks(
         device=device,
         progress=progress and accelerator.is_main_process,
         score_cache=scores_dir(),
+        accelerator=accelerator,
+        resume_dir=work / "attacks" / "each",
     )
     return _keep(work / "attacks", report, accelerator)
 
@@ -323,6 +356,7 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     accelerator = accelerator or make_accelerator(config.run)
     device = config.run.device or str(accelerator.device)
     inputs = open_inputs(config, token=token)
+    check_memory(config, inputs.model, processes=accelerator.num_processes, device=device)
     work.mkdir(parents=True, exist_ok=True)
     with _FileLog(work / LOG_FILE):
         log.info(

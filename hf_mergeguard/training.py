@@ -35,6 +35,13 @@ class RunConfig:
     seed: int = field(default=0, metadata={"help": "seed of training, random merges and attacks", "flag": "--seed"})
     bf16: bool = field(default=False, metadata={"help": "train in bf16 mixed precision", "flag": "--bf16"})
     fsdp: bool = field(default=False, metadata={"help": "shard training with FSDP (GPUs; saves a FULL_STATE_DICT)", "flag": "--fsdp"})
+    memory_check: bool = field(
+        default=True,
+        metadata={
+            "help": "refuse, before any work, a training stage whose modelled peak memory is above the device's free memory",
+            "flag": "--memory-check/--no-memory-check",
+        },
+    )
 
 
 @dataclass
@@ -52,6 +59,13 @@ class TrainingConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping (None: off)"})
     max_length: int = field(default=512, metadata={"help": "tokens per example (longer ones are cut)", "flag": "--max-length"})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute each layer's activations in the backward pass (less memory, about a third more compute)",
+            "flag": "--gradient-checkpointing",
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of batch order and dropout", "flag": "--seed"})
 
     def __post_init__(self):
@@ -76,15 +90,32 @@ class TrainingResult:
     logs: list[dict] = field(default_factory=list)
 
 
+def special_prefix(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before a text by default (Llama-3's and Gemma's BOS; nothing for Qwen2 or the toy
+    world). lm-eval encodes every prompt with them, so training does too: the model learns what it is scored on."""
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start])
+    return []
+
+
 def encode_examples(tokenizer, examples: Sequence[Example], max_length: int) -> list[tuple[list[int], list[int]]]:
-    """Token ids and labels (-100 on the prompt) for each example; an EOS token closes each completion."""
+    """Token ids and labels (-100 on the prompt) for each example: the tokenizer's prefix (BOS) unless the text already
+    starts with it (a chat template writes it), the prompt, the completion and an EOS token."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    prefix = special_prefix(tokenizer)
+    bos_text = tokenizer.decode(prefix) if prefix else None
     # One batched call per side: the fast tokenizer is much quicker on lists than on single strings.
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
     completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
     encoded = []
     for example, prompt_ids, completion_ids in zip(examples, prompts, completions):
         prompt_ids = prompt_ids if example.prompt else []
+        text = example.prompt or example.completion
+        if prefix and not (bos_text and text.startswith(bos_text)):
+            prompt_ids = prefix + list(prompt_ids)
         completion_ids = list(completion_ids) + eos
         ids = (list(prompt_ids) + completion_ids)[:max_length]
         labels = ([-100] * len(prompt_ids) + completion_ids)[:max_length]
@@ -162,6 +193,7 @@ def train_causal_lm(
     desc: str = "fine-tuning",
     progress: bool = True,
     on_gradients: Callable[[torch.nn.Module], None] | None = None,
+    checkpointing_kwargs: dict | None = None,
 ) -> TrainingResult:
     """Fine-tune ``model`` in place on ``examples`` and return the loss history.
 
@@ -175,6 +207,8 @@ def train_causal_lm(
         accelerator: the run's ``accelerate.Accelerator``; default: a plain one (one process, float32).
         on_gradients: called with the unwrapped model once its gradients of a step are complete, before
             clipping (GradErase projects them there).
+        checkpointing_kwargs: ``torch.utils.checkpoint`` options when ``config.gradient_checkpointing`` (the trap
+            passes a ``context_fn`` that restores each pass's perturbation in the recomputation).
     """
     from tqdm.auto import tqdm
 
@@ -184,14 +218,16 @@ def train_causal_lm(
     if not encoded:
         raise TrainingError("No usable training examples (every completion is empty or cut off).")
     micro = config.batch_size // config.gradient_accumulation_steps
-    if micro % world:
+    if micro < world:
         raise TrainingError(
-            f"The micro-batch ({micro}) must split evenly over {world} processes.",
-            "Choose --batch-size divisible by processes x --gradient-accumulation-steps.",
+            f"A micro-batch of {micro} examples cannot give each of {world} processes at least one.",
+            "Raise --train-batch-size (or lower --gradient-accumulation-steps) to at least one example per process per micro-batch.",
         )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     torch.manual_seed(config.seed)
+    if config.gradient_checkpointing:
+        enable_checkpointing(model, checkpointing_kwargs or {"use_reentrant": False})
     model.train()
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -220,7 +256,7 @@ def train_causal_lm(
         step_log: dict[str, float] = {}
         for micro_index in range(config.gradient_accumulation_steps):
             micro_batch = chosen[micro_index * micro : (micro_index + 1) * micro]
-            local = micro_batch[rank * (micro // world) : (rank + 1) * (micro // world)]
+            local = micro_batch[rank * micro // world : (rank + 1) * micro // world]  # uneven when world does not divide micro
             batch = {k: v.to(accelerator.device) for k, v in collate(local, pad_id, length).items()}
             last = micro_index == config.gradient_accumulation_steps - 1
             context = accelerator.no_sync(wrapped) if not last else contextlib.nullcontext()
@@ -248,9 +284,21 @@ def train_causal_lm(
     seconds = time.perf_counter() - start
     unwrapped = accelerator.unwrap_model(wrapped)
     unwrapped.eval()
+    if config.gradient_checkpointing:
+        disable = getattr(unwrapped, "activation_checkpointing_disable", None) or unwrapped.gradient_checkpointing_disable
+        disable()
     # Release the DDP wrapper and optimizer state; the caller keeps the (updated) model.
     accelerator.free_memory()
     return TrainingResult(losses=losses, seconds=seconds, seconds_per_step=seconds / max(1, config.steps), logs=logs)
+
+
+def enable_checkpointing(model, kwargs: dict) -> None:
+    """Gradient (activation) checkpointing of every decoder layer, with ``torch.utils.checkpoint`` options ``kwargs``
+    (transformers >= 5.x names it ``activation_checkpointing_enable``; earlier 5.x ``gradient_checkpointing_enable``)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _reduce_mean(accelerator, value: float) -> float:

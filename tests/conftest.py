@@ -92,12 +92,13 @@ def free_port() -> int:
 
 @pytest.fixture
 def torchrun(free_port):
-    """``torchrun(*args, timeout=)``: ``python -m torch.distributed.run --nproc_per_node 2 ARGS``, two CPU processes
-    over gloo, with this folder on the path (``ARGS`` is a script, or ``-m module ...``)."""
+    """``torchrun(*args, timeout=, processes=2)``: ``python -m torch.distributed.run --nproc_per_node 2 ARGS``, CPU
+    processes over gloo, with this folder on the path (``ARGS`` is a script, or ``-m module ...``)."""
 
-    def run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    def run(*args: str, timeout: float = 900, processes: int = 2) -> subprocess.CompletedProcess:
         env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port), *args]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port)]
+        command += list(args)
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
     return run

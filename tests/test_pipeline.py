@@ -7,12 +7,14 @@ merge method without a coefficient (``model_stock``) and 4 prompts per task keep
 """
 
 import json
+import logging
 
 import pytest
 
 from hf_mergeguard.cli.main import main
 from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.protect.base import DEFENSES
+from hf_mergeguard.protect.steps import done_marker
 
 
 @pytest.fixture
@@ -70,6 +72,16 @@ def test_every_defense_and_every_attack_run(quick, capsys):
     config = (out / "protect_config.yml").read_text()
     assert "run:\n" in config and "seed: 3" in config and "robustness" not in report
 
+    # The LLM memory path: both training stages as a LoRA on frozen weights, with gradient checkpointing (the same stack
+    # written the other way round: its own work folder).
+    code, report, _ = quick(
+        "mergeguard+trap", "--stage1", "--steps", "2", "--trap-lora-rank", "2", "--stage1-lora-rank", "2", "--gradient-checkpointing",
+        "--no-adaptive",
+    )  # fmt: skip
+    trap, mergeguard = report["protection"]
+    assert trap["public_parameters"]["trap"].endswith("LoRA rank 2") and trap["details"]["config"]["gradient_checkpointing"]
+    assert mergeguard["details"]["config"]["stage1"]["lora_rank"] == 2 and len(mergeguard["details"]["stage1"]["losses"]) == 2
+
     code, report, _ = quick("mergelock+params+mergebarrier", "--no-adaptive")
     assert [p["method"] for p in report["protection"]] == ["params", "mergebarrier", "mergelock"]
     ran = {"mergeguard", "trap", "params", "mergebarrier", "mergelock"}
@@ -120,3 +132,44 @@ def test_demo_on_the_pico_world(tmp_path):
         set(outcome.report.gates) == {"standalone_drop", "merged_retention"} and (tmp_path / "demo" / "protected" / "README.md").is_file()
     )
     assert [fr.tasks for fr in outcome.report.sources.freeriders] == [["toy_sort"], ["toy_rev"]]
+
+
+@pytest.mark.slow  # three processes on two cores: about a minute
+def test_three_processes_in_bf16_run_every_stage_with_one_accelerator(pico_world, protect_argv, torchrun, tmp_path, caplog):
+    """``accelerate``-style launch on 3 processes with --bf16: the fine-tuning attacks train with the run's accelerator
+    (a second one with another precision used to stop the run after the whole self-test), a batch that 3 does not
+    divide is split unevenly, unmask's scorings are split over the processes, the verdict is printed once; and a
+    rerun after a crash in the attacks reuses every attack that had finished."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = protect_argv(
+        pico_world,
+        out,
+        "--method",
+        "mergeguard",
+        "--bf16",
+        "--limit",
+        "4",
+        "--attacks",
+        "unmask,recover",
+        "--attack-steps",
+        "1",
+        "--attack-examples",
+        "4",
+        methods="model_stock",
+        batch_size=16,
+        work=work,
+    )
+    completed = torchrun("-m", "hf_mergeguard.cli.main", *argv, timeout=600, processes=3)
+    assert completed.returncode == 1, completed.stderr[-3000:]  # exit 1: the pico model is no better than its base
+    assert completed.stdout.count("NOT safe to release") == 1
+    attacks = json.loads((out / "selftest.json").read_text())["robustness"]["attacks"]
+    assert list(attacks) == ["unmask", "recover"] and len(attacks["unmask"]["details"]["tried"]) == 3
+    kept = sorted(p.name.split("-")[0] for p in (work / "attacks" / "each").iterdir())
+    assert kept == ["recover", "unmask"]
+
+    # As if the run had died after those two attacks: the stage is not marked finished, each attack's result is kept.
+    done_marker(work / "attacks").unlink()
+    with caplog.at_level(logging.INFO, logger="hf_mergeguard"):
+        assert main([a for a in argv if a != "--bf16"] + ["--overwrite"]) == 1
+    assert caplog.text.count("reusing the finished result") == 2
+    assert json.loads((out / "selftest.json").read_text())["robustness"]["attacks"] == attacks

@@ -3,6 +3,7 @@ plain reads, read-ahead threads, chunked transforms, lazily made blocks, matchin
 (The speed and memory figures are measured by ``benchmarks/scale.py``, not here.)"""
 
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +126,26 @@ def test_matching_above_the_exact_size(monkeypatch):
     gain = (similarity(random) - similarity(unlike)) / (similarity(random) - similarity(exact))
     assert 0.35 <= gain < 1.0
     assert similarity(unlike) < 0
+
+
+@pytest.mark.slow  # a pico world and two protect runs, stage by stage: about a minute
+def test_the_gpu_check_runs_on_cpu(tmp_path):
+    """``benchmarks/gpu_check.py --preset cpu``: the script a GPU machine runs, on the pico world here, every stage
+    timed and measured (the trap as an LLM runs it: LoRA 16 with gradient checkpointing; MergeGuard with stage 1)."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu_check.py"
+    command = [sys.executable, str(script), "--preset", "cpu", "--out", str(tmp_path), "--results", str(tmp_path / "gpu_check.md")]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=script.parent, timeout=900)  # the tests' cache
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    record = json.loads((tmp_path / "gpu_check-cpu.json").read_text())
+    stages = [row["stage"] for row in record["stages"]]
+    steps = ("pull", "memory check", "protect", "self-test", "adaptive attacks")
+    for method in ("trap", "mergeguard"):
+        assert [s for s in stages if s.startswith(method)] == [f"{method}: {step}" for step in steps]
+    assert all(row["seconds"] >= 0 and row["peak_gb"] > 0.1 for row in record["stages"])
+    trap = next(run for run in record["runs"] if run["method"] == "trap")
+    assert trap["memory_check"][0]["stage"] == "merge trap" and set(trap["adaptive"]) <= {"unmask", "recover"}
+    assert "| trap: protect |" in (tmp_path / "gpu_check-cpu.md").read_text()

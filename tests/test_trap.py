@@ -122,14 +122,17 @@ def test_trap_on_the_toy_world(toy_world, tmp_path, capsys, protect_argv):
         method: max(100 * m["scores"]["toy_count"] for m in report["merges"] if m["variant"] == "original" and m["method"] == method)
         for method in best
     }
-    # Measured (defaults: weight 1.0, ceiling 1.5, 400 steps, cosine; 300 prompts, ±3 points): base 66.0,
-    # original 99.7, protected 99.7. The attacker's best count score, protected (unprotected): TIES 20.0 (69.0),
-    # DARE-TIES 67.7 (91.0) at every coefficient; TA 63.7 at every lambda but 1 (87.7), and 89.0 at lambda = 1
-    # (91.3), where the trap does not hold on this toy world (it held, at 63.0, on the one an earlier machine built).
+    # Measured (defaults: weight 1.0, ceiling 1.5, 400 steps, cosine; 300 prompts, ±3 points), seed 0: base 66.0,
+    # original 99.7, protected 100.0. The attacker's best count score, protected (unprotected): TIES 19.0 (69.0); TA
+    # 58.3 at every lambda but 1 (87.7), and 92.7 at lambda = 1 (91.3); DARE-TIES 79.3 (91.0). The trap holds TIES
+    # and task arithmetic off lambda = 1, not lambda = 1 nor DARE-TIES: over training seeds 0, 1, 2 the best
+    # DARE-TIES merge keeps 79.3, 82.3, 75.7 (the code before the per-tensor passes: 67.7 and 79.0 on seeds 0 and 1,
+    # so its seed-0 figure was a lucky draw; docs/results.md, "The merge trap").
     assert 60 <= base <= 75 and original >= base + 20
     assert protected >= original - 1.0
     assert all(unprotected[method] >= 80 for method in ("task_arithmetic", "dare_ties"))
-    assert best["ties"] <= base + 5 and best["dare_ties"] <= base + 5, best
+    assert best["ties"] <= base + 5, best
+    assert base + 5 < best["dare_ties"] <= 90, best  # not held (pinned so that a change that holds it shows up)
     ta_off_one = max(
         100 * m["scores"]["toy_count"]
         for m in report["merges"]

@@ -8,11 +8,13 @@ and only what an attack reaches *beyond* that is credited to it (``beyond_data``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..io.hf_models import model_from_state_dict
 from ..report.schema import AttackResult, MergeResult, ScoredModel, to_dict
+from ..trained_change import TrainedModel
 from ..training import TrainingConfig, train_causal_lm
 from .base import AttackContext
 
@@ -25,18 +27,41 @@ class FineTuningStart:
     data_only: ScoredModel  # the free-rider's own model fine-tuned on them
 
 
+def attack_learning_rate(config, parameters: int) -> float:
+    """``--attack-learning-rate``, or a rate an attacker would use: the toy world's 3e-4 for small models, 1e-5 for full
+    fine-tuning of an LLM, 2e-4 for a LoRA."""
+    if config.attack_learning_rate:
+        return config.attack_learning_rate
+    if config.attack_lora_rank:
+        return 2e-4
+    return 3e-4 if parameters < 100_000_000 else 1e-5
+
+
 def fine_tune(model, ctx: AttackContext, examples: list, on_gradients=None):
-    """The attacks' fine-tune: ``attack_steps`` steps on ``examples`` (in place; returns the model)."""
+    """The attacks' fine-tune: ``attack_steps`` steps on ``examples`` (in place; returns the model in its dtype).
+
+    Every weight trains in float32 (a bf16 model gets float32 master weights for the run: bf16 AdamW at an LLM's
+    learning rate leaves most weights unchanged), or with ``attack_lora_rank`` a LoRA on the frozen weights."""
     config = ctx.config
+    parameters = sum(p.numel() for p in model.parameters())
     training = TrainingConfig(
         steps=config.attack_steps,
-        learning_rate=config.attack_learning_rate,
+        learning_rate=attack_learning_rate(config, parameters),
         batch_size=min(16, len(examples)),
         max_length=256,
         seed=ctx.seed,
     )
-    train_causal_lm(model, ctx.tokenizer, examples, training, accelerator=ctx.accelerator, progress=False, on_gradients=on_gradients)
-    return model
+    stored = next(model.parameters()).dtype
+    own = {name: param.detach() for name, param in model.named_parameters()}
+    lora = TrainedModel(model, own, lora_rank=config.attack_lora_rank) if config.attack_lora_rank else None
+    if lora is None:
+        model.float()
+    try:
+        train_causal_lm(model, ctx.tokenizer, examples, training, accelerator=ctx.accelerator, progress=False, on_gradients=on_gradients)
+    finally:
+        if lora is not None:
+            lora.release()
+    return model.to(stored)
 
 
 def shared_start(ctx: AttackContext) -> FineTuningStart:
@@ -92,7 +117,8 @@ def fine_tuning_result(ctx: AttackContext, name: str, setup: FineTuningStart, sc
             },
             "examples": len(setup.examples),
             "steps": ctx.config.attack_steps,
-            "learning_rate": ctx.config.attack_learning_rate,
+            "learning_rate": attack_learning_rate(ctx.config, sum(math.prod(spec.shape) for spec in ctx.protected.layout.values())),
+            "lora_rank": ctx.config.attack_lora_rank,
             "data_only": to_dict(setup.data_only),
         },
     }

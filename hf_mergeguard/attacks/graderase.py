@@ -15,6 +15,7 @@ def run_graderase(ctx: AttackContext) -> AttackResult:
     base_state = {n: p.detach().clone() for n, p in base_model.named_parameters()}
     fine_tune(base_model, ctx, setup.examples)
     disturbance = {n: (base_state[n] - p.detach()) for n, p in base_model.named_parameters()}  # v = -tau_G
+    del base_model, base_state  # only the direction is needed from here on (one model-sized tensor set, not three)
     norm2 = sum(float((v.double() ** 2).sum()) for v in disturbance.values())
 
     def project(module):

@@ -30,6 +30,8 @@ def main(spec_path: str) -> int:
         task_manager=manager,
         confirm_run_unsafe_code=True,
         log_samples=False,
+        apply_chat_template=spec.get("chat_template", False),
+        fewshot_as_multiturn=spec.get("chat_template", False),
     )
     Path(spec["out"]).write_text(json.dumps({"results": results["results"], "n-samples": results.get("n-samples", {})}, default=str))
     return 0

@@ -70,6 +70,8 @@ class Evaluator:
         allow_code_eval: allow tasks that execute model-written code (HumanEval, MBPP).
         code_timeout: seconds the code-executing child may run.
         bootstrap_iters: lm-eval's bootstrap for standard errors (0: off).
+        chat_template: score with the tokenizer's chat template, few-shot examples as turns (lm-eval's
+            ``apply_chat_template`` and ``fewshot_as_multiturn``; see :func:`.chat.use_chat_template`).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Evaluator:
         allow_code_eval: bool = False,
         code_timeout: float = 3600.0,
         bootstrap_iters: int = 0,
+        chat_template: bool = False,
     ):
         self.catalog = TaskCatalog(parse_tasks(tasks), [Path(p) for p in include_tasks])
         self.include_tasks = [str(p) for p in include_tasks]  # as given (the report records them)
@@ -90,6 +93,7 @@ class Evaluator:
         self.batch_size = batch_size
         self.code_timeout = code_timeout
         self.bootstrap_iters = bootstrap_iters
+        self.chat_template = chat_template
         self.code_tasks = self.catalog.code_tasks()
         self.plain_tasks = [t for t in self.catalog.names if t not in self.code_tasks]
         self._task_dict = None
@@ -164,6 +168,8 @@ class Evaluator:
                 limit=self.limit,
                 bootstrap_iters=self.bootstrap_iters,
                 log_samples=False,
+                apply_chat_template=self.chat_template,
+                fewshot_as_multiturn=self.chat_template,
             )
         return self._scores_from(results)
 
@@ -190,6 +196,7 @@ class Evaluator:
                 "limit": self.limit,
                 "batch_size": self.batch_size,
                 "bootstrap_iters": self.bootstrap_iters,
+                "chat_template": self.chat_template,
                 "device": str(model.device),  # the child scores on the parent's device (a GPU when there is one)
                 "out": str(Path(tmp) / "results.json"),
             }

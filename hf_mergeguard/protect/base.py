@@ -82,6 +82,9 @@ class DefenseSpec:
         function_preserving: the protected model computes the same function from other weights; a key undoes it.
         check: ``check(options, run, has_train_data)`` raises before any work when the run cannot succeed
             (missing training data, an unsupported run setting).
+        memory: ``memory(options, shape, stored_bytes, processes, bf16) -> StageMemory | None``: the modelled peak
+            per process of its heaviest step (:mod:`hf_mergeguard.memory`), for the pre-flight check; and
+            ``fits_with``, the options that lower it, named when it does not fit.
     """
 
     name: str
@@ -92,6 +95,8 @@ class DefenseSpec:
     reference: str
     function_preserving: bool = False
     check: Callable[[Any, RunConfig, bool], None] | None = None
+    memory: Callable[..., Any] | None = None
+    fits_with: str = ""
 
     @property
     def writes_key(self) -> bool:

@@ -35,10 +35,12 @@ def mark_finished(folder: Path, record: dict) -> None:
     write_text_atomically(done_marker(folder), json.dumps(record, indent=2, default=str))
 
 
-def trained_checkpoint(ctx: ProtectContext, step: str, method: str, train: Callable, *, needs: str):
+def trained_checkpoint(ctx: ProtectContext, step: str, method: str, train: Callable, *, needs: str, dtype=torch.float32):
     """Fine-tune ``ctx.model`` with ``train(model, examples) -> TrainingResult`` into the step folder ``step``.
 
-    Resumable: a finished step is reused. Returns the checkpoint and the step's record (losses, last logs, time).
+    The model is loaded in ``dtype`` (float32: master weights for full fine-tuning; None: as stored, for a LoRA on
+    frozen weights) and saved in the stored dtype. Resumable: a finished step is reused. Returns the checkpoint and the
+    step's record (losses, last logs, time).
     """
     folder = ctx.step_dir(step)
     record = finished(folder)
@@ -47,7 +49,7 @@ def trained_checkpoint(ctx: ProtectContext, step: str, method: str, train: Calla
         return Checkpoint(folder), record
     if ctx.train_examples is None:
         raise TrainDataError(f"{needs}.", "Pass --train-data (a JSONL file or a Hub dataset).")
-    model = ctx.model.load_model(dtype=torch.float32, device=ctx.device)
+    model = ctx.model.load_model(dtype=dtype, device=ctx.device)
     result = train(model, ctx.train_examples())
     record = {"losses": result.losses, "logs": result.logs[-1:], "seconds": result.seconds, "seconds_per_step": result.seconds_per_step}
     if ctx.is_main:

@@ -21,12 +21,15 @@ So the loss of a micro-batch is
 
     L(θ) − λ · mean_k [ w_k · Σ_examples min(L_i(perturb_k(θ)), ceiling · L_i(θ_pre)) ]   (token-weighted)
 
-with w_k = 1/√s for ``scale`` and 1 otherwise. Each term is a forward pass of the same model with other
-weights (``torch.func.functional_call``: gradients flow to θ through the perturbation); the base's loss is one
-more forward without gradients. A step costs about (1 + samples) forward-backward passes and one forward;
-the run's seconds per step are in ``selftest.json``. Memory: the weights, the base, the stand-in vector and one
-perturbed copy per sample held for the backward (about 3 + samples copies of the model in float32, plus
-activations). Because the cap is per example, N processes give the weights of one.
+with w_k = 1/√s for ``scale`` and 1 otherwise. Each term is a forward pass of the same model whose weights are
+formed per tensor inside the pass (:mod:`hf_mergeguard.trained_change`: gradients flow to θ through the perturbation, and no
+whole perturbed copy of the model is ever made); the base's loss is one more forward without gradients. A step
+costs about (1 + samples) forward-backward passes and one forward; the run's seconds per step are in
+``selftest.json``. Memory (``hf_mergeguard.memory`` models it, and a run that cannot fit is refused before any
+work): the weights, θ_pre in their dtype, the trained parameters with AdamW state (all weights in float32, or a
+LoRA of rank ``lora_rank`` on frozen weights in their stored dtype, Trap²'s LLM setting) and the activations of
+1 + samples passes (one layer's with ``--gradient-checkpointing``). Because the cap is per example, N processes
+give the weights of one.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 
 from ..data import load_train_examples
 from ..errors import ConfigError, TrainDataError
+from ..trained_change import BASE, TrainedModel, perturb_delta
 from ..training import Example, RunConfig, TrainingConfig, TrainingResult, make_accelerator, token_loss_sum, train_causal_lm
 from .base import DefenseSpec, ProtectContext, ProtectionResult, register_defense
 from .steps import trained_checkpoint
@@ -82,6 +86,15 @@ class TrapConfig(TrainingConfig):
     )
     rider_steps: int = field(default=100, metadata={"help": "steps of the stand-in free-rider's fine-tune"})
     rider_learning_rate: float = field(default=3e-4, metadata={"help": "learning rate of the stand-in free-rider's fine-tune"})
+    lora_rank: int = field(
+        default=0,
+        metadata={
+            "help": "train the change as a LoRA of this rank on the decoder's linear weights, the rest frozen in their stored "
+            "dtype (Trap²'s LLM setting: 16; what makes an 8B fit one 80 GB GPU); 0 trains every weight in float32",
+            "flag": "--trap-lora-rank",
+        },
+    )
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling numerator (default: 2 x lora_rank)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -93,14 +106,16 @@ class TrapConfig(TrainingConfig):
                 f"Unknown or empty trap perturbations {unknown or self.perturbations}.",
                 f"Use a comma-separated subset of: {', '.join(PERTURBATIONS)}.",
             )
-        if self.samples < 1 or self.weight < 0 or self.ceiling <= 0:
-            raise ConfigError("trap: samples must be >= 1, weight >= 0 and ceiling > 0.")
+        if self.samples < 1 or self.weight < 0 or self.ceiling <= 0 or self.lora_rank < 0:
+            raise ConfigError("trap: samples must be >= 1, weight >= 0, ceiling > 0 and lora_rank >= 0.")
         if not (0 < self.scale_low < 1 - self.scale_gap and self.scale_high > 1 + self.scale_gap):
             raise ConfigError("trap: need 0 < scale_low < 1 - scale_gap and scale_high > 1 + scale_gap.")
 
     def public_parameters(self) -> dict:
+        trained = f"LoRA rank {self.lora_rank}" if self.lora_rank else "every weight"
         return {
-            "trap": f"{self.steps} steps, lr {self.learning_rate:g}, weight {self.weight:g}, ceiling {self.ceiling:g}× base loss",
+            "trap": f"{self.steps} steps, lr {self.learning_rate:g}, weight {self.weight:g}, ceiling {self.ceiling:g}× base loss, "
+            f"{trained}",
             "perturbations": ", ".join(self.perturbations) + f" ({self.samples} per batch)",
         }
 
@@ -147,29 +162,12 @@ class PerturbationSampler:
 def perturbed_parameters(
     params: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], draw: dict, rider: Mapping[str, torch.Tensor] | None = None
 ) -> dict[str, torch.Tensor]:
-    """θ_pre + (the draw's change of Δ = θ − θ_pre), differentiable in θ. ``rider``: a stand-in task vector."""
-    generator = torch.Generator().manual_seed(draw["seed"]) if "seed" in draw else None
-    out = {}
-    for name, param in params.items():
-        anchor = base[name]
-        delta = param - anchor
-        kind = draw["kind"]
-        if kind == "dare":
-            keep = torch.rand(delta.shape, generator=generator).to(delta.device) >= draw["drop"]
-            delta = delta * keep / (1 - draw["drop"])
-        elif kind == "ties":
-            flat = delta.detach().abs().flatten()
-            k = max(1, int(round(draw["density"] * flat.numel())))
-            cut = flat.kthvalue(flat.numel() - k + 1).values if k < flat.numel() else flat.min()
-            delta = delta * (delta.detach().abs() >= cut)
-        elif kind == "rider" and rider is not None:
-            delta = delta + draw.get("rider_scale", 1.0) * rider[name]
-        elif kind == "rider":
-            direction = torch.randn(delta.shape, generator=generator).to(delta.device, delta.dtype)
-            norm = delta.detach().norm() * draw.get("rider_norm", 1.0)
-            delta = delta + direction * (norm / direction.norm().clamp_min(1e-12))
-        out[name] = anchor + draw["coefficient"] * delta
-    return out
+    """θ_pre + (the draw's change of Δ = θ − θ_pre) for whole tensors, differentiable in θ (what the trap's passes form
+    one tensor at a time, with the same draws: the i-th tensor here is the i-th parameter there)."""
+    return {
+        name: base[name] + draw["coefficient"] * perturb_delta(param - base[name], draw, index, None if rider is None else rider[name])
+        for index, (name, param) in enumerate(params.items())
+    }
 
 
 def example_loss_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -201,7 +199,9 @@ def stand_in_task_vector(
         desc="stand-in free-rider",
         progress=progress,
     )
-    vector = {name: (param.detach() - base[name]).to(accelerator.device) for name, param in stand_in.named_parameters() if name in base}
+    vector = {
+        name: (param.detach() - base[name].to(param.device, param.dtype)) for name, param in stand_in.named_parameters() if name in base
+    }
     del stand_in
     return vector
 
@@ -216,32 +216,34 @@ def merge_trap_finetune(
     accelerator=None,
     progress: bool = True,
 ) -> TrainingResult:
-    """Train ``model`` (the defender's fine-tune) in place with the merge-trap objective."""
-    from torch.func import functional_call
+    """Train ``model`` (the defender's fine-tune) in place with the merge-trap objective.
 
+    Every weight of ``model`` trains (load it in float32: those are the master weights), or with ``config.lora_rank``
+    a LoRA on its frozen weights (any dtype); either way ``model`` ends with the trained weights and no LoRA left.
+    """
     accelerator = accelerator or make_accelerator()
-    names = [name for name, param in model.named_parameters() if param.requires_grad]
-    base = {name: base_state[name].to(accelerator.device, torch.float32) for name in names}
-    sampler = PerturbationSampler(config)
+    model.to(accelerator.device)
     rider = (
-        stand_in_task_vector(model, tokenizer, config, base, accelerator, progress)
+        stand_in_task_vector(model, tokenizer, config, base_state, accelerator, progress)
         if config.rider_data and "rider" in config.perturbations
         else None
     )
+    trained = TrainedModel(model, base_state, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, rider=rider)
+    del rider
+    sampler = PerturbationSampler(config)
 
     def objective(wrapped, batch, scale):
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         labels = batch["labels"]
         clean = token_loss_sum(wrapped(**inputs).logits, labels) * scale
-        module = getattr(wrapped, "module", wrapped)  # the perturbed passes bypass DDP; the backward below is one
-        params = dict(module.named_parameters())
-        with torch.no_grad():
-            cap = config.ceiling * example_loss_sums(functional_call(module, base, kwargs=inputs).logits, labels)
+        module = getattr(wrapped, "module", wrapped)  # the other passes bypass DDP; the backward below is one
+        with torch.no_grad(), trained.pass_with(BASE):
+            cap = config.ceiling * example_loss_sums(module(**inputs).logits, labels)
         trap_terms, perturbed_sum = [], 0.0
         for _ in range(config.samples):
             draw = sampler.draw()
-            perturbed = perturbed_parameters({n: params[n] for n in names}, base, draw, rider)
-            sums = example_loss_sums(functional_call(module, perturbed, kwargs=inputs).logits, labels)
+            with trained.pass_with(draw):
+                sums = example_loss_sums(module(**inputs).logits, labels)
             # Capped per example, so how the batch is split over processes and micro-batches changes nothing.
             trap_terms.append(draw["weight"] * torch.minimum(sums, cap).sum())
             perturbed_sum += float(sums.detach().sum()) / config.samples
@@ -254,9 +256,20 @@ def merge_trap_finetune(
             "perturbed_loss": perturbed_sum * scale,
         }
 
-    return train_causal_lm(
-        model, tokenizer, examples, config, objective=objective, accelerator=accelerator, desc="merge-trap training", progress=progress
-    )
+    try:
+        return train_causal_lm(
+            model,
+            tokenizer,
+            examples,
+            config,
+            objective=objective,
+            accelerator=accelerator,
+            desc="merge-trap training",
+            progress=progress,
+            checkpointing_kwargs=trained.checkpointing_kwargs(),
+        )
+    finally:
+        trained.release()
 
 
 def run_trap(ctx: ProtectContext, config: TrapConfig) -> ProtectionResult:
@@ -267,23 +280,50 @@ def run_trap(ctx: ProtectContext, config: TrapConfig) -> ProtectionResult:
             model, ctx.tokenizer, examples, config, base_state=ctx.base.state_dict(), accelerator=ctx.accelerator, progress=ctx.progress
         )
 
-    checkpoint, record = trained_checkpoint(ctx, "trap-trained", "trap", train, needs="The merge trap trains on the defender's data")
+    # Every weight trains in float32 (master weights); a LoRA trains on the weights as stored (bf16 for an LLM).
+    checkpoint, record = trained_checkpoint(
+        ctx,
+        "trap-trained",
+        "trap",
+        train,
+        needs="The merge trap trains on the defender's data",
+        dtype=None if config.lora_rank else torch.float32,
+    )
     details = {"config": asdict(config), "training": record}
     return ProtectionResult(checkpoint, "trap", config.public_parameters(), details)
 
 
 def check_runnable(config: TrapConfig, run: RunConfig, has_train_data: bool) -> None:
-    """The trap trains on the defender's data, evaluates whole perturbed copies of the weights (no FSDP), and reads
-    its stand-in free-rider's data (a bad file fails now, not after an hour of work)."""
+    """The trap trains on the defender's data, re-parametrises every weight (no FSDP: an 8B fits one 80 GB GPU with
+    ``--trap-lora-rank 16 --gradient-checkpointing``), and reads its stand-in free-rider's data (a bad file fails now,
+    not after an hour of work)."""
     if not has_train_data:
         raise TrainDataError("The merge trap trains on the defender's data.", "Pass --train-data (a JSONL file or a Hub dataset).")
     if run.fsdp:
         raise ConfigError(
-            "The merge trap does not run under FSDP (it evaluates whole perturbed copies of the weights).",
-            "Drop --fsdp; the trap runs with DDP on several GPUs.",
+            "The merge trap does not run under FSDP (it re-parametrises every weight of the model).",
+            "Drop --fsdp: the trap runs with DDP on several GPUs, and --trap-lora-rank 16 --gradient-checkpointing fit an 8B "
+            "on one 80 GB GPU.",
         )
     if config.rider_data:
         load_train_examples(config.rider_data)
+
+
+def trap_stage_memory(config: TrapConfig, shape, stored_bytes: int, processes: int, bf16: bool):
+    """The modelled peak of one trap step per process (see :mod:`hf_mergeguard.memory`)."""
+    from ..memory import trap_memory
+
+    micro = config.batch_size // config.gradient_accumulation_steps
+    return trap_memory(
+        shape,
+        stored_bytes=stored_bytes,
+        lora_rank=config.lora_rank,
+        samples=config.samples,
+        tokens=-(-micro // processes) * config.max_length,
+        checkpointing=config.gradient_checkpointing,
+        rider_vector=bool(config.rider_data and "rider" in config.perturbations),
+        bf16_compute=bf16,
+    )
 
 
 register_defense(
@@ -299,5 +339,8 @@ register_defense(
         ),
         reference="Making Models Unmergeable via Scaling-Sensitive Loss Landscape (Trap², arXiv:2601.21898)",
         check=check_runnable,
+        memory=trap_stage_memory,
+        fits_with="--trap-lora-rank 16 --gradient-checkpointing (Trap²'s LLM setting), or fewer examples per micro-batch "
+        "(--gradient-accumulation-steps, --max-length)",
     )
 )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..evaluation import load_tokenizer
+from ..evaluation.chat import as_chat, use_chat_template
 from ..io.checkpoint import Checkpoint
 from ..io.checks import check_compatible, check_finite
 from ..io.sources import TensorSource
@@ -60,7 +61,10 @@ def check_model(
             synthetic = synthetic_freerider(base_checkpoint, tokenizer, tmp, seed=seed, device=device, progress=progress)
             riders = [FreeRider(synthetic.model, [synthetic.task])]
             include_tasks.append(str(synthetic.task_folder))
-        evaluator = selftest_evaluator(tasks, include_tasks, riders, config)
+        chat = use_chat_template(config.chat_template, tokenizer)
+        evaluator = selftest_evaluator(tasks, include_tasks, riders, config, chat_template=chat)
+        if chat and attack_examples:
+            attack_examples = as_chat(tokenizer, attack_examples)
         report = run_selftest(
             base=base_checkpoint,
             protected=checkpoint,

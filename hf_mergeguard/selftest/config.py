@@ -73,17 +73,47 @@ class SelfTestConfig:
         default=64, metadata={"help": "defender examples the fine-tuning attacks get (from --train-data)", "flag": "--attack-examples"}
     )
     attack_steps: int = field(default=30, metadata={"help": "steps of the fine-tuning attacks", "flag": "--attack-steps"})
-    attack_learning_rate: float = field(default=3e-4, metadata={"help": "learning rate of the fine-tuning attacks"})
+    attack_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "learning rate of the fine-tuning attacks (default: by model size and kind: 3e-4 for full fine-tuning "
+            "under 100M parameters, 1e-5 above, 2e-4 for a LoRA)",
+            "flag": "--attack-learning-rate",
+        },
+    )
+    attack_lora_rank: int = field(
+        default=0,
+        metadata={
+            "help": "the fine-tuning attacks train a LoRA of this rank on the frozen weights (what an attacker does on an "
+            "8B; graderase needs full fine-tuning); 0: every weight, in float32",
+            "flag": "--attack-lora-rank",
+        },
+    )
+    chat_template: str = field(
+        default="auto",
+        metadata={
+            "help": "score (and train) with the tokenizer's chat template, few-shot examples as turns: auto (when the "
+            "tokenizer has one), on, or off",
+            "flag": "--chat-template",
+        },
+    )
 
     def __post_init__(self):
         if self.methods in (["all"], "all"):
             self.methods = None
+        if self.chat_template not in ("auto", "on", "off"):
+            raise ConfigError(f"--chat-template must be auto, on or off, not {self.chat_template!r}.")
         if not 0 <= self.freerider_floor <= 1:
             raise ConfigError("--freerider-floor must be between 0 and 1.")
         parse_methods(self.methods)  # typos fail here, before any work
         parse_attacks(self.attacks)
-        if self.attack_examples < 1 or self.attack_steps < 1:
-            raise ConfigError("--attack-examples and --attack-steps must be at least 1.")
+        if self.attack_examples < 1 or self.attack_steps < 1 or self.attack_lora_rank < 0:
+            raise ConfigError("--attack-examples and --attack-steps must be at least 1, --attack-lora-rank at least 0.")
+        if self.adaptive and self.attack_lora_rank and "graderase" in parse_attacks(self.attacks):
+            raise ConfigError(
+                "graderase projects the gradient of every weight: it does not run on a LoRA (--attack-lora-rank).",
+                "Leave it out (--attacks realign,unmask,recover) or use full fine-tuning (--attack-lora-rank 0).",
+            )
 
     def merge_methods(self) -> list[MergeMethod]:
         return parse_methods(self.methods)

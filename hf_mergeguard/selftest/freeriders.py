@@ -54,8 +54,11 @@ def open_freeriders(base: Checkpoint, merge_with: Sequence[str], freerider_tasks
     return riders
 
 
-def selftest_evaluator(tasks: Sequence[str], include_tasks: Sequence[str], freeriders: Sequence[FreeRider], config) -> Evaluator:
-    """One evaluator for the whole self-test: the defender's tasks, then the free-riders' own."""
+def selftest_evaluator(
+    tasks: Sequence[str], include_tasks: Sequence[str], freeriders: Sequence[FreeRider], config, *, chat_template: bool = False
+) -> Evaluator:
+    """One evaluator for the whole self-test: the defender's tasks, then the free-riders' own (``chat_template``: the
+    resolved ``--chat-template``)."""
     rider_tasks = sorted({t for fr in freeriders for t in fr.tasks} - set(tasks))
     return Evaluator(
         list(tasks) + rider_tasks,
@@ -64,6 +67,7 @@ def selftest_evaluator(tasks: Sequence[str], include_tasks: Sequence[str], freer
         batch_size=config.batch_size,
         allow_code_eval=config.allow_code_eval,
         code_timeout=config.code_timeout,
+        chat_template=chat_template,
     )
 
 

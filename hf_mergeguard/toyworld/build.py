@@ -28,7 +28,7 @@ from ..io.checkpoint import Checkpoint
 from ..io.hf_models import save_model
 from ..io.writer import stamp_metadata
 from ..paths import toyworld_dir
-from ..training import Example, TrainingConfig, train_causal_lm
+from ..training import Example, RunConfig, TrainingConfig, make_accelerator, train_causal_lm
 from .scoring import exact_match
 from .skills import CHARACTERS, SPECIAL_TOKENS, make_split, make_tokenizer
 from .tasks import write_jsonl, write_task_yamls
@@ -70,9 +70,13 @@ class ToyWorldConfig:
     finetune_batch: int = 32
     finetune_warmup: int = 20
     finetune_replay: float = 0.3
+    bf16: bool = False  # train in bf16 mixed precision (the GPU check's larger world)
 
     def digest(self) -> str:
-        return config_digest({**asdict(self), "recipe": RECIPE_VERSION})
+        recipe = asdict(self)
+        if not self.bf16:
+            del recipe["bf16"]  # float32 worlds keep the digest they had before the option existed
+        return config_digest({**recipe, "recipe": RECIPE_VERSION})
 
 
 @dataclass
@@ -169,6 +173,7 @@ def _train_world(config: ToyWorldConfig, folder: Path, progress: bool) -> dict:
     model_config = _llama_config(config, len(SPECIAL_TOKENS) + len(CHARACTERS))
     hf_config = AutoConfig.for_model(**model_config)
     model = AutoModelForCausalLM.from_config(hf_config)
+    accelerator = make_accelerator(RunConfig(bf16=True)) if config.bf16 else None
     timings = {}
     start = time.perf_counter()
     train_causal_lm(
@@ -186,6 +191,7 @@ def _train_world(config: ToyWorldConfig, folder: Path, progress: bool) -> dict:
         ),
         desc="toy world: base",
         progress=progress,
+        accelerator=accelerator,
     )
     timings["base"] = time.perf_counter() - start
     metadata = stamp_metadata(method="toyworld", config_digest=config.digest())
@@ -208,6 +214,7 @@ def _train_world(config: ToyWorldConfig, folder: Path, progress: bool) -> dict:
             ),
             desc=f"toy world: {skill} fine-tune",
             progress=progress,
+            accelerator=accelerator,
         )
         timings[skill] = time.perf_counter() - start
         save_model(model, folder / "models" / skill, tokenizer=tokenizer, metadata=metadata)

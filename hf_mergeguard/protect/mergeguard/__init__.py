@@ -17,6 +17,8 @@ import logging
 import math
 from dataclasses import asdict
 
+import torch
+
 from ...errors import TrainDataError
 from ...io.checkpoint import Checkpoint
 from ...io.writer import stamp_metadata, write_checkpoint
@@ -44,6 +46,7 @@ def _stage1(ctx: ProtectContext, config: MergeGuardConfig) -> Checkpoint:
         "mergeguard-stage1",
         train,
         needs="MergeGuard stage 1 needs the defender's training data (or --skip-stage1 to run stage 2 alone)",
+        dtype=None if config.stage1.lora_rank else torch.float32,  # a LoRA trains on the weights as stored
     )
     return checkpoint
 
@@ -184,6 +187,23 @@ def check_runnable(config: MergeGuardConfig, run: RunConfig, has_train_data: boo
         )
 
 
+def stage1_memory(config: MergeGuardConfig, shape, stored_bytes: int, processes: int, bf16: bool):
+    """Stage 1 trains every weight in float32 with AdamW (no LoRA: the L2 term reads every weight); None when it is
+    skipped (stage 2 streams one tensor at a time)."""
+    if config.skip_stage1:
+        return None
+    from ...memory import finetune_memory, lora_finetune_memory
+
+    stage1 = config.stage1
+    micro = stage1.batch_size // stage1.gradient_accumulation_steps
+    tokens = -(-micro // processes) * stage1.max_length
+    if stage1.lora_rank:
+        return lora_finetune_memory(
+            shape, stored_bytes=stored_bytes, lora_rank=stage1.lora_rank, tokens=tokens, checkpointing=stage1.gradient_checkpointing
+        )
+    return finetune_memory(shape, weight_bytes=4, tokens=tokens, checkpointing=stage1.gradient_checkpointing, stage="MergeGuard stage 1")
+
+
 register_defense(
     DefenseSpec(
         name="mergeguard",
@@ -197,5 +217,8 @@ register_defense(
         ),
         reference="Defending Unauthorized Model Merging via Dual-Stage Weight Protection (arXiv:2511.11851)",
         check=check_runnable,
+        memory=stage1_memory,
+        fits_with="--stage1-lora-rank 16 --gradient-checkpointing, fewer examples per micro-batch (--gradient-accumulation-steps, "
+        "--max-length), or --skip-stage1",
     )
 )

@@ -37,11 +37,21 @@ class Stage1Config(TrainingConfig):
     reading: str = field(
         default="paper", metadata={"help": "what the L2 term measures: paper | paper-mean | base | base-mean", "flag": "--stage1-reading"}
     )
+    lora_rank: int = field(
+        default=0,
+        metadata={
+            "help": "train stage 1 as a LoRA of this rank on the frozen weights (the L2 term then reads each projection as "
+            "W + B·A, one layer at a time: what fits an 8B on one 80 GB GPU); 0 trains every weight in float32",
+            "flag": "--stage1-lora-rank",
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.reading not in READINGS:
             raise ConfigError(f"Unknown stage-1 reading {self.reading!r}.", f"Use one of: {', '.join(READINGS)}.")
+        if self.lora_rank < 0:
+            raise ConfigError("--stage1-lora-rank must be 0 (every weight) or a positive rank.")
 
 
 def l2_term(model: torch.nn.Module, reading: str, base: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -75,6 +85,8 @@ def density_aware_finetune(
     if config.reading.startswith("base") and base_state is None:
         raise ConfigError(f"Stage-1 reading {config.reading!r} needs the base model's weights.")
     accelerator = accelerator or make_accelerator()
+    if config.lora_rank:
+        return _lora_stage1(model, tokenizer, examples, config, base_state, accelerator, progress)
     if base_state is not None:
         base_state = {k: v.to(accelerator.device) for k, v in base_state.items()}
     share = 1.0 / config.gradient_accumulation_steps
@@ -90,3 +102,44 @@ def density_aware_finetune(
     return train_causal_lm(
         model, tokenizer, examples, config, objective=objective, accelerator=accelerator, desc="stage 1 (density-aware)", progress=progress
     )
+
+
+def add_lora_l2_gradients(changes: Mapping, reading: str, alpha: float, targets: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Add α·dR/d(factors) of the L2 term to the LoRA factors' gradients, one layer at a time: over θ = W + s·B·A,
+    dR/dθ = 2·(θ − target) (over its size for the ``-mean`` readings), dR/dA = s·Bᵀ·dR/dθ, dR/dB = s·dR/dθ·Aᵀ. No graph
+    and no full-size float32 copy of the model is kept. The frozen tensors' terms are constants and drop out."""
+    with torch.no_grad():
+        for name, change in changes.items():
+            if change.lora_A is None:
+                continue
+            theta = change.anchor.float() + (change.lora_B @ change.lora_A) * change.scaling  # anchor: the frozen W
+            if targets is not None:
+                theta -= targets[name].to(theta.device, torch.float32)
+            d_theta = 2 * theta / (theta.numel() if reading.endswith("mean") else 1)
+            for factor, grad in ((change.lora_A, change.lora_B.T @ d_theta), (change.lora_B, d_theta @ change.lora_A.T)):
+                step = alpha * change.scaling * grad
+                factor.grad = step if factor.grad is None else factor.grad + step
+
+
+def _lora_stage1(model, tokenizer, examples, config: Stage1Config, base_state, accelerator, progress) -> TrainingResult:
+    """Stage 1 as a LoRA on the frozen weights, the L2 term added to the factors' gradients once per step."""
+    from ...trained_change import TrainedModel
+
+    model.to(accelerator.device)
+    own = {name: param.detach() for name, param in model.named_parameters()}
+    trained = TrainedModel(model, own, lora_rank=config.lora_rank)
+    targets = {name: base_state[name] for name in trained.changes} if config.reading.startswith("base") else None
+    try:
+        return train_causal_lm(
+            model,
+            tokenizer,
+            examples,
+            config,
+            accelerator=accelerator,
+            desc="stage 1 (density-aware, LoRA)",
+            progress=progress,
+            on_gradients=lambda unwrapped: add_lora_l2_gradients(trained.changes, config.reading, config.alpha, targets),
+            checkpointing_kwargs={"use_reentrant": False},
+        )
+    finally:
+        trained.release()

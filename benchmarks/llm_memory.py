@@ -1,0 +1,213 @@
+"""Peak memory of the merge trap at the Llama-3.2-1B shape on CPU, against ``hf_mergeguard.memory``'s model, and the
+model's figures for every stage at 1B and 8B (issue 19).
+
+Run by hand (about 25 minutes on 2 CPU cores, 24 GB RAM, 8 GB of free disk):
+
+    python benchmarks/llm_memory.py [--out benchmarks/_work/llm_memory]
+
+It writes a random bf16 checkpoint of the Llama-3.2-1B shape (``testing.LLAMA_3_2_1B``, 1.24 B parameters, tied
+embeddings) and a "fine-tune" of it (base + noise), then runs each measured setting in a fresh process: load the
+model as the trap does, reset the peak resident set (``/proc/self/clear_refs``), run two trap steps
+(``merge_trap_finetune``, the code ``protect --method trap`` runs) on random 2-example micro-batches, and read the
+peak (VmHWM). The modelled figure for the same setting adds the host copy of the base the run keeps
+(``ctx.base.state_dict()``: on a GPU it is host memory, on CPU it is the same RAM).
+
+The 8B figures are the model's alone (no 8B run fits this machine); the 1B measurements are what make it credible.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import measured_on, parse_args, peak_resident_mb, write_results
+
+# (name, weights dtype, lora rank, gradient checkpointing, layers, examples per micro-batch, tokens per example)
+MEASURED = [
+    ("LoRA 16 + checkpointing, fp32 weights", "float32", 16, True, None, 2, 128),
+    ("LoRA 16, no checkpointing, fp32 weights", "float32", 16, False, None, 2, 128),
+    ("LoRA 16 + checkpointing, bf16 weights", "bfloat16", 16, True, None, 1, 64),
+    ("every weight (fp32 + AdamW), 4 layers", "float32", 0, False, 4, 2, 128),
+]
+
+
+def make_inputs(folder: Path, layers: int | None) -> tuple[Path, Path]:
+    import torch
+
+    from hf_mergeguard.testing import LLAMA_3_2_1B, llama_config, write_random_checkpoint
+
+    suffix = f"-{layers}l" if layers else ""
+    base, model = folder / f"base{suffix}", folder / f"model{suffix}"
+    config = llama_config(LLAMA_3_2_1B, **({"num_hidden_layers": layers} if layers else {}))
+    if not (base / "config.json").is_file():
+        write_random_checkpoint(base, config, dtype=torch.bfloat16, seed=0)
+    if not (model / "config.json").is_file():
+        write_random_checkpoint(model, config, dtype=torch.bfloat16, seed=1, like=base, noise=0.05)
+    return model, base
+
+
+def child(spec: dict) -> dict:
+    """One measured setting, in this (fresh) process."""
+    import torch
+
+    from hf_mergeguard.io.checkpoint import Checkpoint
+    from hf_mergeguard.protect.trap import TrapConfig, merge_trap_finetune
+    from hf_mergeguard.toyworld.skills import make_tokenizer
+    from hf_mergeguard.training import Example
+
+    torch.set_num_threads(2)
+    model_ckpt, base_ckpt = Checkpoint(spec["model"]), Checkpoint(spec["base"])
+    dtype = getattr(torch, spec["dtype"])
+    tokenizer = make_tokenizer()
+    # Character-level text of the asked length (the tokenizer's ids are < 64, valid in any vocabulary).
+    examples = [Example("", ("abcdefghij klmnopqrstuvwxyz " * 20)[: spec["tokens"] - 1]) for _ in range(8)]
+    config = TrapConfig(
+        steps=2,
+        batch_size=spec["batch"],
+        max_length=spec["tokens"],
+        lora_rank=spec["lora"],
+        gradient_checkpointing=spec["checkpointing"],
+        perturbations=["dare", "ties", "rider"],  # the perturbations that form masks and random directions
+    )
+    baseline = peak_resident_mb()
+    model = model_ckpt.load_model(dtype=dtype)
+    base_state = base_ckpt.state_dict()
+    Path("/proc/self/clear_refs").write_text("5")  # the peak from here on: the training, with everything loaded
+    started = time.perf_counter()
+    result = merge_trap_finetune(model, tokenizer, examples, config, base_state=base_state, progress=False)
+    seconds = time.perf_counter() - started
+    peak = peak_resident_mb()
+    return {
+        **spec,
+        "parameters": sum(spec_.numel() for spec_ in model.parameters()),
+        "peak_gb": peak / 1024,
+        "before_load_gb": baseline / 1024,
+        "seconds_per_step": result.seconds_per_step,
+        "seconds": seconds,
+    }
+
+
+def modelled(row: dict) -> tuple[float, dict]:
+    """``hf_mergeguard.memory``'s figure for a measured setting, plus the host copy of the base the run keeps (the same
+    RAM on CPU; shared with the anchors when they are in the stored dtype)."""
+    from hf_mergeguard.io.checkpoint import Checkpoint
+    from hf_mergeguard.memory import GB, Shape, trap_memory
+
+    shape = Shape.of(Checkpoint(row["model"]).config)
+    weight_bytes = 4 if row["dtype"] == "float32" else 2
+    model = trap_memory(
+        shape,
+        stored_bytes=2,
+        lora_rank=row["lora"],
+        samples=2,
+        tokens=row["batch"] * row["tokens"],
+        checkpointing=row["checkpointing"],
+        weight_bytes=weight_bytes,
+    )
+    host_base = 0 if weight_bytes == 2 else shape.parameters * 2
+    parts = {**model.gigabytes(), **({"host copy of the base": host_base / GB} if host_base else {})}
+    return (model.total + host_base) / GB, parts
+
+
+def main() -> None:
+    args = parse_args(__doc__, "llm_memory", "llm_memory.md", extra=lambda p: p.add_argument("--rows", type=Path, help="report only"))
+    if args.rows:  # the table again from the measurements kept in a JSON file (after a change of the model)
+        write_results(args.results, report(json.loads(args.rows.read_text())))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, dtype, lora, checkpointing, layers, batch, tokens in MEASURED:
+        model, base = make_inputs(args.out, layers)
+        spec = dict(
+            name=name, model=str(model), base=str(base), dtype=dtype, lora=lora, checkpointing=checkpointing, batch=batch, tokens=tokens
+        )
+        print(f"-- {name}", flush=True)
+        done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-3000:])
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    args.results.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    write_results(args.results, report(rows))
+
+
+def modelled_table() -> list[str]:
+    """Every stage at the real 1B and 8B shapes, from the model alone."""
+    from hf_mergeguard.architectures import geometry_from_config
+    from hf_mergeguard.memory import GB, Shape, evaluation_memory, finetune_memory, merge_memory, trap_memory
+    from hf_mergeguard.testing import LLAMA_3_1_8B, LLAMA_3_2_1B, llama_config
+
+    lines = [
+        "| stage (per process, defaults unless named) | Llama-3.2-1B | Llama-3.1-8B |",
+        "|---|---|---|",
+    ]
+    shapes = [Shape.from_geometry(geometry_from_config(llama_config(s))) for s in (LLAMA_3_2_1B, LLAMA_3_1_8B)]
+    tokens = 16 * 512  # batch 16 x max_length 512 on one process
+
+    def row(label, make):
+        lines.append(f"| {label} | " + " | ".join(f"{make(shape).total / GB:.1f} GB" for shape in shapes) + " |")
+
+    row(
+        "trap, every weight in fp32 (the default), batch 16 x 512",
+        lambda s: trap_memory(s, stored_bytes=2, lora_rank=0, samples=2, tokens=tokens, checkpointing=False),
+    )
+    row(
+        "trap, `--trap-lora-rank 16 --gradient-checkpointing`, batch 16 x 512",
+        lambda s: trap_memory(s, stored_bytes=2, lora_rank=16, samples=2, tokens=tokens, checkpointing=True),
+    )
+    row(
+        "trap, LoRA 16 + checkpointing, `--gradient-accumulation-steps 4`",
+        lambda s: trap_memory(s, stored_bytes=2, lora_rank=16, samples=2, tokens=tokens // 4, checkpointing=True),
+    )
+    row(
+        "MergeGuard stage 1 (fp32 + AdamW), batch 16 x 512",
+        lambda s: finetune_memory(s, weight_bytes=4, tokens=tokens, checkpointing=False),
+    )
+    row(
+        "MergeGuard stage 1 + checkpointing, `--gradient-accumulation-steps 4`",
+        lambda s: finetune_memory(s, weight_bytes=4, tokens=tokens // 4, checkpointing=True),
+    )
+    row("self-test evaluation (batch 32, 1,200-token contexts)", lambda s: evaluation_memory(s, stored_bytes=2, batch=32, context=1200))
+    row("self-test merge (host RAM)", lambda s: merge_memory(s, stored_bytes=2))
+    row("recover (bf16 AdamW, batch 16 x 256)", lambda s: finetune_memory(s, weight_bytes=2, tokens=16 * 256, checkpointing=False))
+    row(
+        "graderase (as recover + the estimated direction)",
+        lambda s: finetune_memory(s, weight_bytes=2, tokens=16 * 256, checkpointing=False, extra_copies=1),
+    )
+    return lines
+
+
+def report(rows: list[dict]) -> str:
+    lines = [
+        "# LLM-scale memory: the merge trap measured at 1B on CPU, every stage modelled at 1B and 8B",
+        "",
+        measured_on("llm_memory.py"),
+        "",
+        "## Measured: two trap steps at the Llama-3.2-1B shape (random bf16 weights), CPU",
+        "",
+        "Peak resident memory of the process while training (model, base and everything loaded), next to "
+        "`hf_mergeguard.memory`'s model of the same setting (plus the host copy of the base). Perturbations: dare, ties, "
+        "rider (random directions); 2 samples per step.",
+        "",
+        "| setting | micro-batch | measured peak | modelled | modelled / measured | s per step (CPU) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        total, _ = modelled(row)
+        lines.append(
+            f"| {row['name']} ({row['parameters'] / 1e9:.2f} B parameters) | {row['batch']} x {row['tokens']} | {row['peak_gb']:.1f} GB | "
+            f"{total:.1f} GB | {total / row['peak_gb']:.2f} | {row['seconds_per_step']:.0f} |"
+        )
+    lines += ["", "## Modelled: every stage at the real shapes (`hf_mergeguard.memory`; not measured)", ""]
+    lines += modelled_table()
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        print(json.dumps(child(json.loads(sys.argv[2]))))
+    else:
+        main()

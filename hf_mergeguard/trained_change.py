@@ -1,0 +1,206 @@
+"""Weights formed one tensor at a time inside the forward pass (the merge trap's perturbations, a LoRA on frozen
+weights for the trap and the fine-tuning attacks): the memory path that fits an LLM.
+
+Every weight W of the model is re-parametrised (``torch.nn.utils.parametrize``) as
+
+    W = θ_pre + c · f(Δ),   Δ = W_ft − θ_pre  (+ B·A·α/r when the change is trained as LoRA)
+
+where f is the pass's perturbation: the identity for the clean pass (W itself), "nothing" for the base pass (θ_pre),
+a merge-shaped change (scale, DARE drop, TIES trim, an added free-rider vector) for a trap pass. A perturbed tensor
+exists only while its layer runs; with gradient checkpointing it is formed again in the backward pass from the same
+draw (restored by :meth:`PerturbationState.checkpoint_context`), so there is never a whole perturbed copy of the model.
+Memory is the weights, θ_pre in the weights' dtype, the trained parameters with their gradients and optimizer state,
+and one layer's temporaries. Random draws (DARE masks, free-rider directions) are made on the weights' device from a
+generator seeded by (draw, tensor): a recomputation draws the same numbers, and so does every process.
+
+With LoRA (Trap²'s own LLM setting, rank 16) the fine-tune's weights stay frozen in their stored dtype (bf16 for an
+LLM) and only A and B train, in float32; the released weight is W_ft + B·A·α/r rounded once to the stored dtype, which
+is also what the clean pass computes (the model is trained as it will be released).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Mapping
+
+import torch
+from torch.nn.utils import parametrize
+
+BASE = "base"  # the draw of the base pass: θ_pre
+
+
+class PerturbationState:
+    """The draw of the pass being run (None: the clean pass; :data:`BASE`; or a draw of ``PerturbationSampler``)."""
+
+    def __init__(self):
+        self.draw = None
+
+    @contextlib.contextmanager
+    def use(self, draw):
+        previous, self.draw = self.draw, draw
+        try:
+            yield
+        finally:
+            self.draw = previous
+
+    def checkpoint_context(self):
+        """``context_fn`` for ``torch.utils.checkpoint``: the recomputation in the backward pass uses the draw that
+        was current when the layer ran forward (the backward of every pass happens after the last pass)."""
+        return contextlib.nullcontext(), self.use(self.draw)
+
+
+def _generator(device: torch.device, seed: int, index: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + index) % (2**63 - 1))
+
+
+def perturb_delta(delta: torch.Tensor, draw: dict, index: int, rider: torch.Tensor | None = None) -> torch.Tensor:
+    """The draw's change of one tensor's task vector ``delta`` (differentiable in it); ``index`` tells tensors apart in
+    the random draws, ``rider`` is that tensor's part of a stand-in free-rider vector."""
+    kind = draw["kind"]
+    if kind == "dare":
+        keep = torch.rand(delta.shape, generator=_generator(delta.device, draw["seed"], index), device=delta.device) >= draw["drop"]
+        return delta * keep / (1 - draw["drop"])
+    if kind == "ties":
+        magnitude = delta.detach().abs()
+        flat = magnitude.flatten()
+        k = max(1, int(round(draw["density"] * flat.numel())))
+        cut = flat.kthvalue(flat.numel() - k + 1).values if k < flat.numel() else flat.min()
+        return delta * (magnitude >= cut)
+    if kind == "rider" and rider is not None:
+        return delta + draw.get("rider_scale", 1.0) * rider.to(delta.dtype)
+    if kind == "rider":
+        direction = torch.randn(delta.shape, generator=_generator(delta.device, draw["seed"], index), device=delta.device)
+        norm = delta.detach().norm() * draw.get("rider_norm", 1.0)
+        return delta + direction.to(delta.dtype) * (norm / direction.norm().clamp_min(1e-12))
+    return delta  # scale: the coefficient does it
+
+
+class TrainedChange(torch.nn.Module):
+    """The parametrisation of one weight (see the module docstring)."""
+
+    def __init__(
+        self,
+        anchor: torch.Tensor,
+        index: int,
+        state: PerturbationState,
+        *,
+        lora_rank: int = 0,
+        lora_alpha: float | None = None,
+        rider: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.register_buffer("anchor", anchor, persistent=False)
+        self.register_buffer("rider", rider, persistent=False)
+        self.index, self.state = index, state
+        self.lora_A = self.lora_B = None
+        if lora_rank:
+            rows, columns = anchor.shape
+            self.lora_A = torch.nn.Parameter(torch.empty(lora_rank, columns, dtype=torch.float32, device=anchor.device))
+            torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's LoRA init: B = 0, so the start is W_ft
+            self.lora_B = torch.nn.Parameter(torch.zeros(rows, lora_rank, dtype=torch.float32, device=anchor.device))
+            self.scaling = (lora_alpha if lora_alpha is not None else 2 * lora_rank) / lora_rank
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        draw = self.state.draw
+        if draw == BASE:
+            return self.anchor
+        if draw is None:  # the clean pass: the weights as they will be released
+            if self.lora_A is None:
+                return weight
+            return (weight.float() + (self.lora_B @ self.lora_A) * self.scaling).to(weight.dtype)
+        delta = weight.float() - self.anchor.float()
+        if self.lora_A is not None:
+            delta = delta + (self.lora_B @ self.lora_A) * self.scaling
+        changed = perturb_delta(delta, draw, self.index, self.rider)
+        return (self.anchor.float() + draw["coefficient"] * changed).to(weight.dtype)
+
+
+def _lora_targets(model: torch.nn.Module) -> set[str]:
+    """The 2-D weights of the decoder's linear layers (attention and MLP projections; not the LM head)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head and module.weight.dim() == 2
+    }
+
+
+class TrainedModel:
+    """``model`` re-parametrised for trap training; :meth:`release` bakes the clean weights back in and removes it.
+
+    Args:
+        model: the defender's fine-tune, on its training device.
+        base: θ_pre by parameter name (moved to the weights' device and dtype).
+        lora_rank: 0 trains every weight (float32 master weights: load the model in float32); r > 0 trains a LoRA of
+            rank r on each decoder linear weight and freezes the rest.
+        rider: a stand-in free-rider task vector by name (the trap's ``rider_data``), or None.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        base: Mapping[str, torch.Tensor],
+        *,
+        lora_rank: int = 0,
+        lora_alpha: float | None = None,
+        rider: Mapping[str, torch.Tensor] | None = None,
+    ):
+        self.model, self.state = model, PerturbationState()
+        targets = _lora_targets(model) if lora_rank else set()
+        modules = dict(model.named_modules())
+        self.changes: dict[str, TrainedChange] = {}
+        for index, (name, param) in enumerate(list(model.named_parameters())):
+            if lora_rank:
+                param.requires_grad_(False)
+            elif not param.requires_grad:
+                continue
+            owner, _, attribute = name.rpartition(".")
+            anchor = base[name].to(param.device, param.dtype)
+            rider_part = rider[name].to(param.device, param.dtype) if rider is not None and name in rider else None
+            change = TrainedChange(
+                anchor,
+                index,
+                self.state,
+                lora_rank=lora_rank if name in targets else 0,
+                lora_alpha=lora_alpha,
+                rider=rider_part,
+            )
+            parametrize.register_parametrization(modules[owner], attribute, change, unsafe=True)
+            self.changes[name] = change
+        self._tied = self._retie(modules)
+
+    def _retie(self, modules: dict) -> list[str]:
+        """Tied output embeddings share the input embedding's parameter: give the head the same parametrisation, so
+        every pass sees one weight in both places."""
+        model = self.model
+        if not getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+            return []
+        head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+        if head is None or parametrize.is_parametrized(head, "weight") or not parametrize.is_parametrized(embed, "weight"):
+            return []
+        # head.weight is still the shared parameter (now the embedding's "original"): the same change goes on top.
+        parametrize.register_parametrization(head, "weight", embed.parametrizations.weight[0], unsafe=True)
+        return [name for name, module in modules.items() if module is head]
+
+    def pass_with(self, draw):
+        """Context: forward passes inside it use ``draw`` (None: clean; :data:`BASE`; a sampler draw)."""
+        return self.state.use(draw)
+
+    def checkpointing_kwargs(self) -> dict:
+        return {"use_reentrant": False, "context_fn": self.state.checkpoint_context}
+
+    def release(self) -> None:
+        """Bake the clean weights (W_ft + B·A·α/r with LoRA) into the model and remove the parametrisations."""
+        with torch.no_grad(), self.state.use(None):
+            for module in list(self.model.modules()):
+                if parametrize.is_parametrized(module):
+                    for attribute in list(module.parametrizations):
+                        parametrize.remove_parametrizations(module, attribute, leave_parametrized=True)
+        if self._tied:
+            self.model.tie_weights()
+        for param in self.model.parameters():
+            param.requires_grad_(True)
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
