@@ -172,9 +172,12 @@ def _lr_lambda(config: TrainingConfig) -> Callable[[int], float]:
 def make_accelerator(run: RunConfig | None = None):
     """The run's ``Accelerator`` (FSDP with FULL_STATE_DICT when asked and GPUs are present)."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     run = run or RunConfig()
-    kwargs = {}
+    # Every process loads the same files, so buffers agree: DDP need not broadcast them each step (the trap's
+    # theta_pre anchors are buffers as large as the model).
+    kwargs = {"kwargs_handlers": [DistributedDataParallelKwargs(broadcast_buffers=False)]}
     if run.fsdp and torch.cuda.is_available():
         from accelerate.utils import FullyShardedDataParallelPlugin
 

@@ -22,10 +22,11 @@ def stage1_weights(world, accelerator):
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, result
 
 
-def trap_weights(world, accelerator):
+def trap_weights(world, accelerator, **options):
+    """A few trap steps (``options``: e.g. the LLM path, lora_rank and gradient_checkpointing)."""
     model = Checkpoint(world.model("count")).load_model(dtype=torch.float32)
     examples = load_train_examples(str(world.data("count", "train")))[:64]
-    config = TrapConfig(steps=3, batch_size=8, gradient_accumulation_steps=2, learning_rate=1e-3)
+    config = TrapConfig(steps=3, batch_size=8, gradient_accumulation_steps=2, learning_rate=1e-3, **options)
     result = merge_trap_finetune(
         model,
         load_tokenizer(world.base),
@@ -38,11 +39,14 @@ def trap_weights(world, accelerator):
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, result
 
 
+LORA = {"lora_rank": 4, "gradient_checkpointing": True}
+
 if __name__ == "__main__":
     accelerator = Accelerator(cpu=True)
     world = build_toy_world(progress=False)
     weights, result = stage1_weights(world, accelerator)
     trap, trap_result = trap_weights(world, accelerator)
+    lora, lora_result = trap_weights(world, accelerator, **LORA)
     if accelerator.is_main_process:
         torch.save(
             {
@@ -53,6 +57,8 @@ if __name__ == "__main__":
                 "trap_weights": trap,
                 "trap_losses": trap_result.losses,
                 "trap_logs": trap_result.logs,
+                "lora_weights": lora,
+                "lora_losses": lora_result.losses,
             },
             sys.argv[1],
         )

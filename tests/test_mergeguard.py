@@ -24,7 +24,7 @@ def test_l2_readings():
 
 def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path, torchrun):
     """Stage 1 and the merge trap under torchrun (2 CPU processes, gloo, DDP) end with the weights of 1-process runs."""
-    from distributed_stage1 import stage1_weights, trap_weights
+    from distributed_stage1 import LORA, stage1_weights, trap_weights
 
     out = tmp_path / "two.pt"
     completed = torchrun(str(TESTS / "distributed_stage1.py"), str(out), timeout=600)
@@ -50,6 +50,14 @@ def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path, t
     assert differ < 1e-5, f"2-process trap weights differ from 1-process ones by {differ}"
     moved = max(float((trap[k] - before[k].float()).abs().max()) for k in before)
     assert moved > 1e-4, "the trap did not train at all"
+
+    # The LLM path (a LoRA, gradient checkpointing restoring each pass's draw) under DDP: the weights of one process.
+    lora, lora_result = trap_weights(toy_world, None, **LORA)
+    assert two["lora_losses"] == pytest.approx(lora_result.losses, rel=1e-4)
+    differ = max(float((lora[k] - two["lora_weights"][k]).abs().max()) for k in lora)
+    assert differ < 1e-5, f"2-process LoRA trap weights differ from 1-process ones by {differ}"
+    moved = max(float((lora[k] - before[k].float()).abs().max()) for k in before)
+    assert moved > 1e-5, "the LoRA trap did not train at all"
 
 
 def test_fast_criticality_agrees_with_exact_at_a_fraction_of_the_cost(toy_world):
