@@ -25,6 +25,7 @@ from .environment import package_versions
 from .errors import GateFailedError, InsufficientMemoryError, OutputExistsError
 from .evaluation import Evaluator, load_tokenizer
 from .evaluation.chat import as_chat, use_chat_template
+from .evaluation.harness import load_generation_config
 from .io.checkpoint import Checkpoint
 from .io.checks import check_compatible, check_finite
 from .paths import runs_dir, scores_dir
@@ -124,6 +125,7 @@ def open_inputs(config: ProtectConfig, *, token=None) -> RunInputs:
     tokenizer = load_tokenizer(model.path)
     chat = use_chat_template(config.selftest.chat_template, tokenizer)  # an instruct model: scored and trained as one
     evaluator = selftest_evaluator(config.tasks, config.include_tasks, riders, config.selftest, chat_template=chat)
+    evaluator.generation_config = load_generation_config(model.path)  # every scored model decodes as the release will
     cache: dict = {}
 
     def train_examples():

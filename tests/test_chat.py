@@ -61,3 +61,24 @@ def test_an_instruct_model_is_scored_through_its_template(pico_world):
     plain = Evaluator("toy_count", include_tasks=[pico_world.tasks], limit=4)
     chat = Evaluator("toy_count", include_tasks=[pico_world.tasks], limit=4, chat_template=True)
     assert chat.evaluate(model, tokenizer)["toy_count"].samples == plain.evaluate(model, tokenizer)["toy_count"].samples == 4
+
+
+def test_the_models_generation_config_is_used_for_every_scored_model(pico_world, tmp_path):
+    """Merged models are built from config.json alone: the defender's generation_config.json (an instruct model's
+    end-of-turn ids) is given to every model the evaluator scores; a broken one is a clear error."""
+    import shutil
+
+    from hf_mergeguard.evaluation.harness import load_generation_config
+
+    folder = tmp_path / "model"
+    shutil.copytree(pico_world.model("count"), folder)
+    assert load_generation_config(folder) is None or load_generation_config(folder).eos_token_id != [2, 3]
+    (folder / "generation_config.json").write_text('{"eos_token_id": [2, 3], "do_sample": false}')
+    evaluator = Evaluator("toy_count", include_tasks=[pico_world.tasks], limit=2)
+    evaluator.generation_config = load_generation_config(folder)
+    model = Checkpoint(pico_world.model("count")).load_model()
+    evaluator.evaluate(model, make_tokenizer())
+    assert model.generation_config.eos_token_id == [2, 3]
+    (folder / "generation_config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_generation_config(folder)

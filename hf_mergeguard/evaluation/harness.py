@@ -94,6 +94,7 @@ class Evaluator:
         self.code_timeout = code_timeout
         self.bootstrap_iters = bootstrap_iters
         self.chat_template = chat_template
+        self.generation_config = None  # a transformers GenerationConfig every scored model gets (see evaluate)
         self.code_tasks = self.catalog.code_tasks()
         self.plain_tasks = [t for t in self.catalog.names if t not in self.code_tasks]
         self._task_dict = None
@@ -144,7 +145,10 @@ class Evaluator:
         return rows
 
     def evaluate(self, model, tokenizer) -> dict[str, TaskScore]:
-        """Score an in-memory ``transformers`` model on every task."""
+        """Score an in-memory ``transformers`` model on every task (with :attr:`generation_config`, when set: the
+        defender's ``generation_config.json``, e.g. the end-of-turn ids an instruct model stops at)."""
+        if self.generation_config is not None:
+            model.generation_config = copy.deepcopy(self.generation_config)
         scores: dict[str, TaskScore] = {}
         if self.plain_tasks:
             scores.update(self._evaluate_in_process(model, tokenizer))
@@ -318,6 +322,21 @@ def evaluate_model(
     evaluator = Evaluator(tasks, **kwargs)
     loaded = checkpoint.load_model(dtype=dtype, device=device or default_device())
     return evaluator.evaluate(loaded, load_tokenizer(checkpoint.path))
+
+
+def load_generation_config(path: str | os.PathLike):
+    """The ``generation_config.json`` stored with a checkpoint, or None. Merged and re-built models are made from
+    ``config.json`` alone, so without it an instruct model would not stop at its end-of-turn token."""
+    from transformers import GenerationConfig
+
+    if not (Path(path) / "generation_config.json").is_file():
+        return None
+    try:
+        return GenerationConfig.from_pretrained(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(
+            f"{Path(path) / 'generation_config.json'} cannot be read: {exc}", "Fix or remove the file (greedy decoding needs none)."
+        ) from None
 
 
 def load_tokenizer(path: str | os.PathLike):

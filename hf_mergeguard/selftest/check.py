@@ -8,6 +8,7 @@ from typing import Sequence
 
 from ..evaluation import load_tokenizer
 from ..evaluation.chat import as_chat, use_chat_template
+from ..evaluation.harness import load_generation_config
 from ..io.checkpoint import Checkpoint
 from ..io.checks import check_compatible, check_finite
 from ..io.sources import TensorSource
@@ -63,6 +64,8 @@ def check_model(
             include_tasks.append(str(synthetic.task_folder))
         chat = use_chat_template(config.chat_template, tokenizer)
         evaluator = selftest_evaluator(tasks, include_tasks, riders, config, chat_template=chat)
+        if isinstance(checkpoint, Checkpoint):
+            evaluator.generation_config = load_generation_config(checkpoint.path)
         if chat and attack_examples:
             attack_examples = as_chat(tokenizer, attack_examples)
         report = run_selftest(
