@@ -119,3 +119,30 @@ def test_score_cache_keeps_every_job_on_disk_and_forgets_rewritten_files(tmp_pat
     assert len(calls) == 3
     ScoreCache(tmp_path / "scores", {**prints, "protected": None}, {"tasks": ["t"]}).score(merge, score)
     assert len(calls) == 4 and len(list((tmp_path / "scores").iterdir())) == 3
+
+
+def test_synthetic_freerider_of_a_bf16_base_trains_through_float32_master_weights(tmp_path, pico):
+    """``check`` without --merge-with fine-tunes the base into a stand-in free-rider; on a bf16 base at an LLM's
+    learning rate bf16 AdamW barely moved it. It now trains in float32 and is stored back in bf16."""
+    import torch
+
+    from hf_mergeguard.io.checkpoint import Checkpoint
+    from hf_mergeguard.selftest.freeriders import synthetic_freerider
+    from hf_mergeguard.toyworld.skills import make_tokenizer
+    from hf_mergeguard.training import TrainingConfig
+
+    base = Checkpoint(pico(dtype=torch.bfloat16))
+    training = TrainingConfig(steps=10, learning_rate=2e-5, batch_size=8, max_length=64)
+    rider = synthetic_freerider(base, make_tokenizer(), tmp_path / "rider", training=training, progress=False)
+    names = base.tensor_names
+    moved = sum(int((rider.model.get(n) != base.get(n)).sum()) for n in names) / sum(base.get(n).numel() for n in names)
+    assert all(rider.model.get(n).dtype == torch.bfloat16 for n in names)
+    # The same training with bf16 AdamW (what it did before): far fewer entries move.
+    from hf_mergeguard.training import Example, train_causal_lm
+
+    model = base.load_model()
+    rows = [json.loads(line) for line in (tmp_path / "rider" / "data" / "train.jsonl").read_text().splitlines()]
+    train_causal_lm(model, make_tokenizer(), [Example(r["prompt"], r["completion"]) for r in rows], training, progress=False)
+    before = dict(model.named_parameters())
+    pure = sum(int((before[n].detach() != base.get(n)).sum()) for n in names) / sum(base.get(n).numel() for n in names)
+    assert moved > 3 * pure and moved > 0.1, (moved, pure)  # measured: 21.9% of entries against 3.6%

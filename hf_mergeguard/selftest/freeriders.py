@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from ..errors import ConfigError
 from ..evaluation import Evaluator
 from ..io.checkpoint import Checkpoint
@@ -107,14 +109,17 @@ def synthetic_freerider(
     (tasks / f"{task}.yaml").write_text(
         task_yaml(task, (work_dir / "data" / "train.jsonl").resolve(), (work_dir / "data" / "test.jsonl").resolve())
     )
-    model = base.load_model(device=device)
+    # float32 master weights: bf16 AdamW at 2e-5 leaves most bf16 weights unchanged (a barely trained stand-in).
+    model = base.load_model(dtype=torch.float32, device=device)
     count = sum(p.numel() for p in model.parameters())
     training = training or default_freerider_training(count)
     training.seed = seed
     result = train_causal_lm(
         model, tokenizer, [Example(r["prompt"], r["completion"]) for r in train], training, desc="synthetic free-rider", progress=progress
     )
-    tensors = {k: v.detach().to("cpu").clone() for k, v in model_state_dict(model).items()}
+    layout = base.layout
+    stored = {k: layout[k].dtype for k in layout}
+    tensors = {k: v.detach().to("cpu", stored.get(k, v.dtype)).clone() for k, v in model_state_dict(model).items()}  # as stored
     info = {"skill": SYNTHETIC_SKILL, **training.to_dict(), "final_loss": result.losses[-1]}
     (work_dir / "freerider.json").write_text(json.dumps(info, indent=2))
     return SyntheticFreeRider(StateDictSource(tensors, base.config, source=f"synthetic free-rider ({SYNTHETIC_SKILL})"), task, tasks, info)
