@@ -220,3 +220,23 @@ def test_inputs_are_never_modified(pico, tmp_path):
     save_model(model, tmp_path / "saved", companions_from=source)
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()} == before
     assert os.access(folder, os.W_OK)  # we did not need to lock it either
+
+
+def test_a_tied_model_that_stores_its_lm_head_lines_up_with_its_base(tmp_path, pico):
+    """Gemma-style tied embeddings: a fine-tune saved with a redundant lm_head.weight (some trainers write it) ran with
+    the embeddings in both places; it is read without it and is compatible with a base that does not store it."""
+    from safetensors.torch import save_file
+
+    from hf_mergeguard.io.checks import check_compatible
+
+    base = Checkpoint(pico("gemma2"))
+    tuned_path = pico("gemma2", seed=1)
+    tensors = Checkpoint(tuned_path).state_dict()
+    for file in tuned_path.glob("*.safetensors"):
+        file.unlink()
+    save_file(
+        {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"].clone()}, str(tuned_path / "model.safetensors"), {"format": "pt"}
+    )
+    tuned = Checkpoint(tuned_path)
+    assert "lm_head.weight" not in tuned.tensor_names and set(tuned.tensor_names) == set(base.tensor_names)
+    check_compatible(tuned, base)

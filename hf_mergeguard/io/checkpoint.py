@@ -10,19 +10,22 @@ execute code.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
 
-from ..architectures import Geometry, geometry_from_config
+from ..architectures import LM_HEAD, Geometry, geometry_from_config
 from ..errors import CheckpointError, CorruptCheckpointError, PickleCheckpointError
 from .hf_models import model_from_state_dict
 from .hub import download_model, looks_like_repo_id
 from .read_ahead import read_ahead
 from .safetensors_format import INDEX_FILE, TensorSpec, read_safetensors_header, read_tensor
 from .writer import assert_finite
+
+log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Top-level files that travel with the weights (config, tokenizer, generation config, chat template).
@@ -55,6 +58,7 @@ class Checkpoint:
         self._checked_finite = False
         self.metadata: dict[str, str] = {}
         self._read_weight_headers()
+        self._drop_tied_head()
 
     # --- opening -----------------------------------------------------------------------------------------
 
@@ -151,6 +155,14 @@ class Checkpoint:
                     f"{INDEX_FILE} lists tensors that its shards do not hold: {', '.join(absent[:5])}.",
                     "Download the checkpoint again.",
                 )
+
+    def _drop_tied_head(self) -> None:
+        """A model whose config ties the LM head to the embeddings runs with the embeddings in both places, whatever
+        ``lm_head.weight`` it also stores (transformers ties it on load); such a stored copy is left out here, so the
+        model lines up with a base that does not store it, as mergekit treats it."""
+        if LM_HEAD in self._specs and geometry_from_config(self.config).tie_word_embeddings:
+            log.info("%s stores lm_head.weight but ties it to the embeddings: the stored copy is not used", self.source)
+            del self._specs[LM_HEAD]
 
     # --- what is inside ----------------------------------------------------------------------------------
 
