@@ -20,4 +20,5 @@ def source_fingerprint(source: Any) -> str | None:
     if not files:
         return None
     stats = [(str(Path(f).resolve()), Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files]
-    return config_digest(stats)
+    salt = getattr(source, "fingerprint_salt", None)  # a view of the files that is not the files (io.vocabulary)
+    return config_digest(stats + [salt] if salt else stats)

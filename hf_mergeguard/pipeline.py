@@ -28,6 +28,7 @@ from .evaluation.chat import as_chat, use_chat_template
 from .evaluation.harness import load_generation_config
 from .io.checkpoint import Checkpoint
 from .io.checks import check_compatible, check_finite
+from .io.vocabulary import align_vocabulary
 from .paths import runs_dir, scores_dir
 from .protect.base import DEFENSES, ProtectContext, ProtectionResult
 from .protect.stack import parse_method
@@ -118,7 +119,7 @@ def open_inputs(config: ProtectConfig, *, token=None) -> RunInputs:
     """Pull: open the model, the base and the free-riders, check they fit together and hold finite values, load the
     tokenizer, the evaluator and the training data (a bad --train-data fails now, not after an hour of work)."""
     model = Checkpoint.open(config.model, revision=config.revision, token=token)
-    base = Checkpoint.open(config.base, revision=config.base_revision, token=token)
+    base = align_vocabulary(Checkpoint.open(config.base, revision=config.base_revision, token=token), model, role="base")
     check_compatible(model, base)
     riders = open_freeriders(base, config.merge_with, config.freerider_tasks, token=token)
     check_finite(model, base, *(rider.model for rider in riders))

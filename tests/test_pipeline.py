@@ -10,6 +10,7 @@ import json
 import logging
 
 import pytest
+import torch
 
 from hf_mergeguard.cli.main import main
 from hf_mergeguard.io.checkpoint import Checkpoint
@@ -173,3 +174,51 @@ def test_three_processes_in_bf16_run_every_stage_with_one_accelerator(pico_world
         assert main([a for a in argv if a != "--bf16"] + ["--overwrite"]) == 1
     assert caplog.text.count("reusing the finished result") == 2
     assert json.loads((out / "selftest.json").read_text())["robustness"]["attacks"] == attacks
+
+
+def _with_added_tokens(world, skill: str, folder, tokens: list[str]):
+    """The world's ``skill`` fine-tune with ``tokens`` added to its tokenizer and its embeddings resized (what a trainer
+    that adds a pad or chat token writes)."""
+    from hf_mergeguard.evaluation import load_tokenizer
+    from hf_mergeguard.io.hf_models import save_model
+
+    tokenizer = load_tokenizer(world.model(skill))
+    tokenizer.add_tokens(tokens)
+    model = Checkpoint(world.model(skill)).load_model()
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return save_model(model, folder, tokenizer=tokenizer)
+
+
+def test_a_fine_tune_with_added_tokens_is_protected_on_its_own_vocabulary(pico_world, tmp_path, capsys):
+    """The fine-tune added tokens: the base and the free-rider are lined up on its vocabulary (the added rows taken
+    from it), the run goes through, and the release keeps the added tokens. A free-rider that added other tokens
+    cannot be lined up: refused before any work, with the fix."""
+    from hf_mergeguard.io.vocabulary import VocabularyAligned, align_vocabulary
+
+    extended = _with_added_tokens(pico_world, "count", tmp_path / "count+tokens", ["<tool>", "</tool>"])
+    base = Checkpoint(pico_world.base)
+    aligned = align_vocabulary(base, Checkpoint(extended), role="base")
+    rows = base.geometry.vocab_size
+    assert isinstance(aligned, VocabularyAligned) and aligned.geometry.vocab_size == rows + 2
+    embed = "model.embed_tokens.weight"
+    assert torch.equal(aligned.get(embed)[:rows], base.get(embed)) and torch.equal(
+        aligned.get(embed)[rows:], Checkpoint(extended).get(embed)[rows:]
+    )
+
+    from hf_mergeguard.cli.main import main as cli
+
+    released = tmp_path / "released-tokens"
+    args = [
+        "protect", str(extended), "--base", str(pico_world.base), "--tasks", "toy_count", "--include-tasks", str(pico_world.tasks),
+        "--merge-with", str(pico_world.model("rev")), "--freerider-tasks", "toy_rev", "--train-data",
+        str(pico_world.data("count", "train")), "--methods", "model_stock", "--limit", "4", "--no-adaptive",
+        "--output-dir", str(released), "--work-dir", str(tmp_path / "work-tokens"),
+    ]  # fmt: skip
+    assert cli(args) in (0, 1), capsys.readouterr().err
+    assert Checkpoint(released).geometry.vocab_size == rows + 2 and "<tool>" in (released / "tokenizer.json").read_text()
+
+    other = _with_added_tokens(pico_world, "rev", tmp_path / "rev+other", ["<img>", "</img>"])
+    args[args.index("--merge-with") + 1] = str(other)
+    args[args.index("--output-dir") + 1] = str(tmp_path / "refused")
+    assert cli(args) == 2
+    assert "cannot be lined up" in capsys.readouterr().err and not (tmp_path / "refused").exists()

@@ -58,8 +58,9 @@ def check_compatible(model: Checkpoint, base: Checkpoint, *, role: str = "base",
     if mg.vocab_size != bg.vocab_size:
         raise IncompatibleModelsError(
             f"{subject} has a vocabulary of {mg.vocab_size} tokens but {role} {base.source} has "
-            f"{bg.vocab_size}: resized embeddings cannot be merged or compared tensor by tensor.",
-            hint + " If you added tokens, protect against the base with the same tokenizer.",
+            f"{bg.vocab_size}: the embeddings cannot be lined up row by row (a fine-tune that appended tokens to its "
+            "base's is lined up automatically; a model with tokens the fine-tune lacks is not).",
+            hint,
         )
     problems = []
     for name in model.tensor_names:

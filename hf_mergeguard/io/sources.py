@@ -83,4 +83,6 @@ def materialize(source: Checkpoint | StateDictSource) -> StateDictSource:
     """Read every tensor into memory (for models small enough to be scored many times)."""
     if isinstance(source, StateDictSource):
         return source
-    return StateDictSource(source.state_dict(), source.config, source=source.source, weight_files=list(source.weight_files))
+    held = StateDictSource(source.state_dict(), source.config, source=source.source, weight_files=list(source.weight_files))
+    held.fingerprint_salt = getattr(source, "fingerprint_salt", None)
+    return held

@@ -12,6 +12,7 @@ from ..evaluation.harness import load_generation_config
 from ..io.checkpoint import Checkpoint
 from ..io.checks import check_compatible, check_finite
 from ..io.sources import TensorSource
+from ..io.vocabulary import align_vocabulary
 from ..report.schema import SelfTestReport
 from .adaptive import run_adaptive_attacks
 from .config import SelfTestConfig
@@ -51,6 +52,7 @@ def check_model(
     checkpoint = model if not isinstance(model, (str, Path)) else Checkpoint.open(model, token=token)
     base_checkpoint = base if isinstance(base, Checkpoint) else Checkpoint.open(base, token=token)
     if isinstance(checkpoint, Checkpoint):
+        base_checkpoint = align_vocabulary(base_checkpoint, checkpoint, role="base")
         check_compatible(checkpoint, base_checkpoint)
     riders = open_freeriders(base_checkpoint, merge_with, freerider_tasks, token=token)
     check_finite(*[c for c in (checkpoint, base_checkpoint, *(r.model for r in riders)) if isinstance(c, Checkpoint)])

@@ -20,6 +20,7 @@ from ..io.checkpoint import Checkpoint
 from ..io.checks import check_compatible
 from ..io.hf_models import model_state_dict
 from ..io.sources import StateDictSource, TensorSource
+from ..io.vocabulary import align_vocabulary
 from ..toyworld.skills import make_split
 from ..toyworld.tasks import task_yaml, write_jsonl
 from ..training import Example, TrainingConfig, train_causal_lm
@@ -48,8 +49,11 @@ def open_freeriders(base: Checkpoint, merge_with: Sequence[str], freerider_tasks
             "Give one --freerider-tasks per --merge-with (in the same order), or one for all.",
         )
     riders = []
+    defender = getattr(base, "reference", None)  # the fine-tune whose vocabulary the run uses (it added tokens)
     for index, path in enumerate(merge_with):
         checkpoint = Checkpoint.open(path, token=token)
+        if defender is not None:
+            checkpoint = align_vocabulary(checkpoint, defender, role="--merge-with model", defender_added_tokens=True)
         check_compatible(checkpoint, base, merge_partner=True)
         tasks = freerider_tasks[index if len(freerider_tasks) > 1 else 0] if freerider_tasks else ""
         riders.append(FreeRider(checkpoint, [t for t in tasks.split(",") if t]))

@@ -112,8 +112,8 @@ def test_different_vocab_sizes(release, refused):
         release.argv(base=base),
         inputs=[base],
         out=release.out,
-        expect=[rf"vocabulary of {vocab} tokens but base .* has {vocab + 16}"],
-        hint="same tokenizer",
+        expect=[rf"vocabulary of {vocab} tokens and base .* {vocab + 16}", r"cannot be lined up row by row"],
+        hint="tokenizer the fine-tune extended",
     )
 
 
