@@ -113,31 +113,37 @@ def modelled(row: dict) -> tuple[float, dict]:
 
 
 def main() -> None:
-    args = parse_args(__doc__, "llm_memory", "llm_memory.md", extra=lambda p: p.add_argument("--rows", type=Path, help="report only"))
-    if args.rows:  # the table again from the measurements kept in a JSON file (after a change of the model)
-        write_results(args.results, report(json.loads(args.rows.read_text())))
-        return
+    def options(parser):
+        parser.add_argument("--rows", type=Path, help="measurements kept from an earlier run (JSON): reported again")
+        parser.add_argument("--settings", help="comma-separated indexes of MEASURED to run (default: all)")
+
+    args = parse_args(__doc__, "llm_memory", "llm_memory.md", extra=options)
+    rows = json.loads(args.rows.read_text()) if args.rows else []
+    chosen = [int(i) for i in args.settings.split(",")] if args.settings else ([] if args.rows else range(len(MEASURED)))
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, dtype, lora, checkpointing, layers, batch, tokens in MEASURED:
+    for index in chosen:
+        name, dtype, lora, checkpointing, layers, batch, tokens = MEASURED[index]
         model, base = make_inputs(args.out, layers)
         spec = dict(
             name=name, model=str(model), base=str(base), dtype=dtype, lora=lora, checkpointing=checkpointing, batch=batch, tokens=tokens
         )
         print(f"-- {name}", flush=True)
         done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-        if done.returncode != 0:
+        if done.returncode == -9:  # the kernel's OOM killer: the setting does not fit this machine
+            rows.append({**spec, "oom": True, "parameters": None})
+        elif done.returncode != 0:
             raise SystemExit(done.stderr[-3000:])
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        else:
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    args.results.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+        args.results.with_suffix(".json").write_text(json.dumps(rows, indent=2))  # kept as each setting finishes
     write_results(args.results, report(rows))
 
 
 def modelled_table() -> list[str]:
     """Every stage at the real 1B and 8B shapes, from the model alone."""
     from hf_mergeguard.architectures import geometry_from_config
-    from hf_mergeguard.memory import GB, Shape, evaluation_memory, finetune_memory, merge_memory, trap_memory
+    from hf_mergeguard.memory import GB, Shape, evaluation_memory, finetune_memory, lora_finetune_memory, merge_memory, trap_memory
     from hf_mergeguard.testing import LLAMA_3_1_8B, LLAMA_3_2_1B, llama_config
 
     lines = [
@@ -150,18 +156,12 @@ def modelled_table() -> list[str]:
     def row(label, make):
         lines.append(f"| {label} | " + " | ".join(f"{make(shape).total / GB:.1f} GB" for shape in shapes) + " |")
 
-    row(
-        "trap, every weight in fp32 (the default), batch 16 x 512",
-        lambda s: trap_memory(s, stored_bytes=2, lora_rank=0, samples=2, tokens=tokens, checkpointing=False),
-    )
-    row(
-        "trap, `--trap-lora-rank 16 --gradient-checkpointing`, batch 16 x 512",
-        lambda s: trap_memory(s, stored_bytes=2, lora_rank=16, samples=2, tokens=tokens, checkpointing=True),
-    )
-    row(
-        "trap, LoRA 16 + checkpointing, `--gradient-accumulation-steps 4`",
-        lambda s: trap_memory(s, stored_bytes=2, lora_rank=16, samples=2, tokens=tokens // 4, checkpointing=True),
-    )
+    def trap(lora, ckpt, accumulation=1):
+        return lambda s: trap_memory(s, stored_bytes=2, lora_rank=lora, samples=2, tokens=tokens // accumulation, checkpointing=ckpt)
+
+    row("trap, every weight in fp32 (the default), batch 16 x 512", trap(0, False))
+    row("trap, `--trap-lora-rank 16 --gradient-checkpointing`, batch 16 x 512", trap(16, True))
+    row("trap, LoRA 16 + checkpointing, `--gradient-accumulation-steps 4`", trap(16, True, 4))
     row(
         "MergeGuard stage 1 (fp32 + AdamW), batch 16 x 512",
         lambda s: finetune_memory(s, weight_bytes=4, tokens=tokens, checkpointing=False),
@@ -170,12 +170,24 @@ def modelled_table() -> list[str]:
         "MergeGuard stage 1 + checkpointing, `--gradient-accumulation-steps 4`",
         lambda s: finetune_memory(s, weight_bytes=4, tokens=tokens // 4, checkpointing=True),
     )
+    row(
+        "MergeGuard stage 1, `--stage1-lora-rank 16 --gradient-checkpointing`, batch 16 x 512",
+        lambda s: lora_finetune_memory(s, stored_bytes=2, lora_rank=16, tokens=tokens, checkpointing=True),
+    )
     row("self-test evaluation (batch 32, 1,200-token contexts)", lambda s: evaluation_memory(s, stored_bytes=2, batch=32, context=1200))
     row("self-test merge (host RAM)", lambda s: merge_memory(s, stored_bytes=2))
-    row("recover (bf16 AdamW, batch 16 x 256)", lambda s: finetune_memory(s, weight_bytes=2, tokens=16 * 256, checkpointing=False))
+    attack = 16 * 256
+    row(
+        "recover (float32 master weights + AdamW, batch 16 x 256)",
+        lambda s: finetune_memory(s, weight_bytes=4, tokens=attack, checkpointing=False),
+    )
     row(
         "graderase (as recover + the estimated direction)",
-        lambda s: finetune_memory(s, weight_bytes=2, tokens=16 * 256, checkpointing=False, extra_copies=1),
+        lambda s: finetune_memory(s, weight_bytes=4, tokens=attack, checkpointing=False, extra_copies=1),
+    )
+    row(
+        "recover with `--attack-lora-rank 16`",
+        lambda s: lora_finetune_memory(s, stored_bytes=2, lora_rank=16, tokens=attack, checkpointing=False),
     )
     return lines
 
@@ -197,6 +209,12 @@ def report(rows: list[dict]) -> str:
     ]
     for row in rows:
         total, _ = modelled(row)
+        if row.get("oom"):
+            lines.append(
+                f"| {row['name']} | {row['batch']} x {row['tokens']} | killed by the OOM killer at {row.get('killed_at_gb', 0):.1f} GB "
+                f"(this machine: {row.get('ram_gb', 0):.0f} GB) | {total:.1f} GB | (does not fit: modelled above the RAM) | |"
+            )
+            continue
         lines.append(
             f"| {row['name']} ({row['parameters'] / 1e9:.2f} B parameters) | {row['batch']} x {row['tokens']} | {row['peak_gb']:.1f} GB | "
             f"{total:.1f} GB | {total / row['peak_gb']:.2f} | {row['seconds_per_step']:.0f} |"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .attacks.base import ATTACKS, parse_attacks
 from .card.model_card import source_license
 from .config import RELEASE_ONLY_OPTIONS, ProtectConfig, dump_yaml
 from .data import load_train_examples
@@ -152,9 +153,16 @@ def check_memory(
     stored = max((DTYPE_BYTES.get(spec.dtype, 4) for spec in model.layout.values()), default=4)
     free, where = free or available_memory(device)
     checked = []
-    for name in parse_method(config.method):
-        spec = DEFENSES.get(name)
-        needed = spec.memory(config.defenses[name], shape, stored, processes, config.run.bf16) if spec.memory else None
+    stages = [(DEFENSES.get(name), config.defenses[name]) for name in parse_method(config.method)]
+    if config.selftest.adaptive:
+        stages += [(ATTACKS.get(name), None) for name in parse_attacks(config.selftest.attacks) if ATTACKS.get(name).needs_examples]
+    for spec, options in stages:
+        if options is None:  # a fine-tuning attack
+            needed = attack_memory(config.selftest, spec, shape, stored)
+            fits_with = "--attack-lora-rank 16 (with --attacks realign,unmask,recover), or --no-adaptive"
+        else:
+            needed = spec.memory(options, shape, stored, processes, config.run.bf16) if spec.memory else None
+            fits_with = spec.fits_with
         if needed is None:
             continue
         checked.append({"stage": needed.stage, "modelled_gb": round(needed.total / GB, 2), "free_gb": round(free / GB, 2)})
@@ -162,9 +170,24 @@ def check_memory(
         if config.run.memory_check and needed.total > free:
             raise InsufficientMemoryError(
                 f"{needed.stage} would need about {needed.describe()} per process (hf_mergeguard.memory's model), and {where}.",
-                f"Pass {spec.fits_with}; or --no-memory-check if you know it fits.",
+                f"Pass {fits_with}; or --no-memory-check if you know it fits.",
             )
     return checked
+
+
+def attack_memory(selftest, spec, shape, stored_bytes: int):
+    """A fine-tuning attack's modelled peak: a float32 full fine-tune (batch 16 x 256), or a LoRA on the stored weights."""
+    from .memory import finetune_memory, lora_finetune_memory
+
+    tokens = 16 * 256
+    if selftest.attack_lora_rank:
+        needed = lora_finetune_memory(
+            shape, stored_bytes=stored_bytes, lora_rank=selftest.attack_lora_rank, tokens=tokens, checkpointing=False
+        )
+    else:
+        needed = finetune_memory(shape, weight_bytes=4, tokens=tokens, checkpointing=False, extra_copies=spec.held_model_copies)
+    needed.stage = f"the {spec.name} attack"
+    return needed
 
 
 def apply_defenses(config: ProtectConfig, inputs: RunInputs, work: Path, *, accelerator, device: str, progress: bool):

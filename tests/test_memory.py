@@ -59,6 +59,7 @@ def test_training_stages_are_checked_only_when_they_train(tmp_path):
     """MergeGuard without stage 1 streams one tensor at a time: nothing to check; with --stage1 it is."""
     tuned, _ = base_and_finetune(tmp_path, "llama")
     options = {"model": str(tuned.path), "base": "b", "method": "mergeguard", "output_dir": str(tmp_path / "o")}
+    options["selftest"] = {"adaptive": False}  # the attacks' fine-tunes are checked too: see the next test
     assert check_memory(build_protect_config(None, options), Checkpoint(tuned.path), processes=1, device="cpu") == []
     staged = build_protect_config(None, {**options, "mergeguard": {"skip_stage1": False}})
     assert [c["stage"] for c in check_memory(staged, Checkpoint(tuned.path), processes=1, device="cpu")] == ["MergeGuard stage 1"]
@@ -68,3 +69,15 @@ def test_dtype_bytes_cover_the_stored_dtypes():
     from hf_mergeguard.memory import DTYPE_BYTES
 
     assert DTYPE_BYTES[torch.bfloat16] == 2 and DTYPE_BYTES[torch.float32] == 4
+
+
+def test_fine_tuning_attacks_are_checked_too(tmp_path):
+    """The adaptive stage fine-tunes (recover, graderase): modelled like the defenses, refused with the LoRA option."""
+    tuned, _ = base_and_finetune(tmp_path, "llama")
+    options = {"model": str(tuned.path), "base": "b", "method": "params", "output_dir": str(tmp_path / "o")}
+    config = build_protect_config(None, {**options, "selftest": {"adaptive": True}})
+    checked = check_memory(config, Checkpoint(tuned.path), processes=1, device="cpu")
+    assert [c["stage"] for c in checked] == ["the recover attack", "the graderase attack"]
+    with pytest.raises(InsufficientMemoryError) as error:
+        check_memory(config, Checkpoint(tuned.path), processes=1, device="cpu", free=(0.5 * GB, "0.5 GB"))
+    assert "the recover attack would need" in error.value.message and "--attack-lora-rank 16" in error.value.hint

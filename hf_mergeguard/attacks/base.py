@@ -95,6 +95,7 @@ class AttackSpec:
         rank: attacks run, and are listed, in rank order.
         describe: what the card says the attack did, from its result.
         needs_examples: it fine-tunes on defender examples (``--train-data``).
+        held_model_copies: model-sized tensor sets it holds besides the model it fine-tunes (for the memory check).
         model_folder: where ``hf-mergeguard attack -o OUT`` writes the model the attack produced (``OUT/<folder>``).
     """
 
@@ -104,6 +105,7 @@ class AttackSpec:
     describe: Callable[[AttackResult], str]
     needs_examples: bool = False
     model_folder: str | None = None
+    held_model_copies: int = 0
 
 
 ATTACKS: Registry[AttackSpec] = Registry("adaptive attack", discover="hf_mergeguard.attacks")

@@ -35,5 +35,6 @@ register_attack(
         rank=40,
         describe=describe_fine_tuning(", gradients projected off the estimated defense direction"),
         needs_examples=True,
+        held_model_copies=1,  # the estimated defense direction
     )
 )
