@@ -8,7 +8,7 @@ from hf_mergeguard.config import build_protect_config
 from hf_mergeguard.errors import InsufficientMemoryError
 from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.memory import GB, Shape, trap_memory
-from hf_mergeguard.pipeline import check_memory
+from hf_mergeguard.preflight import check_memory
 from hf_mergeguard.testing import LLAMA_3_1_8B, LLAMA_3_2_1B, base_and_finetune, llama_config
 from hf_mergeguard.trained_change import TrainedModel
 
