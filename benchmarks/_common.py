@@ -81,6 +81,19 @@ def write_results(path: Path, text: str) -> None:
     print(text)
 
 
+def world_options(world, riders: tuple[str, ...]) -> dict:
+    """The configuration of a ``protect`` of the toy world's count fine-tune against the ``riders``' fine-tunes."""
+    return dict(
+        model=str(world.model("count")),
+        base=str(world.base),
+        tasks=["toy_count"],
+        include_tasks=[str(world.tasks)],
+        train_data=str(world.data("count", "train")),
+        merge_with=[str(world.model(r)) for r in riders],
+        freerider_tasks=[f"toy_{r}" for r in riders],
+    )
+
+
 def run_settings(
     settings: dict[str, dict], out: Path, *, riders: tuple[str, ...] = ("rev", "sort"), selftest: dict | None = None
 ) -> list[tuple[str, dict, float]]:
@@ -95,17 +108,7 @@ def run_settings(
     from hf_mergeguard.toyworld import build_toy_world
 
     world = build_toy_world()
-    common = dict(
-        model=str(world.model("count")),
-        base=str(world.base),
-        tasks=["toy_count"],
-        include_tasks=[str(world.tasks)],
-        train_data=str(world.data("count", "train")),
-        merge_with=[str(world.model(r)) for r in riders],
-        freerider_tasks=[f"toy_{r}" for r in riders],
-        overwrite=True,
-        selftest={"batch_size": 128, **(selftest or {})},
-    )
+    common = dict(world_options(world, riders), overwrite=True, selftest={"batch_size": 128, **(selftest or {})})
     rows = []
     for index, (name, overrides) in enumerate(settings.items()):
         config = build_protect_config(None, dict(common, output_dir=str(out / f"setting-{index}"), **overrides))

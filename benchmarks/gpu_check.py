@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from _common import measured_on, parse_args, peak_resident_mb, write_results
+from _common import measured_on, parse_args, peak_resident_mb, world_options, write_results
 
 PRESETS = {
     # ~85 M parameters: 12 layers, 768 wide, GQA 12/4 heads, SwiGLU 2048; a character vocabulary (embeddings are tiny).
@@ -89,13 +89,7 @@ def protect_in_stages(world, method: str, overrides: dict, out: Path, meter: Sta
     from hf_mergeguard.training import make_accelerator
 
     common = dict(
-        model=str(world.model("count")),
-        base=str(world.base),
-        tasks=["toy_count"],
-        include_tasks=[str(world.tasks)],
-        train_data=str(world.data("count", "train")),
-        merge_with=[str(world.model("rev"))],
-        freerider_tasks=["toy_rev"],
+        world_options(world, ("rev",)),
         method=method,
         output_dir=str(out / method),
         work_dir=str(out / f"work-{method}"),
