@@ -149,12 +149,22 @@ def lora_finetune_memory(shape: Shape, *, stored_bytes: int, lora_rank: int, tok
 
 
 def finetune_memory(
-    shape: Shape, *, weight_bytes: int, tokens: int, checkpointing: bool, extra_copies: int = 0, stage: str = "fine-tuning"
+    shape: Shape,
+    *,
+    weight_bytes: int,
+    tokens: int,
+    checkpointing: bool,
+    extra_copies: int = 0,
+    stage: str = "fine-tuning",
+    shards: int = 1,
 ) -> StageMemory:
-    """A full fine-tune with AdamW (MergeGuard's stage 1 in float32; the attacks' fine-tunes in the stored dtype, with
-    ``extra_copies`` more model-sized tensors held: graderase's disturbance vector)."""
+    """A full fine-tune with AdamW (MergeGuard's stage 1 and the attacks' fine-tunes, float32 master weights), with
+    ``extra_copies`` more model-sized tensors held (graderase's direction); ``shards``: the processes FSDP2 shards the
+    weights, gradients and AdamW states over (one decoder layer is gathered in full at a time)."""
     P = shape.parameters
-    parts = {"weights": P * weight_bytes, "grads + AdamW": P * 3 * weight_bytes}
+    parts = {"weights": P * weight_bytes / shards, "grads + AdamW": P * 3 * weight_bytes / shards}
+    if shards > 1:
+        parts["gathered layer"] = 2 * (P - shape.vocab * shape.hidden) / shape.layers * weight_bytes
     if extra_copies:
         parts["held copies"] = extra_copies * P * weight_bytes
     parts.update(_activations(shape, tokens, weight_bytes, 1, checkpointing))

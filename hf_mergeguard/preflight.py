@@ -35,7 +35,7 @@ def check_memory(
             needed = attack_memory(config.selftest, spec, shape, stored)
             fits_with = "--attack-lora-rank 16 (with --attacks realign,unmask,recover), or --no-adaptive"
         else:
-            needed = spec.memory(options, shape, stored, processes, config.run.bf16) if spec.memory else None
+            needed = spec.memory(options, shape, stored, processes, config.run) if spec.memory else None
             fits_with = spec.fits_with
         if needed is None:
             continue

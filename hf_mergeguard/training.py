@@ -34,7 +34,13 @@ class RunConfig:
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda when available)", "flag": "--device"})
     seed: int = field(default=0, metadata={"help": "seed of training, random merges and attacks", "flag": "--seed"})
     bf16: bool = field(default=False, metadata={"help": "train in bf16 mixed precision", "flag": "--bf16"})
-    fsdp: bool = field(default=False, metadata={"help": "shard training with FSDP (GPUs; saves a FULL_STATE_DICT)", "flag": "--fsdp"})
+    fsdp: bool = field(
+        default=False,
+        metadata={
+            "help": "shard full-weight training over the processes with FSDP2 (MergeGuard stage 1; saves the full weights)",
+            "flag": "--fsdp",
+        },
+    )
     memory_check: bool = field(
         default=True,
         metadata={
@@ -170,7 +176,7 @@ def _lr_lambda(config: TrainingConfig) -> Callable[[int], float]:
 
 
 def make_accelerator(run: RunConfig | None = None):
-    """The run's ``Accelerator`` (FSDP with FULL_STATE_DICT when asked and GPUs are present)."""
+    """The run's ``Accelerator`` (with ``--fsdp``, :func:`train_causal_lm` shards the weights with FSDP2)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -178,11 +184,34 @@ def make_accelerator(run: RunConfig | None = None):
     # Every process loads the same files, so buffers agree: DDP need not broadcast them each step (the trap's
     # theta_pre anchors are buffers as large as the model).
     kwargs = {"kwargs_handlers": [DistributedDataParallelKwargs(broadcast_buffers=False)]}
-    if run.fsdp and torch.cuda.is_available():
-        from accelerate.utils import FullyShardedDataParallelPlugin
+    accelerator = Accelerator(mixed_precision="bf16" if run.bf16 else "no", **kwargs)
+    accelerator.shard_weights = run.fsdp  # train_causal_lm shards with FSDP2 itself (on GPUs and on CPU over gloo)
+    return accelerator
 
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(state_dict_type="FULL_STATE_DICT")
-    return Accelerator(mixed_precision="bf16" if run.bf16 else "no", **kwargs)
+
+def shards_weights(accelerator) -> bool:
+    """The run trains with its weights sharded over its processes (``--fsdp``, FSDP2)."""
+    return bool(getattr(accelerator, "shard_weights", False)) and accelerator.num_processes > 1
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """FSDP2: each decoder layer its own unit (its weights gathered only while it runs), then the rest."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors; for a sharded model, gathered on the first process (on CPU; the others get nothing)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def train_causal_lm(
@@ -232,6 +261,10 @@ def train_causal_lm(
     if config.gradient_checkpointing:
         enable_checkpointing(model, checkpointing_kwargs or {"use_reentrant": False})
     model.train()
+    sharded = shards_weights(accelerator)
+    if sharded:
+        model.to(accelerator.device)
+        shard_model(model)  # before the optimizer: it holds the shards
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.learning_rate,
@@ -239,7 +272,10 @@ def train_causal_lm(
     )
     # The scheduler is not passed to prepare(): accelerate would step it once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    if sharded:
+        wrapped = model  # FSDP2 averages the gradients over processes as DDP would
+    else:
+        wrapped, optimizer = accelerator.prepare(model, optimizer)
 
     generator = torch.Generator().manual_seed(config.seed)
     order: list[int] = []
@@ -262,7 +298,11 @@ def train_causal_lm(
             local = micro_batch[rank * micro // world : (rank + 1) * micro // world]  # uneven when world does not divide micro
             batch = {k: v.to(accelerator.device) for k, v in collate(local, pad_id, length).items()}
             last = micro_index == config.gradient_accumulation_steps - 1
-            context = accelerator.no_sync(wrapped) if not last else contextlib.nullcontext()
+            if sharded:
+                wrapped.set_requires_gradient_sync(last)
+                context = accelerator.autocast()  # the model is not prepared: the run's precision applies here
+            else:
+                context = accelerator.no_sync(wrapped) if not last else contextlib.nullcontext()
             with context:
                 loss, log = objective(wrapped, batch, scale)
                 accelerator.backward(loss)
@@ -270,7 +310,9 @@ def train_causal_lm(
                 step_log[key] = step_log.get(key, 0.0) + value
         if on_gradients is not None:
             on_gradients(accelerator.unwrap_model(wrapped))
-        if config.max_grad_norm:
+        if config.max_grad_norm and sharded:
+            torch.nn.utils.clip_grad_norm_([p for p in wrapped.parameters() if p.grad is not None], config.max_grad_norm)
+        elif config.max_grad_norm:
             accelerator.clip_grad_norm_(wrapped.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()

@@ -12,6 +12,7 @@ from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.protect.mergeguard.stage1 import Stage1Config, density_aware_finetune
 from hf_mergeguard.protect.trap import TrapConfig, merge_trap_finetune
 from hf_mergeguard.toyworld import build_toy_world
+from hf_mergeguard.training import full_state_dict
 
 
 def stage1_weights(world, accelerator):
@@ -19,7 +20,7 @@ def stage1_weights(world, accelerator):
     examples = load_train_examples(str(world.data("count", "train")))[:64]
     config = Stage1Config(steps=4, batch_size=8, gradient_accumulation_steps=2, learning_rate=1e-3, alpha=0.01)
     result = density_aware_finetune(model, load_tokenizer(world.base), examples, config, accelerator=accelerator, progress=False)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, result
+    return {k: v.detach().cpu() for k, v in full_state_dict(model).items()}, result  # sharded (--fsdp): on rank 0
 
 
 def trap_weights(world, accelerator, **options):
@@ -47,6 +48,8 @@ if __name__ == "__main__":
     weights, result = stage1_weights(world, accelerator)
     trap, trap_result = trap_weights(world, accelerator)
     lora, lora_result = trap_weights(world, accelerator, **LORA)
+    accelerator.shard_weights = True  # --fsdp: stage 1 with its weights sharded over the processes (FSDP2)
+    sharded, sharded_result = stage1_weights(world, accelerator)
     if accelerator.is_main_process:
         torch.save(
             {
@@ -59,6 +62,9 @@ if __name__ == "__main__":
                 "trap_logs": trap_result.logs,
                 "lora_weights": lora,
                 "lora_losses": lora_result.losses,
+                "sharded_weights": sharded,
+                "sharded_losses": sharded_result.losses,
+                "sharded_logs": sharded_result.logs,
             },
             sys.argv[1],
         )

@@ -23,7 +23,8 @@ def test_l2_readings():
 
 
 def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path, torchrun):
-    """Stage 1 and the merge trap under torchrun (2 CPU processes, gloo, DDP) end with the weights of 1-process runs."""
+    """Stage 1 and the merge trap under torchrun (2 CPU processes, gloo, DDP; stage 1 also sharded with FSDP2) end with
+    the weights of 1-process runs."""
     from distributed_stage1 import LORA, stage1_weights, trap_weights
 
     out = tmp_path / "two.pt"
@@ -58,6 +59,12 @@ def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path, t
     assert differ < 1e-5, f"2-process LoRA trap weights differ from 1-process ones by {differ}"
     moved = max(float((lora[k] - before[k].float()).abs().max()) for k in before)
     assert moved > 1e-5, "the LoRA trap did not train at all"
+
+    # --fsdp: stage 1 with every weight sharded over the 2 processes (FSDP2), its L2 gradient added shard by shard.
+    assert two["sharded_losses"] == pytest.approx(result.losses, rel=1e-4)
+    assert two["sharded_logs"][-1]["l2"] == pytest.approx(result.logs[-1]["l2"], rel=1e-4)
+    differ = max(float((weights[k] - two["sharded_weights"][k]).abs().max()) for k in weights)
+    assert differ < 1e-5, f"sharded 2-process stage-1 weights differ from 1-process ones by {differ}"
 
 
 def test_fast_criticality_agrees_with_exact_at_a_fraction_of_the_cost(toy_world):

@@ -82,7 +82,7 @@ class DefenseSpec:
         function_preserving: the protected model computes the same function from other weights; a key undoes it.
         check: ``check(options, run, has_train_data)`` raises before any work when the run cannot succeed
             (missing training data, an unsupported run setting).
-        memory: ``memory(options, shape, stored_bytes, processes, bf16) -> StageMemory | None``: the modelled peak
+        memory: ``memory(options, shape, stored_bytes, processes, run) -> StageMemory | None``: the modelled peak
             per process of its heaviest step (:mod:`hf_mergeguard.memory`), for the pre-flight check; and
             ``fits_with``, the options that lower it, named when it does not fit.
     """

@@ -14,6 +14,7 @@ from ..errors import TrainDataError
 from ..io.atomic import write_text_atomically
 from ..io.checkpoint import Checkpoint
 from ..io.writer import stamp_metadata, write_checkpoint
+from ..training import full_state_dict
 from .base import ProtectContext
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,10 @@ def trained_checkpoint(ctx: ProtectContext, step: str, method: str, train: Calla
     model = ctx.model.load_model(dtype=dtype, device=ctx.device)
     result = train(model, ctx.train_examples())
     record = {"losses": result.losses, "logs": result.logs[-1:], "seconds": result.seconds, "seconds_per_step": result.seconds_per_step}
+    state = full_state_dict(model)  # every process takes part in gathering sharded weights (--fsdp)
     if ctx.is_main:
         layout = ctx.model.layout
-        tensors = {k: v.detach().to("cpu") for k, v in model.state_dict().items() if k in layout}
+        tensors = {k: v.detach().to("cpu") for k, v in state.items() if k in layout}
         write_checkpoint(
             folder,
             ((name, tensors[name].to(layout[name].dtype)) for name in layout),

@@ -309,7 +309,7 @@ def check_runnable(config: TrapConfig, run: RunConfig, has_train_data: bool) -> 
         load_train_examples(config.rider_data)
 
 
-def trap_stage_memory(config: TrapConfig, shape, stored_bytes: int, processes: int, bf16: bool):
+def trap_stage_memory(config: TrapConfig, shape, stored_bytes: int, processes: int, run: RunConfig):
     """The modelled peak of one trap step per process (see :mod:`hf_mergeguard.memory`)."""
     from ..memory import trap_memory
 
@@ -322,7 +322,7 @@ def trap_stage_memory(config: TrapConfig, shape, stored_bytes: int, processes: i
         tokens=-(-micro // processes) * config.max_length,
         checkpointing=config.gradient_checkpointing,
         rider_vector=bool(config.rider_data and "rider" in config.perturbations),
-        bf16_compute=bf16,
+        bf16_compute=run.bf16,
     )
 
 

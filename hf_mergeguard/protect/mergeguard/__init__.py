@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 import torch
 
-from ...errors import TrainDataError
+from ...errors import ConfigError, TrainDataError
 from ...io.checkpoint import Checkpoint
 from ...io.writer import stamp_metadata, write_checkpoint
 from ...training import RunConfig
@@ -185,11 +185,16 @@ def check_runnable(config: MergeGuardConfig, run: RunConfig, has_train_data: boo
             f"MergeGuard needs the defender's training data ({'; '.join(needs)}).",
             "Pass --train-data (a JSONL file or a Hub dataset), or --skip-stage1 --criticality exact to do without.",
         )
+    if run.fsdp and config.stage1.lora_rank and not config.skip_stage1:
+        raise ConfigError(
+            "--stage1-lora-rank does not run under --fsdp (FSDP shards full-weight training).",
+            "Drop --fsdp (a LoRA stage 1 of an 8B fits one 80 GB GPU), or --stage1-lora-rank 0 to shard every weight.",
+        )
 
 
-def stage1_memory(config: MergeGuardConfig, shape, stored_bytes: int, processes: int, bf16: bool):
-    """Stage 1 trains every weight in float32 with AdamW (no LoRA: the L2 term reads every weight); None when it is
-    skipped (stage 2 streams one tensor at a time)."""
+def stage1_memory(config: MergeGuardConfig, shape, stored_bytes: int, processes: int, run: RunConfig):
+    """Stage 1's peak per process: every weight in float32 with AdamW (sharded over the processes with --fsdp), or a
+    LoRA; None when it is skipped (stage 2 streams one tensor at a time)."""
     if config.skip_stage1:
         return None
     from ...memory import finetune_memory, lora_finetune_memory
@@ -201,7 +206,14 @@ def stage1_memory(config: MergeGuardConfig, shape, stored_bytes: int, processes:
         return lora_finetune_memory(
             shape, stored_bytes=stored_bytes, lora_rank=stage1.lora_rank, tokens=tokens, checkpointing=stage1.gradient_checkpointing
         )
-    return finetune_memory(shape, weight_bytes=4, tokens=tokens, checkpointing=stage1.gradient_checkpointing, stage="MergeGuard stage 1")
+    return finetune_memory(
+        shape,
+        weight_bytes=4,
+        tokens=tokens,
+        checkpointing=stage1.gradient_checkpointing,
+        stage="MergeGuard stage 1",
+        shards=processes if run.fsdp else 1,
+    )
 
 
 register_defense(
@@ -218,7 +230,7 @@ register_defense(
         reference="Defending Unauthorized Model Merging via Dual-Stage Weight Protection (arXiv:2511.11851)",
         check=check_runnable,
         memory=stage1_memory,
-        fits_with="--stage1-lora-rank 16 --gradient-checkpointing, fewer examples per micro-batch (--gradient-accumulation-steps, "
-        "--max-length), or --skip-stage1",
+        fits_with="--stage1-lora-rank 16 --gradient-checkpointing, --fsdp over several GPUs, fewer examples per micro-batch "
+        "(--gradient-accumulation-steps, --max-length), or --skip-stage1",
     )
 )

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ...errors import ConfigError
-from ...training import Example, TrainingConfig, TrainingResult, make_accelerator, token_loss_sum, train_causal_lm
+from ...training import Example, TrainingConfig, TrainingResult, make_accelerator, shards_weights, token_loss_sum, train_causal_lm
 
 READINGS = ("paper", "paper-mean", "base", "base-mean")
 
@@ -87,6 +87,8 @@ def density_aware_finetune(
     accelerator = accelerator or make_accelerator()
     if config.lora_rank:
         return _lora_stage1(model, tokenizer, examples, config, base_state, accelerator, progress)
+    if shards_weights(accelerator):
+        return _sharded_stage1(model, tokenizer, examples, config, base_state, accelerator, progress)
     if base_state is not None:
         base_state = {k: v.to(accelerator.device) for k, v in base_state.items()}
     share = 1.0 / config.gradient_accumulation_steps
@@ -143,3 +145,51 @@ def _lora_stage1(model, tokenizer, examples, config: Stage1Config, base_state, a
         )
     finally:
         trained.release()
+
+
+def _sharded_stage1(model, tokenizer, examples, config: Stage1Config, base_state, accelerator, progress) -> TrainingResult:
+    """Stage 1 with its weights sharded over the processes (``--fsdp``): the task loss through the sharded model, the
+    L2 term's gradient added to each process's shard once per step (elementwise: no communication), its value summed
+    over the processes for the log. The same update as the unsharded run."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import distribute_tensor
+
+    values: list[float] = []
+
+    def add_l2_gradients(unwrapped):
+        total = torch.zeros((), device=accelerator.device)
+        with torch.no_grad():
+            for name, param in unwrapped.named_parameters():
+                if param.grad is None:
+                    continue
+                local = param.to_local().float()
+                if config.reading.startswith("base"):
+                    target = distribute_tensor(
+                        base_state[name].to(param.device, param.dtype), param.device_mesh, param.placements, src_data_rank=None
+                    )
+                    local = local - target.to_local().float()
+                size = param.numel() if config.reading.endswith("mean") else 1
+                param.grad.to_local().add_((2 * config.alpha / size) * local.to(param.grad.dtype))
+                total += local.pow(2).sum() / size
+        dist.all_reduce(total)
+        values.append(float(total))
+
+    def task_only(wrapped, batch, scale):
+        logits = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        task = token_loss_sum(logits, batch["labels"]) * scale
+        return task, {"task_loss": float(task.detach())}
+
+    result = train_causal_lm(
+        model,
+        tokenizer,
+        examples,
+        config,
+        objective=task_only,
+        accelerator=accelerator,
+        desc="stage 1 (density-aware, sharded)",
+        progress=progress,
+        on_gradients=add_l2_gradients,
+    )
+    for log, value in zip(result.logs, values):
+        log["l2"] = value
+    return result
