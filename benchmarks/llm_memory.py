@@ -1,9 +1,10 @@
 """Peak memory of the merge trap at the Llama-3.2-1B shape on CPU, against ``hf_mergeguard.memory``'s model, and the
 model's figures for every stage at 1B and 8B (issue 19).
 
-Run by hand (about 25 minutes on 2 CPU cores, 24 GB RAM, 8 GB of free disk):
+Run by hand (24 GB RAM, 8 GB of free disk; on 2 CPU cores about 10 minutes per float32 setting, and over 40 for the
+bf16 one: CPU bf16 matmuls are slow; a setting the kernel's OOM killer stops is reported as such):
 
-    python benchmarks/llm_memory.py [--out benchmarks/_work/llm_memory]
+    python benchmarks/llm_memory.py [--out benchmarks/_work/llm_memory] [--settings 0,3] [--rows kept.json]
 
 It writes a random bf16 checkpoint of the Llama-3.2-1B shape (``testing.LLAMA_3_2_1B``, 1.24 B parameters, tied
 embeddings) and a "fine-tune" of it (base + noise), then runs each measured setting in a fresh process: load the
@@ -219,7 +220,14 @@ def report(rows: list[dict]) -> str:
             f"| {row['name']} ({row['parameters'] / 1e9:.2f} B parameters) | {row['batch']} x {row['tokens']} | {row['peak_gb']:.1f} GB | "
             f"{total:.1f} GB | {total / row['peak_gb']:.2f} | {row['seconds_per_step']:.0f} |"
         )
-    lines += ["", "## Modelled: every stage at the real shapes (`hf_mergeguard.memory`; not measured)", ""]
+    lines += [
+        "",
+        "The seconds per step are the CPU's (float32, 2 cores, 256 tokens per step) and were measured while other "
+        "benchmarks shared the cores: an upper bound, not a GPU estimate. The trap's defaults take 400 steps.",
+        "",
+        "## Modelled: every stage at the real shapes (`hf_mergeguard.memory`; not measured)",
+        "",
+    ]
     lines += modelled_table()
     return "\n".join(lines) + "\n"
 

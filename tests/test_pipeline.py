@@ -146,7 +146,7 @@ def test_three_processes_in_bf16_run_every_stage_with_one_accelerator(pico_world
         pico_world,
         out,
         "--method",
-        "mergeguard",
+        "params",  # no training of its own: the attacks' fine-tunes are what this test is about
         "--bf16",
         "--limit",
         "4",
