@@ -111,7 +111,7 @@ def trap_costs(rows) -> str:
     for name, report, seconds in rows:
         trap = [p for p in report["protection"] if p["method"] == "trap"]
         cost = f", trap {trap[0]['details']['training']['seconds_per_step']:.2f} s/step" if trap else ""
-        parts.append(f"{name} {seconds:.0f} s{cost}")
+        parts.append(f"{name}{f' {seconds:.0f} s' if seconds is not None else ''}{cost}")
     return "; ".join(parts)
 
 
@@ -119,6 +119,9 @@ def main() -> None:
     def options(parser):
         parser.add_argument("--seed", type=int, default=0, help="seed of the training, merges and attacks (keys are random anyway)")
         parser.add_argument("--only", default=None, help="comma-separated rows of DEFENSES to run (default all)")
+        parser.add_argument(
+            "--from-out", action="store_true", help="no runs: the table from the finished settings already in --out (a cut-short run)"
+        )
 
     args = parse_args(__doc__, "all-defenses", "all_defenses.md", options)
     from hf_mergeguard.toyworld import build_toy_world
@@ -135,11 +138,19 @@ def main() -> None:
         }
         for name, overrides in chosen.items()
     }
-    rows = run_settings(settings, args.out, riders=("rev",), selftest={"methods": METHODS})
+    if args.from_out:
+        import json
+
+        done = [(index, name) for index, name in enumerate(settings) if (args.out / f"setting-{index}" / "selftest.json").is_file()]
+        rows = [(name, json.loads((args.out / f"setting-{index}" / "selftest.json").read_text()), None) for index, name in done]
+    else:
+        rows = run_settings(settings, args.out, riders=("rev",), selftest={"methods": METHODS})
     text = (
         "# Every defense on the toy world\n\n" + measured_on("all_defenses.py") + f" Seed {args.seed}.\n\n"
         "Defender count, free-rider rev, 300 prompts per task (± binomial standard error), defaults of every defense, "
-        "one random key per function-preserving defense.\n\n"
+        "one random key per function-preserving defense."
+        + (" Rows: the settings of a run cut short that had finished (`--from-out`)." if args.from_out else "")
+        + "\n\n"
         "## The attacker's best merge per method (count score, rev score of that merge in brackets)\n\n" + merges_table(rows) + "\n\n"
         "## Adaptive attacks (count score after the attack; credited: share of the gain beyond what the examples alone give)\n\n"
         + attacks_table(rows)

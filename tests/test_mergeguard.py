@@ -152,12 +152,13 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub, p
     robustness = report["robustness"]
     # Adaptive attacks (on by default), measured against this MergeGuard release (64 attacker examples, 30 steps):
     # realign 80% kept (MergeGuard is no symmetry: re-aligning changes little, the merges keep what they kept),
-    # unmask 74%, recover 89% and graderase 86%, where the free-rider fine-tuned on the same 64 examples alone
-    # reaches 55%: credited beyond the data, recover 0.34 and graderase 0.31, every attack a defeat.
+    # unmask 74%, recover 89% and graderase 94%, where the free-rider fine-tuned on the same 64 examples alone
+    # reaches 55%: credited beyond the data, recover 0.34 and graderase 0.39, every attack a defeat (graderase starts
+    # from its own copy of the merge since issue 19; it read 0.31 when it started from recover's weights).
     credited = {name: attack["credited"] for name, attack in robustness["attacks"].items()}
     assert credited["realign"] >= 0.6 and credited["unmask"] >= 0.5
     assert credited["recover"] > 0.25  # a defeat: beyond what the examples alone teach
-    assert credited["graderase"] > 0.1  # beyond the examples alone too (0.31 here, a defeat)
+    assert credited["graderase"] > 0.25  # beyond the examples alone too (0.39 here, a defeat)
     assert 0.4 <= robustness["attacks"]["recover"]["details"]["setup"]["data_only"]["defender_kept"] <= 0.7
     assert report["gates"]["adaptive_retention"]["passed"] is False
     card = (out / "README.md").read_text()
