@@ -39,11 +39,14 @@ def check_memory(
             fits_with = spec.fits_with
         if needed is None:
             continue
+        # Processes on CPU share one RAM; on GPUs each has its own device.
+        sharing = processes if str(device).startswith("cpu") else 1
         checked.append({"stage": needed.stage, "modelled_gb": round(needed.total / GB, 2), "free_gb": round(free / GB, 2)})
         log.info("Memory: %s needs about %s per process; %s", needed.stage, needed.describe(), where)
-        if config.run.memory_check and needed.total > free:
+        if config.run.memory_check and needed.total * sharing > free:
             raise InsufficientMemoryError(
-                f"{needed.stage} would need about {needed.describe()} per process (hf_mergeguard.memory's model), and {where}.",
+                f"{needed.stage} would need about {needed.describe()} per process (hf_mergeguard.memory's model), "
+                f"{sharing} process(es) on this device, and {where}.",
                 f"Pass {fits_with}; or --no-memory-check if you know it fits.",
             )
     return checked
