@@ -49,7 +49,7 @@ PRESETS = {
     # The pico world's sizes: seconds per stage on 2 CPU cores.
     "cpu": dict(
         world=None,
-        selftest={"limit": 4, "methods": ["model_stock"], "attacks": ["unmask", "recover"], "attack_steps": 1},
+        selftest={"limit": 4, "methods": ["model_stock"], "attacks": ["unmask"]},
         trap={"steps": 2},
         stage1={"steps": 2},
     ),

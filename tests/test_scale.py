@@ -147,5 +147,5 @@ def test_the_gpu_check_runs_on_cpu(tmp_path):
         assert [s for s in stages if s.startswith(method)] == [f"{method}: {step}" for step in steps]
     assert all(row["seconds"] >= 0 and row["peak_gb"] > 0.1 for row in record["stages"])
     trap = next(run for run in record["runs"] if run["method"] == "trap")
-    assert trap["memory_check"][0]["stage"] == "merge trap" and set(trap["adaptive"]) <= {"unmask", "recover"}
+    assert trap["memory_check"][0]["stage"] == "merge trap" and set(trap["adaptive"]) <= {"unmask"}
     assert "| trap: protect |" in (tmp_path / "gpu_check-cpu.md").read_text()
