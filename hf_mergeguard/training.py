@@ -176,7 +176,7 @@ def _lr_lambda(config: TrainingConfig) -> Callable[[int], float]:
 
 
 def make_accelerator(run: RunConfig | None = None):
-    """The run's ``Accelerator`` (with ``--fsdp``, :func:`train_causal_lm` shards the weights with FSDP2)."""
+    """The run's ``Accelerator`` (with ``--fsdp``, full-weight stage 1 is sharded with FSDP2: :func:`shards_weights`)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -185,7 +185,7 @@ def make_accelerator(run: RunConfig | None = None):
     # theta_pre anchors are buffers as large as the model).
     kwargs = {"kwargs_handlers": [DistributedDataParallelKwargs(broadcast_buffers=False)]}
     accelerator = Accelerator(mixed_precision="bf16" if run.bf16 else "no", **kwargs)
-    accelerator.shard_weights = run.fsdp  # train_causal_lm shards with FSDP2 itself (on GPUs and on CPU over gloo)
+    accelerator.shard_weights = run.fsdp  # stage 1 asks train_causal_lm to shard with FSDP2 (GPUs, or CPU over gloo)
     return accelerator
 
 
@@ -226,6 +226,7 @@ def train_causal_lm(
     progress: bool = True,
     on_gradients: Callable[[torch.nn.Module], None] | None = None,
     checkpointing_kwargs: dict | None = None,
+    shard: bool = False,
 ) -> TrainingResult:
     """Fine-tune ``model`` in place on ``examples`` and return the loss history.
 
@@ -241,6 +242,8 @@ def train_causal_lm(
             clipping (GradErase projects them there).
         checkpointing_kwargs: ``torch.utils.checkpoint`` options when ``config.gradient_checkpointing`` (the trap
             passes a ``context_fn`` that restores each pass's perturbation in the recomputation).
+        shard: shard the weights over the processes with FSDP2 (MergeGuard stage 1 under ``--fsdp``; the model stays
+            sharded: read it with :func:`full_state_dict`). Every other fine-tune is replicated (DDP).
     """
     from tqdm.auto import tqdm
 
@@ -261,7 +264,7 @@ def train_causal_lm(
     if config.gradient_checkpointing:
         enable_checkpointing(model, checkpointing_kwargs or {"use_reentrant": False})
     model.train()
-    sharded = shards_weights(accelerator)
+    sharded = shard and accelerator.num_processes > 1
     if sharded:
         model.to(accelerator.device)
         shard_model(model)  # before the optimizer: it holds the shards

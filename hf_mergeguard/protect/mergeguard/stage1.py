@@ -189,6 +189,7 @@ def _sharded_stage1(model, tokenizer, examples, config: Stage1Config, base_state
         desc="stage 1 (density-aware, sharded)",
         progress=progress,
         on_gradients=add_l2_gradients,
+        shard=True,
     )
     for log, value in zip(result.logs, values):
         log["l2"] = value
