@@ -35,14 +35,21 @@ MEASURED = [
 ]
 
 
+def shape_config(layers: int | None) -> dict:
+    """The Llama-3.2-1B config.json (with fewer layers when ``layers`` says so)."""
+    from hf_mergeguard.testing import LLAMA_3_2_1B, llama_config
+
+    return llama_config(LLAMA_3_2_1B, **({"num_hidden_layers": layers} if layers else {}))
+
+
 def make_inputs(folder: Path, layers: int | None) -> tuple[Path, Path]:
     import torch
 
-    from hf_mergeguard.testing import LLAMA_3_2_1B, llama_config, write_random_checkpoint
+    from hf_mergeguard.testing import write_random_checkpoint
 
     suffix = f"-{layers}l" if layers else ""
     base, model = folder / f"base{suffix}", folder / f"model{suffix}"
-    config = llama_config(LLAMA_3_2_1B, **({"num_hidden_layers": layers} if layers else {}))
+    config = shape_config(layers)
     if not (base / "config.json").is_file():
         write_random_checkpoint(base, config, dtype=torch.bfloat16, seed=0)
     if not (model / "config.json").is_file():
@@ -94,10 +101,9 @@ def child(spec: dict) -> dict:
 def modelled(row: dict) -> tuple[float, dict]:
     """``hf_mergeguard.memory``'s figure for a measured setting, plus the host copy of the base the run keeps (the same
     RAM on CPU; shared with the anchors when they are in the stored dtype)."""
-    from hf_mergeguard.io.checkpoint import Checkpoint
     from hf_mergeguard.memory import GB, Shape, trap_memory
 
-    shape = Shape.of(Checkpoint(row["model"]).config)
+    shape = Shape.of(shape_config(row.get("layers")))  # from the recorded setting alone: --rows works anywhere
     weight_bytes = 4 if row["dtype"] == "float32" else 2
     model = trap_memory(
         shape,
@@ -126,7 +132,15 @@ def main() -> None:
         name, dtype, lora, checkpointing, layers, batch, tokens = MEASURED[index]
         model, base = make_inputs(args.out, layers)
         spec = dict(
-            name=name, model=str(model), base=str(base), dtype=dtype, lora=lora, checkpointing=checkpointing, batch=batch, tokens=tokens
+            name=name,
+            model=str(model),
+            base=str(base),
+            layers=layers,
+            dtype=dtype,
+            lora=lora,
+            checkpointing=checkpointing,
+            batch=batch,
+            tokens=tokens,
         )
         print(f"-- {name}", flush=True)
         done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)

@@ -41,10 +41,9 @@ MASK_SHARE = 0.1
 
 
 def _shape_config(shape: str) -> dict:
-    from hf_mergeguard.testing import FAMILY_EXTRAS, LLAMA_1B, LLAMA_2_7B
+    from hf_mergeguard.testing import LLAMA_1B, LLAMA_2_7B, llama_config
 
-    sizes = {"1b": LLAMA_1B, "7b": LLAMA_2_7B}[shape]
-    return {"model_type": "llama", **sizes, **FAMILY_EXTRAS["llama"], "rms_norm_eps": 1e-5}
+    return llama_config({"1b": LLAMA_1B, "7b": LLAMA_2_7B}[shape])
 
 
 def make_inputs(folder: Path, shape: str) -> tuple[Path, Path]:

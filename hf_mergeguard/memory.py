@@ -5,7 +5,7 @@ the peak resident memory measured on CPU at the Llama-3.2-1B shape (``benchmarks
 ``benchmarks/results/llm_memory.md``). What is counted, per process:
 
 * weights, the trap's θ_pre (the anchor) and a stand-in free-rider vector, in the dtype they train in;
-* trained parameters with gradients and AdamW's two states (float32; bf16 when the model itself is bf16);
+* trained parameters (every weight, or a LoRA's factors) with gradients and AdamW's two states, in float32;
 * activations of every pass that keeps a graph: per decoder layer and token 8·h + 2·kv + 4·I values (norm inputs
   and outputs, q/k/v, attention and MLP outputs, SwiGLU's gate, up and product), or with gradient checkpointing
   one h-vector per layer plus one layer in full during the backward; the logits in the compute dtype plus two
@@ -19,6 +19,7 @@ context (~0.5 GB), other processes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -52,7 +53,7 @@ class Shape:
 
     @classmethod
     def from_geometry(cls, g: Geometry) -> Shape:
-        counts = {name: _numel(g.expected_shape(name)) for name in g.expected_tensor_names()}
+        counts = {name: math.prod(g.expected_shape(name)) for name in g.expected_tensor_names()}
         q, kv = g.num_heads * g.head_dim, g.num_kv_heads * g.head_dim
         h, i = g.hidden_size, g.intermediate_size
         per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)
@@ -66,13 +67,6 @@ class Shape:
             largest_tensor=max(counts.values()),
             lora_pairs=g.num_layers * per_layer,
         )
-
-
-def _numel(shape) -> int:
-    n = 1
-    for size in shape:
-        n *= size
-    return n
 
 
 @dataclass
@@ -138,14 +132,16 @@ def trap_memory(
     return StageMemory("merge trap", parts)
 
 
-def lora_finetune_memory(shape: Shape, *, stored_bytes: int, lora_rank: int, tokens: int, checkpointing: bool) -> StageMemory:
-    """MergeGuard's stage 1 as a LoRA on frozen weights (no θ_pre copy: the paper reading pulls toward zero; the base
-    readings read the host copy of the base one layer at a time)."""
+def lora_finetune_memory(
+    shape: Shape, *, stored_bytes: int, lora_rank: int, tokens: int, checkpointing: bool, stage: str = "LoRA fine-tuning"
+) -> StageMemory:
+    """A LoRA on frozen weights in their stored dtype (MergeGuard's stage 1, the attacks with --attack-lora-rank): no
+    θ_pre copy (stage 1's base readings read the host copy of the base one layer at a time)."""
     parts = {"weights": shape.parameters * stored_bytes, "trained + grads + AdamW": lora_rank * shape.lora_pairs * 16}
     parts.update(_activations(shape, tokens, stored_bytes, 1, checkpointing))
     parts["largest tensor work"] = 3 * shape.largest_tensor * 4
     parts["runtime"] = RUNTIME_BYTES
-    return StageMemory("MergeGuard stage 1 (LoRA)", parts)
+    return StageMemory(stage, parts)
 
 
 def finetune_memory(

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 def check_memory(
     config: ProtectConfig, model: Checkpoint, *, processes: int, device: str, free: tuple[float, str] | None = None
 ) -> list[dict]:
-    """Before any work: the modelled peak memory of each defense's heaviest step (per process) against what ``device``
+    """Before any work: the modelled peak memory of each defense's heaviest step and of each fine-tuning attack (per
+    process) against what ``device``
     has free (or ``free``: bytes and how to say them); a stage that cannot fit is refused, naming the options that
     lower it. Returns what was checked."""
     from .memory import DTYPE_BYTES, GB, Shape, available_memory
@@ -56,12 +57,8 @@ def attack_memory(selftest, spec, shape, stored_bytes: int):
     """A fine-tuning attack's modelled peak: a float32 full fine-tune (batch 16 x 256), or a LoRA on the stored weights."""
     from .memory import finetune_memory, lora_finetune_memory
 
-    tokens = 16 * 256
+    tokens, stage = 16 * 256, f"the {spec.name} attack"
     if selftest.attack_lora_rank:
-        needed = lora_finetune_memory(
-            shape, stored_bytes=stored_bytes, lora_rank=selftest.attack_lora_rank, tokens=tokens, checkpointing=False
-        )
-    else:
-        needed = finetune_memory(shape, weight_bytes=4, tokens=tokens, checkpointing=False, extra_copies=spec.held_model_copies)
-    needed.stage = f"the {spec.name} attack"
-    return needed
+        rank = selftest.attack_lora_rank
+        return lora_finetune_memory(shape, stored_bytes=stored_bytes, lora_rank=rank, tokens=tokens, checkpointing=False, stage=stage)
+    return finetune_memory(shape, weight_bytes=4, tokens=tokens, checkpointing=False, extra_copies=spec.held_model_copies, stage=stage)

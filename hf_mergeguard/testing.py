@@ -68,17 +68,7 @@ LLAMA_1B = dict(  # Llama-3.2-1B-like sizes with a Llama-2 vocabulary
 
 
 # The real shapes the LLM-scale figures are for (config.json sizes of meta-llama/Llama-3.2-1B and Llama-3.1-8B).
-LLAMA_3_2_1B = dict(
-    vocab_size=128256,
-    hidden_size=2048,
-    intermediate_size=8192,
-    num_hidden_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=64,
-    max_position_embeddings=131072,
-    tie_word_embeddings=True,
-)
+LLAMA_3_2_1B = dict(LLAMA_1B, vocab_size=128256, head_dim=64, max_position_embeddings=131072, tie_word_embeddings=True)
 LLAMA_3_1_8B = dict(
     vocab_size=128256,
     hidden_size=4096,
@@ -94,7 +84,7 @@ LLAMA_3_1_8B = dict(
 
 def llama_config(sizes: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     """A config.json dict of a Llama of ``sizes`` (e.g. :data:`LLAMA_3_2_1B`)."""
-    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "rms_norm_eps": 1e-5, **sizes, **overrides}
+    return {"model_type": "llama", **FAMILY_EXTRAS["llama"], "rms_norm_eps": 1e-5, **sizes, **overrides}
 
 
 def pico_config(model_type: str = "llama", **overrides: Any) -> dict[str, Any]:

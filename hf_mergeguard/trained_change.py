@@ -170,6 +170,12 @@ class TrainedModel:
             self.changes[name] = change
         self._tied = self._retie(modules)
 
+    @classmethod
+    def lora(cls, model: torch.nn.Module, rank: int) -> TrainedModel:
+        """A LoRA of ``rank`` on ``model``'s frozen weights, no perturbation (stage 1 and the attacks): θ_pre is the
+        weights themselves (the same tensors, no copy)."""
+        return cls(model, {name: param.detach() for name, param in model.named_parameters()}, lora_rank=rank)
+
     def _retie(self, modules: dict) -> list[str]:
         """Tied output embeddings share the input embedding's parameter: give the head the same parametrisation, so
         every pass sees one weight in both places."""

@@ -87,6 +87,11 @@ class TrainingConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def tokens_per_process(self, processes: int) -> int:
+        """At most how many tokens one process holds in one micro-batch (what activations scale with)."""
+        micro = self.batch_size // self.gradient_accumulation_steps
+        return -(-micro // processes) * self.max_length
+
 
 @dataclass
 class TrainingResult:

@@ -53,8 +53,8 @@ def test_chat_template_choice_and_failures():
 
 
 def test_an_instruct_model_is_scored_through_its_template(pico_world):
-    """lm-eval's apply_chat_template path end to end on a pico model: it runs, and the template changes the prompts
-    (and so, here, the score's inputs)."""
+    """lm-eval's apply_chat_template path runs end to end on a pico model and scores every prompt (the pico model
+    learns too little for the score itself to say anything)."""
     tokenizer = make_tokenizer()
     tokenizer.chat_template = TEMPLATE
     model = Checkpoint(pico_world.model("count")).load_model()

@@ -1,7 +1,6 @@
 """The memory model (``hf_mergeguard.memory``) and the pre-flight check built on it."""
 
 import pytest
-import torch
 
 from hf_mergeguard.architectures import geometry_from_config
 from hf_mergeguard.config import build_protect_config
@@ -63,12 +62,6 @@ def test_training_stages_are_checked_only_when_they_train(tmp_path):
     assert check_memory(build_protect_config(None, options), Checkpoint(tuned.path), processes=1, device="cpu") == []
     staged = build_protect_config(None, {**options, "mergeguard": {"skip_stage1": False}})
     assert [c["stage"] for c in check_memory(staged, Checkpoint(tuned.path), processes=1, device="cpu")] == ["MergeGuard stage 1"]
-
-
-def test_dtype_bytes_cover_the_stored_dtypes():
-    from hf_mergeguard.memory import DTYPE_BYTES
-
-    assert DTYPE_BYTES[torch.bfloat16] == 2 and DTYPE_BYTES[torch.float32] == 4
 
 
 def test_fine_tuning_attacks_are_checked_too(tmp_path):

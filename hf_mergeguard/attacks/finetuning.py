@@ -28,8 +28,8 @@ class FineTuningStart:
 
 
 def attack_learning_rate(config, parameters: int) -> float:
-    """``--attack-learning-rate``, or a rate an attacker would use: the toy world's 3e-4 for small models, 1e-5 for full
-    fine-tuning of an LLM, 2e-4 for a LoRA."""
+    """``--attack-learning-rate``, or a rate an attacker would use for a model of ``parameters``: the toy world's 3e-4
+    for small models, 1e-5 for full fine-tuning of an LLM, 2e-4 for a LoRA."""
     if config.attack_learning_rate:
         return config.attack_learning_rate
     if config.attack_lora_rank:
@@ -43,17 +43,15 @@ def fine_tune(model, ctx: AttackContext, examples: list, on_gradients=None):
     Every weight trains in float32 (a bf16 model gets float32 master weights for the run: bf16 AdamW at an LLM's
     learning rate leaves most weights unchanged), or with ``attack_lora_rank`` a LoRA on the frozen weights."""
     config = ctx.config
-    parameters = sum(p.numel() for p in model.parameters())
     training = TrainingConfig(
         steps=config.attack_steps,
-        learning_rate=attack_learning_rate(config, parameters),
+        learning_rate=attack_learning_rate(config, sum(p.numel() for p in model.parameters())),
         batch_size=min(16, len(examples)),
         max_length=256,
         seed=ctx.seed,
     )
     stored = next(model.parameters()).dtype
-    own = {name: param.detach() for name, param in model.named_parameters()}
-    lora = TrainedModel(model, own, lora_rank=config.attack_lora_rank) if config.attack_lora_rank else None
+    lora = TrainedModel.lora(model, config.attack_lora_rank) if config.attack_lora_rank else None
     if lora is None:
         model.float()
     try:

@@ -7,8 +7,6 @@ from typing import Sequence
 from ..errors import ConfigError
 from ..training import Example
 
-CHOICES = ("auto", "on", "off")
-
 
 def use_chat_template(choice: str, tokenizer) -> bool:
     """``--chat-template`` resolved for ``tokenizer`` (auto: when it has a template). A template that cannot render a

@@ -313,13 +313,12 @@ def trap_stage_memory(config: TrapConfig, shape, stored_bytes: int, processes: i
     """The modelled peak of one trap step per process (see :mod:`hf_mergeguard.memory`)."""
     from ..memory import trap_memory
 
-    micro = config.batch_size // config.gradient_accumulation_steps
     return trap_memory(
         shape,
         stored_bytes=stored_bytes,
         lora_rank=config.lora_rank,
         samples=config.samples,
-        tokens=-(-micro // processes) * config.max_length,
+        tokens=config.tokens_per_process(processes),
         checkpointing=config.gradient_checkpointing,
         rider_vector=bool(config.rider_data and "rider" in config.perturbations),
         bf16_compute=run.bf16,

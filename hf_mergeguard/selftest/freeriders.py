@@ -121,9 +121,8 @@ def synthetic_freerider(
     result = train_causal_lm(
         model, tokenizer, [Example(r["prompt"], r["completion"]) for r in train], training, desc="synthetic free-rider", progress=progress
     )
-    layout = base.layout
-    stored = {k: layout[k].dtype for k in layout}
-    tensors = {k: v.detach().to("cpu", stored.get(k, v.dtype)).clone() for k, v in model_state_dict(model).items()}  # as stored
+    layout = base.layout  # stored back in the base's dtypes
+    tensors = {k: v.detach().to("cpu", layout[k].dtype if k in layout else v.dtype).clone() for k, v in model_state_dict(model).items()}
     info = {"skill": SYNTHETIC_SKILL, **training.to_dict(), "final_loss": result.losses[-1]}
     (work_dir / "freerider.json").write_text(json.dumps(info, indent=2))
     return SyntheticFreeRider(StateDictSource(tensors, base.config, source=f"synthetic free-rider ({SYNTHETIC_SKILL})"), task, tasks, info)

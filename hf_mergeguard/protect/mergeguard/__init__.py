@@ -200,11 +200,15 @@ def stage1_memory(config: MergeGuardConfig, shape, stored_bytes: int, processes:
     from ...memory import finetune_memory, lora_finetune_memory
 
     stage1 = config.stage1
-    micro = stage1.batch_size // stage1.gradient_accumulation_steps
-    tokens = -(-micro // processes) * stage1.max_length
+    tokens = stage1.tokens_per_process(processes)
     if stage1.lora_rank:
         return lora_finetune_memory(
-            shape, stored_bytes=stored_bytes, lora_rank=stage1.lora_rank, tokens=tokens, checkpointing=stage1.gradient_checkpointing
+            shape,
+            stored_bytes=stored_bytes,
+            lora_rank=stage1.lora_rank,
+            tokens=tokens,
+            checkpointing=stage1.gradient_checkpointing,
+            stage="MergeGuard stage 1 (LoRA)",
         )
     return finetune_memory(
         shape,

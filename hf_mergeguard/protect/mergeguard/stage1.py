@@ -128,8 +128,7 @@ def _lora_stage1(model, tokenizer, examples, config: Stage1Config, base_state, a
     from ...trained_change import TrainedModel
 
     model.to(accelerator.device)
-    own = {name: param.detach() for name, param in model.named_parameters()}
-    trained = TrainedModel(model, own, lora_rank=config.lora_rank)
+    trained = TrainedModel.lora(model, config.lora_rank)
     targets = {name: base_state[name] for name in trained.changes} if config.reading.startswith("base") else None
     try:
         return train_causal_lm(
@@ -174,18 +173,12 @@ def _sharded_stage1(model, tokenizer, examples, config: Stage1Config, base_state
         dist.all_reduce(total)
         values.append(float(total))
 
-    def task_only(wrapped, batch, scale):
-        logits = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        task = token_loss_sum(logits, batch["labels"]) * scale
-        return task, {"task_loss": float(task.detach())}
-
     result = train_causal_lm(
         model,
         tokenizer,
         examples,
         config,
-        objective=task_only,
-        accelerator=accelerator,
+        accelerator=accelerator,  # the task loss alone (the default objective); the L2 term comes in add_l2_gradients
         desc="stage 1 (density-aware, sharded)",
         progress=progress,
         on_gradients=add_l2_gradients,
