@@ -28,6 +28,7 @@ import torch
 from torch.nn.utils import parametrize
 
 BASE = "base"  # the draw of the base pass: θ_pre
+LORA_SEED = 20260121  # seeds the LoRA factors' initial draw (with the tensor's index)
 
 
 class PerturbationState:
@@ -97,14 +98,16 @@ class TrainedChange(torch.nn.Module):
         if lora_rank:
             rows, columns = anchor.shape
             self.lora_A = torch.nn.Parameter(torch.empty(lora_rank, columns, dtype=torch.float32, device=anchor.device))
-            torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's LoRA init: B = 0, so the start is W_ft
+            # peft's LoRA init (B = 0, so the start is W_ft), drawn from the tensor's own seed: every process draws the
+            # same factors without a broadcast (FSDP shards them as they are).
+            torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=_generator(anchor.device, LORA_SEED, index))
             self.lora_B = torch.nn.Parameter(torch.zeros(rows, lora_rank, dtype=torch.float32, device=anchor.device))
             self.scaling = (lora_alpha if lora_alpha is not None else 2 * lora_rank) / lora_rank
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         draw = self.state.draw
         if draw == BASE:
-            return self.anchor
+            return self.anchor.to(weight.dtype)
         if draw is None:  # the clean pass: the weights as they will be released
             if self.lora_A is None:
                 return weight
@@ -131,7 +134,7 @@ class TrainedModel:
 
     Args:
         model: the defender's fine-tune, on its training device.
-        base: θ_pre by parameter name (moved to the weights' device and dtype).
+        base: θ_pre by parameter name (moved to the weights' device, kept in its dtype).
         lora_rank: 0 trains every weight (float32 master weights: load the model in float32); r > 0 trains a LoRA of
             rank r on each decoder linear weight and freezes the rest.
         rider: a stand-in free-rider task vector by name (the trap's ``rider_data``), or None.
@@ -156,7 +159,7 @@ class TrainedModel:
             elif not param.requires_grad:
                 continue
             owner, _, attribute = name.rpartition(".")
-            anchor = base[name].to(param.device, param.dtype)
+            anchor = base[name].to(param.device)  # in its own dtype (bf16 for an LLM base): the passes cast it
             rider_part = rider[name].to(param.device, param.dtype) if rider is not None and name in rider else None
             change = TrainedChange(
                 anchor,

@@ -37,7 +37,8 @@ class RunConfig:
     fsdp: bool = field(
         default=False,
         metadata={
-            "help": "shard full-weight training over the processes with FSDP2 (MergeGuard stage 1; saves the full weights)",
+            "help": "shard training over the processes with FSDP2 (the merge trap and MergeGuard's full-weight stage 1; "
+            "saves the full weights)",
             "flag": "--fsdp",
         },
     )
@@ -181,7 +182,8 @@ def _lr_lambda(config: TrainingConfig) -> Callable[[int], float]:
 
 
 def make_accelerator(run: RunConfig | None = None):
-    """The run's ``Accelerator`` (with ``--fsdp``, full-weight stage 1 is sharded with FSDP2: :func:`shards_weights`)."""
+    """The run's ``Accelerator`` (with ``--fsdp``, the trap and full-weight stage 1 are sharded with FSDP2:
+    :func:`shards_weights`)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -190,7 +192,7 @@ def make_accelerator(run: RunConfig | None = None):
     # theta_pre anchors are buffers as large as the model).
     kwargs = {"kwargs_handlers": [DistributedDataParallelKwargs(broadcast_buffers=False)]}
     accelerator = Accelerator(mixed_precision="bf16" if run.bf16 else "no", **kwargs)
-    accelerator.shard_weights = run.fsdp  # stage 1 asks train_causal_lm to shard with FSDP2 (GPUs, or CPU over gloo)
+    accelerator.shard_weights = run.fsdp  # the trap and stage 1 ask train_causal_lm to shard (GPUs, or CPU over gloo)
     return accelerator
 
 
@@ -247,8 +249,9 @@ def train_causal_lm(
             clipping (GradErase projects them there).
         checkpointing_kwargs: ``torch.utils.checkpoint`` options when ``config.gradient_checkpointing`` (the trap
             passes a ``context_fn`` that restores each pass's perturbation in the recomputation).
-        shard: shard the weights over the processes with FSDP2 (MergeGuard stage 1 under ``--fsdp``; the model stays
-            sharded: read it with :func:`full_state_dict`). Every other fine-tune is replicated (DDP).
+        shard: shard the weights over the processes with FSDP2 (the trap, its stand-in free-rider and MergeGuard
+            stage 1 under ``--fsdp``; the model stays sharded: read it with :func:`full_state_dict`). Every other
+            fine-tune is replicated (DDP).
     """
     from tqdm.auto import tqdm
 

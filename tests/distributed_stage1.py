@@ -1,5 +1,5 @@
-"""Run by tests/test_mergeguard.py under torchrun: a few steps of MergeGuard stage 1, and of the merge trap, over the
-launched processes."""
+"""Run by tests/test_mergeguard.py under torchrun: a few steps of MergeGuard stage 1, and of the merge trap (every weight,
+and a LoRA with checkpointing), over the launched processes: replicated (DDP), then sharded (FSDP2, --fsdp)."""
 
 import sys
 
@@ -37,7 +37,7 @@ def trap_weights(world, accelerator, **options):
         accelerator=accelerator,
         progress=False,
     )
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, result
+    return {k: v.detach().cpu() for k, v in full_state_dict(model).items()}, result  # sharded (--fsdp): on rank 0
 
 
 LORA = {"lora_rank": 4, "gradient_checkpointing": True}
@@ -50,6 +50,8 @@ if __name__ == "__main__":
     lora, lora_result = trap_weights(world, accelerator, **LORA)
     accelerator.shard_weights = True  # --fsdp: stage 1 with its weights sharded over the processes (FSDP2)
     sharded, sharded_result = stage1_weights(world, accelerator)
+    sharded_trap, sharded_trap_result = trap_weights(world, accelerator)  # --fsdp --method trap
+    sharded_lora, sharded_lora_result = trap_weights(world, accelerator, **LORA)
     if accelerator.is_main_process:
         torch.save(
             {
@@ -65,6 +67,10 @@ if __name__ == "__main__":
                 "sharded_weights": sharded,
                 "sharded_losses": sharded_result.losses,
                 "sharded_logs": sharded_result.logs,
+                "sharded_trap_weights": sharded_trap,
+                "sharded_trap_losses": sharded_trap_result.losses,
+                "sharded_lora_weights": sharded_lora,
+                "sharded_lora_losses": sharded_lora_result.losses,
             },
             sys.argv[1],
         )

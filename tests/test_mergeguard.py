@@ -23,8 +23,8 @@ def test_l2_readings():
 
 
 def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path, torchrun):
-    """Stage 1 and the merge trap under torchrun (2 CPU processes, gloo, DDP; stage 1 also sharded with FSDP2) end with
-    the weights of 1-process runs."""
+    """Stage 1 and the merge trap under torchrun (2 CPU processes, gloo; DDP, then sharded with FSDP2) end with the
+    weights of 1-process runs."""
     from distributed_stage1 import LORA, stage1_weights, trap_weights
 
     out = tmp_path / "two.pt"
@@ -65,6 +65,12 @@ def test_stage1_on_two_processes_gives_the_weights_of_one(toy_world, tmp_path, t
     assert two["sharded_logs"][-1]["l2"] == pytest.approx(result.logs[-1]["l2"], rel=1e-4)
     differ = max(float((weights[k] - two["sharded_weights"][k]).abs().max()) for k in weights)
     assert differ < 1e-5, f"sharded 2-process stage-1 weights differ from 1-process ones by {differ}"
+
+    # --fsdp --method trap: the weights (and the LoRA factors) sharded, every pass formed from the gathered layer.
+    for key, reference, losses in (("sharded_trap", trap, trap_result.losses), ("sharded_lora", lora, lora_result.losses)):
+        assert two[f"{key}_losses"] == pytest.approx(losses, rel=1e-4), key
+        differ = max(float((reference[k] - two[f"{key}_weights"][k]).abs().max()) for k in reference)
+        assert differ < 1e-5, f"{key}: 2-process weights differ from 1-process ones by {differ}"
 
 
 def test_fast_criticality_agrees_with_exact_at_a_fraction_of_the_cost(toy_world):

@@ -74,17 +74,35 @@ def test_bad_trap_options_are_config_errors(options, problem):
         TrapConfig(**options)
 
 
-def test_fsdp_is_refused_only_when_the_trap_runs():
+def test_fsdp_validates_for_the_trap_and_is_in_its_memory_model():
+    """--fsdp shards the trap (tests/test_mergeguard.py runs it): the config validates, and the modelled peak per process
+    falls with the processes for the sharded parts only (θ_pre stays whole on each)."""
     from hf_mergeguard.config import build_protect_config
+    from hf_mergeguard.memory import Shape
+    from hf_mergeguard.protect.trap import trap_stage_memory
+    from hf_mergeguard.testing import LLAMA_3_1_8B, llama_config
+    from hf_mergeguard.training import RunConfig
 
-    def config(method):
-        return build_protect_config(
-            None, {"model": "m", "base": "b", "output_dir": "o", "tasks": ["t"], "train_data": "d", "method": method, "run": {"fsdp": True}}
-        )
-
-    config("mergeguard").validate()
-    with pytest.raises(ConfigError, match="does not run under FSDP"):
-        config("trap+mergeguard").validate()
+    build_protect_config(
+        None,
+        {
+            "model": "m",
+            "base": "b",
+            "output_dir": "o",
+            "tasks": ["t"],
+            "train_data": "d",
+            "method": "trap+mergeguard",
+            "run": {"fsdp": True},
+        },
+    ).validate()
+    shape = Shape.of(llama_config(LLAMA_3_1_8B))
+    config = TrapConfig(gradient_checkpointing=True)  # every weight in float32
+    one = trap_stage_memory(config, shape, 2, 8, RunConfig())
+    eight = trap_stage_memory(config, shape, 2, 8, RunConfig(fsdp=True))
+    assert eight.parts["weights"] == pytest.approx(one.parts["weights"] / 8)
+    assert eight.parts["trained + grads + AdamW"] == pytest.approx(one.parts["trained + grads + AdamW"] / 8)
+    assert eight.parts["base (anchor)"] == one.parts["base (anchor)"] == pytest.approx(shape.parameters * 2)
+    assert eight.total < 80e9 < one.total, (one.describe(), eight.describe())
 
 
 def test_trap_options_and_stack_order():

@@ -43,7 +43,7 @@ import torch
 from ..data import load_train_examples
 from ..errors import ConfigError, TrainDataError
 from ..trained_change import BASE, TrainedModel, perturb_delta
-from ..training import Example, RunConfig, TrainingConfig, TrainingResult, make_accelerator, token_loss_sum, train_causal_lm
+from ..training import Example, RunConfig, TrainingConfig, TrainingResult, make_accelerator, shards_weights, token_loss_sum, train_causal_lm
 from .base import DefenseSpec, ProtectContext, ProtectionResult, register_defense
 from .steps import trained_checkpoint
 
@@ -180,7 +180,8 @@ def example_loss_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 def stand_in_task_vector(
     model, tokenizer, config: TrapConfig, base: Mapping[str, torch.Tensor], accelerator, progress: bool
 ) -> dict[str, torch.Tensor]:
-    """τ_s: the base fine-tuned ``rider_steps`` steps on ``rider_data`` (the defender's guess at a free-rider), minus the base."""
+    """τ_s: the base fine-tuned ``rider_steps`` steps on ``rider_data`` (the defender's guess at a free-rider), minus the
+    base; sharded like the trap under ``--fsdp``, the vector itself whole on every process (each pass reads it)."""
     import copy
 
     stand_in = copy.deepcopy(model)
@@ -198,10 +199,13 @@ def stand_in_task_vector(
         accelerator=accelerator,
         desc="stand-in free-rider",
         progress=progress,
+        shard=shards_weights(accelerator),
     )
-    vector = {
-        name: (param.detach() - base[name].to(param.device, param.dtype)) for name, param in stand_in.named_parameters() if name in base
-    }
+    vector = {}
+    for name, param in stand_in.named_parameters():  # the same order on every process: the gathers line up
+        if name in base:
+            whole = param.full_tensor() if hasattr(param, "full_tensor") else param
+            vector[name] = whole.detach() - base[name].to(param.device, param.dtype)
     del stand_in
     return vector
 
@@ -220,6 +224,9 @@ def merge_trap_finetune(
 
     Every weight of ``model`` trains (load it in float32: those are the master weights), or with ``config.lora_rank``
     a LoRA on its frozen weights (any dtype); either way ``model`` ends with the trained weights and no LoRA left.
+    Under ``--fsdp`` (``shards_weights``) the weights, the LoRA factors and their optimizer state are sharded over the
+    processes (θ_pre and the stand-in vector stay whole on each, in their own dtype) and the model stays sharded:
+    read it with :func:`~hf_mergeguard.training.full_state_dict`.
     """
     accelerator = accelerator or make_accelerator()
     model.to(accelerator.device)
@@ -267,6 +274,7 @@ def merge_trap_finetune(
             desc="merge-trap training",
             progress=progress,
             checkpointing_kwargs=trained.checkpointing_kwargs(),
+            shard=shards_weights(accelerator),
         )
     finally:
         trained.release()
@@ -294,17 +302,10 @@ def run_trap(ctx: ProtectContext, config: TrapConfig) -> ProtectionResult:
 
 
 def check_runnable(config: TrapConfig, run: RunConfig, has_train_data: bool) -> None:
-    """The trap trains on the defender's data, re-parametrises every weight (no FSDP: an 8B fits one 80 GB GPU with
-    ``--trap-lora-rank 16 --gradient-checkpointing``), and reads its stand-in free-rider's data (a bad file fails now,
-    not after an hour of work)."""
+    """The trap trains on the defender's data and reads its stand-in free-rider's data (a bad file fails now, not after
+    an hour of work)."""
     if not has_train_data:
         raise TrainDataError("The merge trap trains on the defender's data.", "Pass --train-data (a JSONL file or a Hub dataset).")
-    if run.fsdp:
-        raise ConfigError(
-            "The merge trap does not run under FSDP (it re-parametrises every weight of the model).",
-            "Drop --fsdp: the trap runs with DDP on several GPUs, and --trap-lora-rank 16 --gradient-checkpointing fit an 8B "
-            "on one 80 GB GPU.",
-        )
     if config.rider_data:
         load_train_examples(config.rider_data)
 
@@ -322,6 +323,7 @@ def trap_stage_memory(config: TrapConfig, shape, stored_bytes: int, processes: i
         checkpointing=config.gradient_checkpointing,
         rider_vector=bool(config.rider_data and "rider" in config.perturbations),
         bf16_compute=run.bf16,
+        shards=processes if run.fsdp else 1,
     )
 
 
@@ -339,7 +341,7 @@ register_defense(
         reference="Making Models Unmergeable via Scaling-Sensitive Loss Landscape (Trap², arXiv:2601.21898)",
         check=check_runnable,
         memory=trap_stage_memory,
-        fits_with="--trap-lora-rank 16 --gradient-checkpointing (Trap²'s LLM setting), or fewer examples per micro-batch "
-        "(--gradient-accumulation-steps, --max-length)",
+        fits_with="--trap-lora-rank 16 --gradient-checkpointing (Trap²'s LLM setting), --fsdp over several GPUs, or fewer "
+        "examples per micro-batch (--gradient-accumulation-steps, --max-length)",
     )
 )

@@ -251,9 +251,8 @@ def test_empty_or_malformed_train_data(release, refused, content, problem, hint)
     "extra, problem, hint",
     [
         (["--trap-rider-data", "BROKEN"], r":1 is not valid JSON", r"\S"),
-        (["--fsdp"], r"does not run under FSDP", r"Drop --fsdp"),
     ],
-    ids=["malformed-rider-data", "fsdp"],
+    ids=["malformed-rider-data"],
 )
 def test_bad_trap_options(release, refused, extra, problem, hint):
     broken = release.tmp / "rider.jsonl"
@@ -325,3 +324,34 @@ def test_offline_with_nothing_cached(release, refused, monkeypatch, tmp_path):
 def test_no_write_access_to_push_to(release, refused, hub, repo, problem):
     hub.repos["bigcorp/model"] = {"private": False, "files": {}}
     refused(release.argv(push_to=repo), inputs=[release.model], out=release.out, expect=[problem], hint="namespace|write access")
+
+
+def test_work_dir_of_a_run_with_other_options(release, refused, monkeypatch, capsys):
+    """An explicit --work-dir whose finished steps were made with other options is refused before any work (they would
+    be reused as they are)."""
+    import json
+
+    import hf_mergeguard.pipeline as pipeline
+    from hf_mergeguard.cli.main import main
+    from hf_mergeguard.errors import TrainingError
+
+    work = release.tmp / "work"
+    argv = release.argv() + ["--work-dir", str(work)]
+
+    def killed(*args, **kwargs):
+        raise TrainingError("killed after the work folder was claimed")
+
+    monkeypatch.setattr(pipeline, "apply_defenses", killed)
+    assert main([*argv, "--seed", "1"]) != 0  # an earlier run with seed 1, stopped in its first step
+    earlier = json.loads((work / pipeline.RUN_RECORD).read_text())
+    assert earlier["options"]["run"]["seed"] == 1
+    refused(
+        argv,
+        inputs=[work],
+        out=release.out,
+        expect=[r"holds the steps of a run with other options \(run\.seed\)"],
+        hint="another --work-dir",
+    )
+    capsys.readouterr()
+    assert main([*argv, "--seed", "1"]) != 0  # the same options go on to the steps (and resume them)
+    assert "killed after the work folder was claimed" in capsys.readouterr().err
