@@ -110,18 +110,22 @@ def trap_memory(
     rider_vector: bool = False,
     bf16_compute: bool = False,
     weight_bytes: int | None = None,
+    shards: int = 1,
 ) -> StageMemory:
     """The merge trap, per process (``tokens``: examples x max length of one micro-batch on one process;
     ``weight_bytes``: the dtype the weights are loaded in, by default the stored one for a LoRA and float32 for full
-    training, what ``protect`` does)."""
+    training, what ``protect`` does; ``shards``: the processes FSDP2 shards the weights, the trained parameters and
+    their AdamW state over; θ_pre, in its stored dtype, and the stand-in vector stay whole on each)."""
     P = shape.parameters
     weight_bytes = weight_bytes or (stored_bytes if lora_rank else 4)
     compute = 2 if (bf16_compute or weight_bytes == 2) else 4
-    parts = {"weights": P * weight_bytes, "base (anchor)": P * weight_bytes}
+    parts = {"weights": P * weight_bytes / shards, "base (anchor)": P * stored_bytes}
+    if shards > 1:
+        parts["gathered layer"] = 2 * (P - shape.vocab * shape.hidden) / shape.layers * weight_bytes
     if rider_vector:
         parts["stand-in free-rider"] = P * weight_bytes
     trained = lora_rank * shape.lora_pairs if lora_rank else P
-    parts["trained + grads + AdamW"] = trained * 16
+    parts["trained + grads + AdamW"] = trained * 16 / shards
     parts.update(_activations(shape, tokens, compute, 1 + samples, checkpointing))
     if not checkpointing:
         parts["perturbed weights kept"] = samples * P * (compute + 1)  # the formed weight and its mask, per pass
@@ -133,11 +137,21 @@ def trap_memory(
 
 
 def lora_finetune_memory(
-    shape: Shape, *, stored_bytes: int, lora_rank: int, tokens: int, checkpointing: bool, stage: str = "LoRA fine-tuning"
+    shape: Shape,
+    *,
+    stored_bytes: int,
+    lora_rank: int,
+    tokens: int,
+    checkpointing: bool,
+    extra_copies: int = 0,
+    stage: str = "LoRA fine-tuning",
 ) -> StageMemory:
     """A LoRA on frozen weights in their stored dtype (MergeGuard's stage 1, the attacks with --attack-lora-rank): no
-    θ_pre copy (stage 1's base readings read the host copy of the base one layer at a time)."""
+    θ_pre copy (stage 1's base readings read the host copy of the base one layer at a time); ``extra_copies`` more
+    model-sized tensor sets in the stored dtype (graderase's direction, and the base's copy while it is estimated)."""
     parts = {"weights": shape.parameters * stored_bytes, "trained + grads + AdamW": lora_rank * shape.lora_pairs * 16}
+    if extra_copies:
+        parts["held copies"] = extra_copies * shape.parameters * stored_bytes
     parts.update(_activations(shape, tokens, stored_bytes, 1, checkpointing))
     parts["largest tensor work"] = 3 * shape.largest_tensor * 4
     parts["runtime"] = RUNTIME_BYTES
