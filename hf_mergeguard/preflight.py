@@ -34,7 +34,7 @@ def check_memory(
     for spec, options in stages:
         if options is None:  # a fine-tuning attack
             needed = attack_memory(config.selftest, spec, shape, stored)
-            fits_with = "--attack-lora-rank 16 (with --attacks realign,unmask,recover), or --no-adaptive"
+            fits_with = "--attack-lora-rank 16, or --no-adaptive"
         else:
             needed = spec.memory(options, shape, stored, processes, config.run) if spec.memory else None
             fits_with = spec.fits_with
@@ -60,5 +60,13 @@ def attack_memory(selftest, spec, shape, stored_bytes: int):
     tokens, stage = 16 * 256, f"the {spec.name} attack"
     if selftest.attack_lora_rank:
         rank = selftest.attack_lora_rank
-        return lora_finetune_memory(shape, stored_bytes=stored_bytes, lora_rank=rank, tokens=tokens, checkpointing=False, stage=stage)
+        return lora_finetune_memory(
+            shape,
+            stored_bytes=stored_bytes,
+            lora_rank=rank,
+            tokens=tokens,
+            checkpointing=False,
+            extra_copies=spec.held_model_copies,
+            stage=stage,
+        )
     return finetune_memory(shape, weight_bytes=4, tokens=tokens, checkpointing=False, extra_copies=spec.held_model_copies, stage=stage)

@@ -200,3 +200,81 @@ def test_stage1_lora_l2_gradients_are_the_autograd_ones(models, reading):
         change = trained.changes[name]
         assert torch.allclose(grad_a, change.lora_A.grad, rtol=1e-4, atol=1e-7), name
         assert torch.allclose(grad_b, change.lora_B.grad, rtol=1e-4, atol=1e-7), name
+
+
+@pytest.mark.parametrize("lora_rank", [0, 3])
+def test_graderase_steps_are_orthogonal_to_the_estimated_direction(models, lora_rank):
+    """graderase's projection: a step along the projected gradient changes the weights orthogonally to v (to first
+    order), for every weight and for a LoRA (where it projects in the factors' space, what fits an 8B on one GPU)."""
+    from hf_mergeguard.attacks.graderase import project_off
+
+    model, _ = models()
+    generator = torch.Generator().manual_seed(0)
+    lora = TrainedModel.lora(model, lora_rank) if lora_rank else None
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if lora is not None:
+        with torch.no_grad():
+            for change in lora.changes.values():
+                if change.lora_B is not None:
+                    change.lora_B.normal_(0, 0.1, generator=generator)
+    weights = dict(model.named_parameters()) if lora is None else {n: c.anchor for n, c in lora.changes.items() if c.lora_A is not None}
+    direction = {n: torch.randn(w.shape, generator=generator) for n, w in weights.items()}
+    for param in trainable.values():
+        param.grad = torch.randn(param.shape, generator=generator)
+    raw = {n: p.grad.clone() for n, p in trainable.items()}
+
+    def effective_weights(step: float, grads: dict) -> dict:
+        """W after a step of size ``step`` against ``grads`` (for a LoRA: W0 + s·B·A of the stepped factors)."""
+        if lora is None:
+            return {n: p.detach().double() - step * grads[n].double() for n, p in trainable.items()}
+        moved = {n: p.detach().double() - step * grads[n].double() for n, p in trainable.items()}
+        owners = {id(p): n for n, p in trainable.items()}
+        out = {}
+        for name, change in lora.changes.items():
+            if change.lora_A is not None:
+                a, b = moved[owners[id(change.lora_A)]], moved[owners[id(change.lora_B)]]
+                out[name] = change.anchor.double() + b @ a * change.scaling
+        return out
+
+    def along_v(grads: dict) -> float:
+        """d/dstep of ⟨v, W(step)⟩ at 0, by a central difference (exact for the quadratic LoRA map too)."""
+        eps = 1e-3
+        plus, minus = effective_weights(eps, grads), effective_weights(-eps, grads)
+        return sum(float(((plus[n] - minus[n]) * direction[n].double()).sum()) for n in direction) / (2 * eps)
+
+    project_off(direction)(model, lora)
+    projected = {n: p.grad for n, p in trainable.items()}
+    before, after = abs(along_v(raw)), abs(along_v(projected))
+    # What is left is the float32 rounding of the projected gradient (measured: 2e-4 of it for the LoRA, 2e-8 for every weight).
+    assert before > 1e-2 and after < 1e-3 * before, (before, after)
+
+
+def test_graderase_runs_on_a_lora(models):
+    """With --attack-lora-rank, graderase estimates its direction with a LoRA (only the decoder's linear weights move)
+    and repairs with a LoRA, the gradients projected in the factors' space: the merge's projections move, nothing
+    else does."""
+    import types
+
+    from hf_mergeguard.attacks.finetuning import fine_tune
+    from hf_mergeguard.attacks.graderase import estimated_defense_direction, project_off
+    from hf_mergeguard.selftest.config import SelfTestConfig
+    from hf_mergeguard.toyworld.skills import make_tokenizer
+    from hf_mergeguard.trained_change import _lora_targets
+    from hf_mergeguard.training import Example
+
+    examples = [Example("count the a in banana\n", f"#### {i}") for i in range(8)]
+    ctx = types.SimpleNamespace(
+        config=SelfTestConfig(attack_steps=3, attack_lora_rank=4),
+        seed=0,
+        tokenizer=make_tokenizer(),
+        accelerator=None,
+        device="cpu",
+        base=types.SimpleNamespace(load_model=lambda device: models()[0]),
+    )
+    direction = estimated_defense_direction(ctx, examples)
+    merge, _ = models()
+    assert set(direction) == _lora_targets(merge)
+    before = {n: p.detach().clone() for n, p in merge.named_parameters()}
+    fine_tune(merge, ctx, examples, on_gradients=project_off(direction))
+    moved = {n for n, p in merge.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved == set(direction)

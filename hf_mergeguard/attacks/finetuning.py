@@ -41,7 +41,9 @@ def fine_tune(model, ctx: AttackContext, examples: list, on_gradients=None):
     """The attacks' fine-tune: ``attack_steps`` steps on ``examples`` (in place; returns the model in its dtype).
 
     Every weight trains in float32 (a bf16 model gets float32 master weights for the run: bf16 AdamW at an LLM's
-    learning rate leaves most weights unchanged), or with ``attack_lora_rank`` a LoRA on the frozen weights."""
+    learning rate leaves most weights unchanged), or with ``attack_lora_rank`` a LoRA on the frozen weights.
+    ``on_gradients(model, lora)`` may change each step's gradients (``lora``: the LoRA's :class:`TrainedModel`, or
+    None when every weight trains)."""
     config = ctx.config
     training = TrainingConfig(
         steps=config.attack_steps,
@@ -54,8 +56,9 @@ def fine_tune(model, ctx: AttackContext, examples: list, on_gradients=None):
     lora = TrainedModel.lora(model, config.attack_lora_rank) if config.attack_lora_rank else None
     if lora is None:
         model.float()
+    hook = None if on_gradients is None else (lambda unwrapped: on_gradients(unwrapped, lora))
     try:
-        train_causal_lm(model, ctx.tokenizer, examples, training, accelerator=ctx.accelerator, progress=False, on_gradients=on_gradients)
+        train_causal_lm(model, ctx.tokenizer, examples, training, accelerator=ctx.accelerator, progress=False, on_gradients=hook)
     finally:
         if lora is not None:
             lora.release()
@@ -84,8 +87,8 @@ def _start(ctx: AttackContext) -> FineTuningStart:
 
 
 def repair(ctx: AttackContext, name: str, on_gradients=None) -> AttackResult:
-    """Fine-tune the start merge on the attacker's examples (``on_gradients`` may change each step's gradients) and
-    score it: the attack ``name``'s result.
+    """Fine-tune the start merge on the attacker's examples (``on_gradients(model, lora)`` may change each step's
+    gradients, see :func:`fine_tune`) and score it: the attack ``name``'s result.
 
     The model is built from a copy of the start merge's tensors (on CPU a model shares memory with the tensors it is
     built from), so every fine-tuning attack starts from the same merge, on CPU as on GPU.

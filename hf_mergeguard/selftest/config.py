@@ -85,7 +85,7 @@ class SelfTestConfig:
         default=0,
         metadata={
             "help": "the fine-tuning attacks train a LoRA of this rank on the frozen weights (what an attacker does on an "
-            "8B; graderase needs full fine-tuning); 0: every weight, in float32",
+            "8B; graderase then projects in the factors' space); 0: every weight, in float32",
             "flag": "--attack-lora-rank",
         },
     )
@@ -109,11 +109,6 @@ class SelfTestConfig:
         parse_attacks(self.attacks)
         if self.attack_examples < 1 or self.attack_steps < 1 or self.attack_lora_rank < 0:
             raise ConfigError("--attack-examples and --attack-steps must be at least 1, --attack-lora-rank at least 0.")
-        if self.adaptive and self.attack_lora_rank and "graderase" in parse_attacks(self.attacks):
-            raise ConfigError(
-                "graderase projects the gradient of every weight: it does not run on a LoRA (--attack-lora-rank).",
-                "Leave it out (--attacks realign,unmask,recover) or use full fine-tuning (--attack-lora-rank 0).",
-            )
 
     def merge_methods(self) -> list[MergeMethod]:
         return parse_methods(self.methods)
