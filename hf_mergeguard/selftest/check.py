@@ -61,7 +61,9 @@ def check_model(
     with tempfile.TemporaryDirectory(prefix="hfmg-check-") as tmp:
         synthetic = None
         if not riders:
-            synthetic = synthetic_freerider(base_checkpoint, tokenizer, tmp, seed=seed, device=device, progress=progress)
+            synthetic = synthetic_freerider(
+                base_checkpoint, tokenizer, tmp, seed=seed, device=device, progress=progress, accelerator=accelerator
+            )
             riders = [FreeRider(synthetic.model, [synthetic.task])]
             include_tasks.append(str(synthetic.task_folder))
         chat = use_chat_template(config.chat_template, tokenizer)

@@ -101,8 +101,10 @@ def synthetic_freerider(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    accelerator=None,
 ) -> SyntheticFreeRider:
-    """Fine-tune ``base`` on synthetic digit sorting; returns the model and its lm-eval task."""
+    """Fine-tune ``base`` on synthetic digit sorting (data-parallel over the run's ``accelerator``); returns the model
+    and its lm-eval task."""
     work_dir = Path(work_dir)
     train, test = make_split(SYNTHETIC_SKILL, 4000, 200, seed + 1000)
     task = f"mg_freerider_{SYNTHETIC_SKILL}"
@@ -119,7 +121,13 @@ def synthetic_freerider(
     training = training or default_freerider_training(count)
     training.seed = seed
     result = train_causal_lm(
-        model, tokenizer, [Example(r["prompt"], r["completion"]) for r in train], training, desc="synthetic free-rider", progress=progress
+        model,
+        tokenizer,
+        [Example(r["prompt"], r["completion"]) for r in train],
+        training,
+        accelerator=accelerator,
+        desc="synthetic free-rider",
+        progress=progress,
     )
     layout = base.layout  # stored back in the base's dtypes
     tensors = {k: v.detach().to("cpu", layout[k].dtype if k in layout else v.dtype).clone() for k, v in model_state_dict(model).items()}
