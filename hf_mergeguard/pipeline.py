@@ -356,6 +356,26 @@ class _FileLog:
         return False
 
 
+def plan_protect(config: ProtectConfig, *, token: str | None = None, gpus: int | None = None, gpu_type: str | None = None):
+    """What :func:`protect` would do and cost (``--plan``; see :mod:`hf_mergeguard.plan`): nothing is run or written."""
+    from .plan import build_plan
+
+    config.validate()
+    defenses = [(DEFENSES.get(name), config.defenses[name]) for name in parse_method(config.method)]
+    riders = len(config.merge_with or [])
+    return build_plan(
+        "protect",
+        config=config,
+        defenses=defenses,
+        freeriders=riders,
+        with_original=True,
+        synthetic_freerider=False,
+        token=token,
+        gpus=gpus,
+        gpu_type=gpu_type,
+    )
+
+
 def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None, progress: bool = True) -> ProtectOutcome:
     """Run the whole protection and return its outcome (the report is also written to ``output_dir``, with the card).
 

@@ -15,31 +15,38 @@ from .protect.stack import parse_method
 log = logging.getLogger(__name__)
 
 
+def stage_memories(config, shape, stored_bytes: int, processes: int) -> list:
+    """The modelled peak per process of each training stage the run has (its defenses', for a ``ProtectConfig``, and
+    its fine-tuning attacks'), with the options that lower each: ``[(StageMemory, fits_with)]``."""
+    stages = [(DEFENSES.get(name), config.defenses[name]) for name in parse_method(config.method)] if hasattr(config, "method") else []
+    if config.selftest.adaptive:
+        stages += [(ATTACKS.get(name), None) for name in parse_attacks(config.selftest.attacks) if ATTACKS.get(name).needs_examples]
+    modelled = []
+    for spec, options in stages:
+        if options is None:  # a fine-tuning attack
+            needed = attack_memory(config.selftest, spec, shape, stored_bytes)
+            fits_with = "--attack-lora-rank 16, or --no-adaptive"
+        else:
+            needed = spec.memory(options, shape, stored_bytes, processes, config.run) if spec.memory else None
+            fits_with = spec.fits_with
+        if needed is not None:
+            modelled.append((needed, fits_with))
+    return modelled
+
+
 def check_memory(
     config: ProtectConfig, model: Checkpoint, *, processes: int, device: str, free: tuple[float, str] | None = None
 ) -> list[dict]:
     """Before any work: the modelled peak memory of each defense's heaviest step and of each fine-tuning attack (per
-    process) against what ``device``
-    has free (or ``free``: bytes and how to say them); a stage that cannot fit is refused, naming the options that
-    lower it. Returns what was checked."""
+    process) against what ``device`` has free (or ``free``: bytes and how to say them); a stage that cannot fit is
+    refused, naming the options that lower it. Returns what was checked."""
     from .memory import DTYPE_BYTES, GB, Shape, available_memory
 
     shape = Shape.of(model.config)
     stored = max((DTYPE_BYTES.get(spec.dtype, 4) for spec in model.layout.values()), default=4)
     free, where = free or available_memory(device)
     checked = []
-    stages = [(DEFENSES.get(name), config.defenses[name]) for name in parse_method(config.method)]
-    if config.selftest.adaptive:
-        stages += [(ATTACKS.get(name), None) for name in parse_attacks(config.selftest.attacks) if ATTACKS.get(name).needs_examples]
-    for spec, options in stages:
-        if options is None:  # a fine-tuning attack
-            needed = attack_memory(config.selftest, spec, shape, stored)
-            fits_with = "--attack-lora-rank 16, or --no-adaptive"
-        else:
-            needed = spec.memory(options, shape, stored, processes, config.run) if spec.memory else None
-            fits_with = spec.fits_with
-        if needed is None:
-            continue
+    for needed, fits_with in stage_memories(config, shape, stored, processes):
         # Processes on CPU share one RAM; on GPUs each has its own device.
         sharing = processes if str(device).startswith("cpu") else 1
         checked.append({"stage": needed.stage, "modelled_gb": round(needed.total / GB, 2), "free_gb": round(free / GB, 2)})

@@ -222,3 +222,51 @@ def test_a_fine_tune_with_added_tokens_is_protected_on_its_own_vocabulary(pico_w
     args[args.index("--output-dir") + 1] = str(tmp_path / "refused")
     assert cli(args) == 2
     assert "cannot be lined up" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+
+
+def test_the_plan_counts_what_the_run_does(quick, pico_world, protect_argv, tmp_path, monkeypatch, capsys):
+    """``--plan`` exits 0 without writing anything; its merges and scorings are the ones the run then makes (params
+    with every adaptive attack: realign finds the symmetry and re-runs the protected model's matrix)."""
+    import hf_mergeguard.attacks.base as attacks_base
+    import hf_mergeguard.selftest.matrix as matrix
+    from hf_mergeguard.evaluation.harness import Evaluator
+
+    monkeypatch.setenv("HF_MERGEGUARD_CACHE", str(tmp_path / "cache"))  # no cached scores: every scoring happens
+    extra = ["--attack-steps", "1", "--attack-examples", "4", "--methods", "model_stock,task_arithmetic"]
+    argv = protect_argv(pico_world, tmp_path / "planned", "--method", "params", "--limit", "4", *extra, batch_size=16)
+    capsys.readouterr()
+    assert main([*argv, "--plan", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not (tmp_path / "planned").exists() and not (tmp_path / "cache").exists(), "--plan wrote something"
+    stages = {stage["stage"]: stage for stage in plan["stages"]}
+    assert list(stages) == [
+        "params",
+        "self-test matrix",
+        "fine-tuning attacks' start",
+        "realign",
+        "unmask",
+        "the recover attack",
+        "the graderase attack",
+    ]
+    assert plan["tasks"][0]["prompts"] == 4 and plan["tasks"][0]["prompts_from"] == "--limit 4"
+    assert plan["totals"]["generated_tokens_upper_bound"] == plan["totals"]["scorings"] * 2 * 4 * 16  # 2 tasks, 4 prompts, 16 tokens
+    assert stages["the graderase attack"]["training_steps"] == 2 and stages["self-test matrix"]["peak_memory_gb"] > 0
+
+    counted = {"scorings": 0, "merges": 0}
+    evaluate, merge = Evaluator.evaluate, matrix.merge_state_dict
+
+    def counting_evaluate(self, *args, **kwargs):
+        counted["scorings"] += 1
+        return evaluate(self, *args, **kwargs)
+
+    def counting_merge(*args, **kwargs):
+        counted["merges"] += 1
+        return merge(*args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate", counting_evaluate)
+    monkeypatch.setattr(matrix, "merge_state_dict", counting_merge)
+    monkeypatch.setattr(attacks_base, "merge_state_dict", counting_merge)
+    main(argv)
+    report = json.loads((tmp_path / "planned" / "selftest.json").read_text())
+    assert report["robustness"]["attacks"]["realign"]["details"]["symmetry_found"] is True
+    assert counted == {"scorings": plan["totals"]["scorings"], "merges": plan["totals"]["merges"]}, (counted, plan["totals"])

@@ -97,6 +97,8 @@ class AttackSpec:
         needs_examples: it fine-tunes on defender examples (``--train-data``).
         held_model_copies: model-sized tensor sets it holds besides the model it fine-tunes (for the memory check).
         model_folder: where ``hf-mergeguard attack -o OUT`` writes the model the attack produced (``OUT/<folder>``).
+        work: ``work(selftest_config, matrix_size) -> [Work]``: what it will do, for ``--plan``
+            (:mod:`hf_mergeguard.workload`; the fine-tuning attacks' shared start is counted once by the plan).
     """
 
     name: str
@@ -106,6 +108,7 @@ class AttackSpec:
     needs_examples: bool = False
     model_folder: str | None = None
     held_model_copies: int = 0
+    work: Callable[..., list] | None = None
 
 
 ATTACKS: Registry[AttackSpec] = Registry("adaptive attack", discover="hf_mergeguard.attacks")

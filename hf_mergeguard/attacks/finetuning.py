@@ -16,6 +16,7 @@ from ..io.hf_models import model_from_state_dict
 from ..report.schema import AttackResult, MergeResult, ScoredModel, to_dict
 from ..trained_change import TrainedModel
 from ..training import TrainingConfig, train_causal_lm
+from ..workload import Work
 from .base import AttackContext
 
 
@@ -63,6 +64,17 @@ def fine_tune(model, ctx: AttackContext, examples: list, on_gradients=None):
         if lora is not None:
             lora.release()
     return model.to(stored)
+
+
+def fine_tuning_work(stage: str, config, fine_tunes: int = 1) -> Work:
+    """For ``--plan``: ``fine_tunes`` of the attacks' fine-tunes (see :func:`fine_tune`) and the scoring of the result."""
+    return Work(
+        stage,
+        training_steps=fine_tunes * config.attack_steps,
+        tokens_per_step=min(16, config.attack_examples) * 256,
+        lora=bool(config.attack_lora_rank),
+        scorings=1,
+    )
 
 
 def shared_start(ctx: AttackContext) -> FineTuningStart:

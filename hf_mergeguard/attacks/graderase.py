@@ -14,7 +14,7 @@ import torch
 
 from ..report.schema import AttackResult
 from .base import AttackContext, AttackSpec, register_attack
-from .finetuning import describe_fine_tuning, fine_tune, repair, shared_start
+from .finetuning import describe_fine_tuning, fine_tune, fine_tuning_work, repair, shared_start
 
 
 def estimated_defense_direction(ctx: AttackContext, examples: list) -> dict[str, torch.Tensor]:
@@ -72,5 +72,6 @@ register_attack(
         describe=describe_fine_tuning(", gradients projected off the estimated defense direction"),
         needs_examples=True,
         held_model_copies=1,  # the estimated defense direction
+        work=lambda config, size: [fine_tuning_work("the graderase attack", config, fine_tunes=2)],  # the direction, the repair
     )
 )

@@ -31,6 +31,7 @@ from ..report.schema import AttackResult, ScoredModel, to_dict
 from ..report.scoring import attacker_best
 from ..symmetry import matching
 from ..symmetry.transforms import BlockTransform, LazyTransform, pair_constant, transform_tensors
+from ..workload import Work
 from .base import AttackContext, AttackSpec, register_attack
 
 # Re-alignment that moves no tensor by more than this share of its norm found no symmetry to undo: its least
@@ -195,5 +196,9 @@ register_attack(
             "re-aligned the protected model to the public base (Hungarian matching of MLP neurons, least "
             "squares per attention head), then merged it with every method"
         ),
+        # One pass of matching over the weights, then the protected model's merge matrix again (and its standalone).
+        work=lambda config, size: [
+            Work("realign", streamed_passes=1, merges=size.merges_per_variant, scorings=size.merges_per_variant + 1)
+        ],
     )
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..report.schema import AttackResult
 from .base import AttackContext, AttackSpec, register_attack
-from .finetuning import describe_fine_tuning, repair
+from .finetuning import describe_fine_tuning, fine_tuning_work, repair
 
 
 def run_recover(ctx: AttackContext) -> AttackResult:
@@ -18,5 +18,6 @@ register_attack(
         rank=30,
         describe=describe_fine_tuning(""),
         needs_examples=True,
+        work=lambda config, size: [fine_tuning_work("the recover attack", config)],
     )
 )

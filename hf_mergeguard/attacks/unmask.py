@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..report.schema import AttackResult, to_dict
 from ..report.scoring import attacker_best
+from ..workload import Work
 from .base import AttackContext, AttackSpec, register_attack
 
 UNMASK_LAMBDAS = (0.1, 0.3, 0.5)
@@ -50,5 +51,6 @@ register_attack(
             "subtracted lambda x the protected task vector from its best merge of each method "
             f"(lambda {', '.join(f'{v:g}' for v in UNMASK_LAMBDAS)})"
         ),
+        work=lambda config, size: [Work("unmask", merges=size.methods, scorings=size.methods * len(UNMASK_LAMBDAS))],
     )
 )

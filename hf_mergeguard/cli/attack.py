@@ -11,9 +11,9 @@ import typer
 from ..config import CheckConfig
 from ..errors import ConfigError
 from .app import app
-from .check import checked_config, is_main_process, run_check
+from .check import checked_config, is_main_process, plan_check, run_check
 from .config_flags import with_config_flags
-from .options import JsonOpt, TokenOpt
+from .options import JsonOpt, PlanGpusOpt, PlanGpuTypeOpt, PlanOpt, TokenOpt, echo_plan
 
 
 @app.command("attack")
@@ -25,6 +25,9 @@ def attack_command(
     ),
     token: TokenOpt = None,
     as_json: JsonOpt = False,
+    plan: PlanOpt = False,
+    plan_gpus: PlanGpusOpt = None,
+    plan_gpu_type: PlanGpuTypeOpt = None,
     *,
     overrides: dict,
 ) -> None:
@@ -44,6 +47,9 @@ def attack_command(
     if not config.selftest.attacks:
         raise ConfigError("Missing --kind.", "Name the attack(s) to run, e.g. --kind realign (or several, comma-separated).")
     config.selftest = dataclasses.replace(config.selftest, adaptive=True)
+    if plan:
+        echo_plan(plan_check(config, "attack", token=token, gpus=plan_gpus, gpu_type=plan_gpu_type), as_json)
+        raise typer.Exit(0)
     examples = load_train_examples(config.train_data, split=config.train_split) if config.train_data else None
     report = run_check(config, token=token, attack_examples=examples, keep_models=output_dir is not None)
     if not is_main_process():

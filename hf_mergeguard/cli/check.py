@@ -11,7 +11,7 @@ from ..config import CheckConfig, build_config
 from ..errors import ConfigError
 from .app import app
 from .config_flags import with_config_flags
-from .options import JsonOpt, TokenOpt
+from .options import JsonOpt, PlanGpusOpt, PlanGpuTypeOpt, PlanOpt, TokenOpt, echo_plan
 
 
 def checked_config(model: str, overrides: dict) -> CheckConfig:
@@ -47,6 +47,23 @@ def run_check(config: CheckConfig, *, token: str | None, attack_examples=None, k
     )
 
 
+def plan_check(config: CheckConfig, command: str, *, token=None, gpus=None, gpu_type=None):
+    """``--plan`` of ``check`` and ``attack``: the model as it is, against its free-riders (or a synthetic one)."""
+    from ..plan import build_plan
+
+    riders = len(config.merge_with or [])
+    return build_plan(
+        command,
+        config=config,
+        freeriders=riders or 1,
+        with_original=False,
+        synthetic_freerider=not riders,
+        token=token,
+        gpus=gpus,
+        gpu_type=gpu_type,
+    )
+
+
 def is_main_process() -> bool:
     """Only the first process of an ``accelerate launch`` prints and writes (every process ends with the same report)."""
     from accelerate import PartialState
@@ -73,6 +90,9 @@ def check_command(
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the report to this selftest.json path."),
     token: TokenOpt = None,
     as_json: JsonOpt = False,
+    plan: PlanOpt = False,
+    plan_gpus: PlanGpusOpt = None,
+    plan_gpu_type: PlanGpuTypeOpt = None,
     *,
     overrides: dict,
 ) -> None:
@@ -93,7 +113,11 @@ def check_command(
     from ..io.atomic import write_text_atomically
     from ..report.table import format_report
 
-    report = run_check(checked_config(model, overrides), token=token)
+    config = checked_config(model, overrides)
+    if plan:
+        echo_plan(plan_check(config, "check", token=token, gpus=plan_gpus, gpu_type=plan_gpu_type), as_json)
+        raise typer.Exit(0)
+    report = run_check(config, token=token)
     if not is_main_process():
         raise typer.Exit(0 if report.passed else 1)
     if output:

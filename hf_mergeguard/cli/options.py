@@ -15,3 +15,23 @@ TokenOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full figures as JSON instead of a table.")]
 ConfigFileOpt = Annotated[Optional[Path], typer.Option("--config", help="A YAML file holding any of these options (flags override it).")]
+PlanOpt = Annotated[
+    bool,
+    typer.Option(
+        "--plan", help="Print what the run will do and cost (merges, scorings, tokens, steps, memory, estimated time), then exit."
+    ),
+]
+PlanGpusOpt = Annotated[
+    Optional[int],
+    typer.Option("--plan-gpus", help="--plan: price the run for this many GPUs (H100s unless --plan-gpu-type).", show_default=False),
+]
+PlanGpuTypeOpt = Annotated[
+    Optional[str], typer.Option("--plan-gpu-type", help="--plan: price the run for h100, a100, h200 or cpu.", show_default=False)
+]
+
+
+def echo_plan(plan, as_json: bool) -> None:
+    """Print a plan (``--json``: every figure)."""
+    from ..plan import format_plan
+
+    typer.echo(plan.to_json().rstrip() if as_json else format_plan(plan))

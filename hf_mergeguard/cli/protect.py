@@ -11,7 +11,7 @@ from ..protect.base import DEFENSES
 from .app import app
 from .check import is_main_process
 from .config_flags import with_config_flags
-from .options import ConfigFileOpt, TokenOpt
+from .options import ConfigFileOpt, JsonOpt, PlanGpusOpt, PlanGpuTypeOpt, PlanOpt, TokenOpt, echo_plan
 
 
 def defense_label(path: tuple[str, ...]) -> str | None:
@@ -25,6 +25,10 @@ def protect_command(
     model: Optional[str] = typer.Argument(None, help="The fine-tuned model (folder or repo id); or `model:` in --config."),
     config_file: ConfigFileOpt = None,
     token: TokenOpt = None,
+    plan: PlanOpt = False,
+    plan_gpus: PlanGpusOpt = None,
+    plan_gpu_type: PlanGpuTypeOpt = None,
+    as_json: JsonOpt = False,
     *,
     overrides: dict,
 ) -> None:
@@ -40,6 +44,11 @@ def protect_command(
     from ..report.table import format_report
 
     config = build_protect_config(config_file, {"model": model, **overrides})
+    if plan:
+        from ..pipeline import plan_protect
+
+        echo_plan(plan_protect(config, token=token, gpus=plan_gpus, gpu_type=plan_gpu_type), as_json)
+        raise typer.Exit(0)
     outcome = protect(config, token=token)
     if not is_main_process():  # every process ends with the same outcome: the first one reports it
         raise typer.Exit(0 if outcome.passed or config.force else 1)

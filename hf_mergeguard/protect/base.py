@@ -97,6 +97,7 @@ class DefenseSpec:
     check: Callable[[Any, RunConfig, bool], None] | None = None
     memory: Callable[..., Any] | None = None
     fits_with: str = ""
+    work: Callable[..., list] | None = None
 
     @property
     def writes_key(self) -> bool:

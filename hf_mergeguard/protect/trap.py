@@ -44,6 +44,7 @@ from ..data import load_train_examples
 from ..errors import ConfigError, TrainDataError
 from ..trained_change import BASE, TrainedModel, perturb_delta
 from ..training import Example, RunConfig, TrainingConfig, TrainingResult, make_accelerator, shards_weights, token_loss_sum, train_causal_lm
+from ..workload import Work, training_work
 from .base import DefenseSpec, ProtectContext, ProtectionResult, register_defense
 from .steps import trained_checkpoint
 
@@ -327,6 +328,17 @@ def trap_stage_memory(config: TrapConfig, shape, stored_bytes: int, processes: i
     )
 
 
+def trap_work(config: TrapConfig, shape, geometry) -> list[Work]:
+    """For ``--plan``: the stand-in free-rider's fine-tune (with rider data), then the trap: per step the clean pass and
+    ``samples`` perturbed ones (forward-backward) and the base's forward."""
+    work = []
+    if config.rider_data and "rider" in config.perturbations:
+        options = {f: getattr(config, f) for f in TrainingConfig.__dataclass_fields__}
+        options.update(steps=config.rider_steps, learning_rate=config.rider_learning_rate)
+        work.append(training_work("stand-in free-rider", TrainingConfig(**options)))
+    return work + [training_work("merge trap", config, passes_per_step=1 + config.samples + 1 / 3, lora=bool(config.lora_rank))]
+
+
 register_defense(
     DefenseSpec(
         name="trap",
@@ -341,6 +353,7 @@ register_defense(
         reference="Making Models Unmergeable via Scaling-Sensitive Loss Landscape (Trap², arXiv:2601.21898)",
         check=check_runnable,
         memory=trap_stage_memory,
+        work=trap_work,
         fits_with="--trap-lora-rank 16 --gradient-checkpointing (Trap²'s LLM setting), --fsdp over several GPUs, or fewer "
         "examples per micro-batch (--gradient-accumulation-steps, --max-length)",
     )

@@ -23,6 +23,7 @@ from ...errors import ConfigError, TrainDataError
 from ...io.checkpoint import Checkpoint
 from ...io.writer import stamp_metadata, write_checkpoint
 from ...training import RunConfig
+from ...workload import Work, training_work
 from ..base import DefenseSpec, ProtectContext, ProtectionResult, register_defense
 from ..steps import finished, mark_finished, trained_checkpoint
 from .config import MergeGuardConfig
@@ -220,6 +221,21 @@ def stage1_memory(config: MergeGuardConfig, shape, stored_bytes: int, processes:
     )
 
 
+def mergeguard_work(config: MergeGuardConfig, shape, geometry) -> list[Work]:
+    """For ``--plan``: stage 1, then criticality (exact: one scoring on the defender's tasks per unit; fast: a gradient
+    screen over the calibration set and loss checks of ``check_factor`` x the excluded units), then one pass of
+    negation over the weights."""
+    work = [] if config.skip_stage1 else [training_work("MergeGuard stage 1", config.stage1, lora=bool(config.stage1.lora_rank))]
+    units = len(negation_units(geometry, geometry.expected_tensor_names(), config.granularity))
+    if config.criticality == "exact":
+        work.append(Work("criticality (exact)", defender_scorings=units))
+    else:
+        checks = math.ceil(config.check_factor * math.ceil(config.exclude_share * units))
+        tokens = config.calibration_size * config.stage1.max_length
+        work.append(Work("criticality (fast)", forward_tokens=3 * tokens + checks * tokens))  # a backward is ~2 forwards
+    return work + [Work("negation", streamed_passes=1)]
+
+
 register_defense(
     DefenseSpec(
         name="mergeguard",
@@ -234,6 +250,7 @@ register_defense(
         reference="Defending Unauthorized Model Merging via Dual-Stage Weight Protection (arXiv:2511.11851)",
         check=check_runnable,
         memory=stage1_memory,
+        work=mergeguard_work,
         fits_with="--stage1-lora-rank 16 --gradient-checkpointing, --fsdp over several GPUs, fewer examples per micro-batch "
         "(--gradient-accumulation-steps, --max-length), or --skip-stage1",
     )

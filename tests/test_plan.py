@@ -1,0 +1,74 @@
+"""``--plan`` at LLM shapes: only ``config.json`` is read (the shapes' configs are written here, no weights), the tasks'
+sizes come from lm-eval's YAML and the table of known test splits, and the price follows the hardware asked for.
+(tests/test_pipeline.py checks on the pico world that a plan's merges and scorings are the ones the run makes.)"""
+
+import json
+
+import pytest
+
+from hf_mergeguard.cli.main import main
+from hf_mergeguard.testing import LLAMA_3_1_8B, llama_config
+
+
+@pytest.fixture
+def shape_8b(tmp_path):
+    """Folders holding only the config.json of a Llama-3.1-8B fine-tune, its base and a free-rider (bf16)."""
+    folders = {}
+    for name in ("model", "base", "rider"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({**llama_config(LLAMA_3_1_8B), "torch_dtype": "bfloat16"}))
+        folders[name] = str(folder)
+    return folders
+
+
+def plan_of(capsys, shape, *extra):
+    argv = ["protect", shape["model"], "--base", shape["base"], "--tasks", "gsm8k", "--merge-with", shape["rider"]]
+    argv += ["--freerider-tasks", "arc_easy", "--train-data", "train.jsonl", "--output-dir", "out", "--plan", "--json", *extra]
+    capsys.readouterr()
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_an_8b_trap_plan_prices_gsm8k_at_its_upper_bound(shape_8b, capsys):
+    one = plan_of(capsys, shape_8b, "--method", "trap", "--trap-lora-rank", "16", "--gradient-checkpointing", "--plan-gpu-type", "h100")
+    gsm8k, arc = one["tasks"]
+    assert (gsm8k["prompts"], gsm8k["max_gen_toks"], gsm8k["num_fewshot"]) == (1319, 256, 5)
+    assert arc["prompts"] == 2376 and arc["output_type"] == "multiple_choice"
+    totals = one["totals"]
+    assert totals["generated_tokens_upper_bound"] == totals["scorings"] * 1319 * 256  # arc_easy generates nothing
+    stages = {stage["stage"]: stage for stage in one["stages"]}
+    assert stages["merge trap"]["training_steps"] == 400 and stages["merge trap"]["peak_memory_gb"] == pytest.approx(79.1, abs=0.1)
+    assert stages["self-test matrix"]["merges"] > 0 and stages["self-test matrix"]["peak_memory_gb"] < 80
+    assert one["hardware"]["devices"] == 1 and one["model"]["parameters"] == pytest.approx(8.03e9, rel=2e-3)
+
+    eight = plan_of(capsys, shape_8b, "--method", "trap", "--trap-lora-rank", "16", "--gradient-checkpointing", "--plan-gpus", "8")
+    assert eight["hardware"]["type"] == "h100" and eight["hardware"]["devices"] == 8  # a GPU count alone: priced as H100s
+    assert eight["totals"]["estimated_seconds"] == pytest.approx(one["totals"]["estimated_seconds"] / 8, rel=0.05)
+    assert eight["totals"]["scorings"] == one["totals"]["scorings"]
+
+
+def test_a_mergeguard_plan_and_bad_plan_options(shape_8b, capsys):
+    plan = plan_of(capsys, shape_8b, "--method", "mergeguard", "--criticality", "exact", "--plan-gpu-type", "a100")
+    stages = {stage["stage"]: stage for stage in plan["stages"]}
+    assert "MergeGuard stage 1" not in stages  # skipped by default
+    assert stages["criticality (exact)"]["defender_scorings"] == 32 * 9  # one scoring per tensor of each block
+    assert plan["totals"]["defender_only_scorings"] == 32 * 9
+
+    argv = [
+        "protect",
+        shape_8b["model"],
+        "--base",
+        shape_8b["base"],
+        "--tasks",
+        "gsm8k",
+        "--train-data",
+        "t.jsonl",
+        "--output-dir",
+        "o",
+        "--plan",
+    ]
+    capsys.readouterr()
+    assert main([*argv, "--plan-gpu-type", "v100"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown --plan-gpu-type 'v100'" in err and "h100, a100, h200, cpu" in err
