@@ -168,8 +168,8 @@ def task_costs(tasks: Sequence[str], include_tasks: Sequence[str], limit: int | 
         prompts, source, context = _local_prompts(cfg)
         if prompts is None and name in KNOWN_TASK_SIZES:
             prompts, source = KNOWN_TASK_SIZES[name], "the dataset card's test split"
-        if prompts is not None and limit:
-            prompts, source = min(prompts, limit), f"--limit {limit}"
+        if limit and (prompts is None or prompts > limit):
+            prompts, source = limit, f"--limit {limit}" + (" (an upper bound)" if prompts is None else "")
         fewshot = int(cfg.get("num_fewshot") or 0)
         choices = cfg.get("doc_to_choice")
         costs.append(

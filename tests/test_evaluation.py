@@ -24,10 +24,22 @@ def test_lm_eval_scores_finetune_far_above_base(toy_world):
     assert again["toy_count"].value == tuned["toy_count"].value
 
 
-def test_limit(toy_world):
+def test_limit_scores_a_seeded_random_subset(toy_world):
+    """--limit N scores N documents drawn at random with a fixed seed (the same for every model and run), not the first
+    N: lm-eval scores exactly the documents the evaluator lists, and the score is the model's on those."""
+    from hf_mergeguard.evaluation.harness import subsample
+    from hf_mergeguard.toyworld.scoring import exact_match
+
     evaluator = Evaluator("toy_rev", include_tasks=[toy_world.tasks], limit=20)
-    scores = evaluator.evaluate(Checkpoint(toy_world.model("rev")).load_model(), load_tokenizer(toy_world.base))
+    model = Checkpoint(toy_world.model("rev")).load_model()
+    scores = evaluator.evaluate(model, load_tokenizer(toy_world.base))
     assert scores["toy_rev"].samples == 20
+    rows = toy_world.rows("rev")
+    chosen = subsample("toy_rev", len(rows), 20)
+    assert chosen == subsample("toy_rev", len(rows), 20) and chosen != list(range(20)) and len(set(chosen)) == 20
+    assert [d["prompt"] for d in evaluator.documents()] == [rows[i]["prompt"] for i in chosen]
+    assert scores["toy_rev"].value == pytest.approx(exact_match(model, load_tokenizer(toy_world.base), [rows[i] for i in chosen]), abs=1e-9)
+    assert subsample("toy_rev", 20, 20) is None and subsample("toy_rev", 300, None) is None
 
 
 def test_unknown_task_suggests(toy_world):

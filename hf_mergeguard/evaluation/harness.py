@@ -8,6 +8,7 @@ import copy
 import json
 import logging
 import os
+import random
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -65,7 +66,7 @@ class Evaluator:
     Args:
         tasks: task names (``"gsm8k,humaneval"`` or a list).
         include_tasks: folders of extra task YAMLs (e.g. the toy world's ``tasks/``).
-        limit: examples per task (``None``: all).
+        limit: examples per task, a seeded random subset (:func:`subsample`; ``None``: all).
         batch_size: fixed generation batch size (greedy scores can shift with padding: keep it fixed).
         allow_code_eval: allow tasks that execute model-written code (HumanEval, MBPP).
         code_timeout: seconds the code-executing child may run.
@@ -135,11 +136,10 @@ class Evaluator:
     def documents(self) -> list[dict]:
         """The (prompt, reference answer) pairs an evaluation generates for, over every in-process task (token counts)."""
         rows = []
-        for task in self._load_tasks()["tasks"].values():
+        for name, task in self._load_tasks()["tasks"].items():
             docs = list(task.eval_docs)
-            if self.limit:
-                docs = docs[: self.limit]
-            for doc in docs:
+            indices = subsample(name, len(docs), self.limit)
+            for doc in docs if indices is None else [docs[i] for i in indices]:
                 target = task.doc_to_target(doc)
                 rows.append({"prompt": str(task.doc_to_text(doc)), "completion": target if isinstance(target, str) else str(target)})
         return rows
@@ -169,7 +169,7 @@ class Evaluator:
             results = lm_evaluate(
                 lm,
                 task_dict,
-                limit=self.limit,
+                samples=subsamples(task_dict["tasks"], self.limit),
                 bootstrap_iters=self.bootstrap_iters,
                 log_samples=False,
                 apply_chat_template=self.chat_template,
@@ -226,6 +226,24 @@ class Evaluator:
 
 # lm-eval's ``simple_evaluate`` default: the same few-shot examples as ``lm_eval --model hf``.
 FEWSHOT_SEED = 1234
+SUBSAMPLE_SEED = 1234  # --limit's prompts: the same seeded subset for every model, run and process
+
+
+def subsample(task: str, size: int, limit: int | None) -> list[int] | None:
+    """The indices of the documents ``--limit`` scores: a seeded random subset of ``limit`` of the ``size`` documents
+    (sorted; the same for every model, so their scores compare), or None for all of them. The first N would be a
+    biased sample wherever a dataset is ordered (by difficulty, by source)."""
+    if not limit or limit >= size:
+        return None
+    return sorted(random.Random(f"{SUBSAMPLE_SEED}:{task}").sample(range(size), limit))
+
+
+def subsamples(task_objects: dict, limit: int | None) -> dict[str, list[int]] | None:
+    """lm-eval's ``samples`` argument for ``--limit``: :func:`subsample` of every task (None: no limit)."""
+    if not limit:
+        return None
+    chosen = {name: subsample(name, len(task.eval_docs), limit) for name, task in task_objects.items()}
+    return {name: indices if indices is not None else list(range(len(task_objects[name].eval_docs))) for name, indices in chosen.items()}
 
 
 def seed_like_simple_evaluate(tasks) -> None:

@@ -23,7 +23,10 @@ class SelfTestConfig:
         },
     )
     thorough: bool = field(default=False, metadata={"help": "sweep finer coefficient grids (slower)", "flag": "--thorough"})
-    limit: int | None = field(default=None, metadata={"help": "examples per task (default: all)", "flag": "--limit"})
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "examples per task: a seeded random subset, the same for every model (default: all)", "flag": "--limit"},
+    )
     batch_size: int = field(
         default=32, metadata={"help": "fixed evaluation batch size (greedy scores can shift with padding)", "flag": "--batch-size"}
     )
