@@ -421,6 +421,9 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     target = Path(config.output_dir).resolve()
     report = dataclasses.replace(report, release=Release(name=config.push_to or target.name, forced=config.force and not report.passed))
     url = None
+    # Every process is done; the first writes and pushes, and no process waits for the upload (no barrier after it:
+    # an upload can outlast the process group's timeout).
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_release(
             target, key_path, protected, results, inputs.model, report, dump_yaml(config), work / LOG_FILE, overwrite=config.overwrite
@@ -428,5 +431,4 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
         url = push(config, report, target, token=token)
         if url:
             report.release.url = url
-    accelerator.wait_for_everyone()
     return ProtectOutcome(report=report, output_dir=target, key_file=key_path, url=url)

@@ -42,6 +42,14 @@ class RunConfig:
             "flag": "--fsdp",
         },
     )
+    process_group_timeout: float = field(
+        default=240.0,
+        metadata={
+            "help": "minutes a process waits for the others at a collective before the run is aborted (torch's default, "
+            "10 for NCCL, is shorter than one scoring of an 8B on GSM8K)",
+            "flag": "--process-group-timeout",
+        },
+    )
     memory_check: bool = field(
         default=True,
         metadata={
@@ -184,13 +192,19 @@ def _lr_lambda(config: TrainingConfig) -> Callable[[int], float]:
 def make_accelerator(run: RunConfig | None = None):
     """The run's ``Accelerator`` (with ``--fsdp``, the trap and full-weight stage 1 are sharded with FSDP2:
     :func:`shards_weights`)."""
+    from datetime import timedelta
+
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     run = run or RunConfig()
     # Every process loads the same files, so buffers agree: DDP need not broadcast them each step (the trap's
     # theta_pre anchors are buffers as large as the model).
-    kwargs = {"kwargs_handlers": [DistributedDataParallelKwargs(broadcast_buffers=False)]}
+    handlers = [
+        DistributedDataParallelKwargs(broadcast_buffers=False),
+        InitProcessGroupKwargs(timeout=timedelta(minutes=run.process_group_timeout)),
+    ]
+    kwargs = {"kwargs_handlers": handlers}
     accelerator = Accelerator(mixed_precision="bf16" if run.bf16 else "no", **kwargs)
     accelerator.shard_weights = run.fsdp  # the trap and stage 1 ask train_causal_lm to shard (GPUs, or CPU over gloo)
     return accelerator

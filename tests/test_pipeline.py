@@ -7,7 +7,6 @@ merge method without a coefficient (``model_stock``) and 4 prompts per task keep
 """
 
 import json
-import logging
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from hf_mergeguard.cli.main import main
 from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.protect.base import DEFENSES
 from hf_mergeguard.protect.steps import done_marker
+from hf_mergeguard.release.folder import LOG_FILE
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_demo_on_the_pico_world(tmp_path):
 
 
 @pytest.mark.slow  # three processes on two cores: about a minute
-def test_three_processes_in_bf16_run_every_stage_with_one_accelerator(pico_world, protect_argv, torchrun, tmp_path, caplog):
+def test_three_processes_in_bf16_run_every_stage_with_one_accelerator(pico_world, protect_argv, torchrun, tmp_path):
     """``accelerate``-style launch on 3 processes with --bf16: the fine-tuning attacks train with the run's accelerator
     (a second one with another precision used to stop the run after the whole self-test), a batch that 3 does not
     divide is split unevenly, unmask's scorings are split over the processes, the verdict is printed once; and a
@@ -169,10 +169,11 @@ def test_three_processes_in_bf16_run_every_stage_with_one_accelerator(pico_world
     assert kept == ["recover", "unmask"]
 
     # As if the run had died after those two attacks: the stage is not marked finished, each attack's result is kept.
+    # The same command resumes it (on 1 process here: the process count is not an option of the result).
     done_marker(work / "attacks").unlink()
-    with caplog.at_level(logging.INFO, logger="hf_mergeguard"):
-        assert main([a for a in argv if a != "--bf16"] + ["--overwrite"]) == 1
-    assert caplog.text.count("reusing the finished result") == 2
+    resumed = torchrun("-m", "hf_mergeguard.cli.main", *argv, "--overwrite", timeout=600, processes=1)
+    assert resumed.returncode == 1, resumed.stderr[-3000:]
+    assert (work / LOG_FILE).read_text().count("reusing the finished result") == 2
     assert json.loads((out / "selftest.json").read_text())["robustness"]["attacks"] == attacks
 
 

@@ -93,6 +93,20 @@ def test_two_processes_give_the_same_scores(toy_world, tmp_path, torchrun):
     ]
 
 
+def test_jobs_go_through_a_dynamic_queue(torchrun, tmp_path):
+    """3 CPU processes over gloo share the jobs through a queue: the process that drew the long job takes no other
+    while the others share the rest (contiguous blocks would have given it 8), and every result comes back in job
+    order on every process, for a second queue too."""
+    out = tmp_path / "queue.json"
+    completed = torchrun(str(Path(__file__).parent / "distributed_queue.py"), str(out), processes=3)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["processes"] == 3
+    assert [r["square"] for r in result["first"]] == [i * i for i in range(24)] and result["second"] == [0, -1, -2, -3, -4]
+    slow = result["first"][0]["rank"]
+    assert sum(1 for r in result["first"] if r["rank"] == slow) == 1, result["first"]
+
+
 def test_score_cache_keeps_every_job_on_disk_and_forgets_rewritten_files(tmp_path, pico):
     """Each scored job is kept as it finishes (the protected model's too), keyed by the files' fingerprints: a rerun
     reuses it, a rewritten checkpoint is scored again, and a model held only in memory is never cached."""
