@@ -10,8 +10,8 @@ It writes a random bf16 checkpoint of the Llama-3.2-1B shape (``testing.LLAMA_3_
 embeddings) and a "fine-tune" of it (base + noise), then runs each measured setting in a fresh process: load the
 model as the trap does, reset the peak resident set (``/proc/self/clear_refs``), run two trap steps
 (``merge_trap_finetune``, the code ``protect --method trap`` runs) on random 2-example micro-batches, and read the
-peak (VmHWM). The modelled figure for the same setting adds the host copy of the base the run keeps
-(``ctx.base.state_dict()``: on a GPU it is host memory, on CPU it is the same RAM).
+peak (VmHWM). The trap keeps θ_pre in the base's stored dtype; on CPU that is the host copy of the base itself
+(``ctx.base.state_dict()``, no second copy), so the modelled figure for the same setting is the model's alone.
 
 The 8B figures are the model's alone (no 8B run fits this machine); the 1B measurements are what make it credible.
 """
@@ -99,12 +99,10 @@ def child(spec: dict) -> dict:
 
 
 def modelled(row: dict) -> tuple[float, dict]:
-    """``hf_mergeguard.memory``'s figure for a measured setting, plus the host copy of the base the run keeps (the same
-    RAM on CPU; shared with the anchors when they are in the stored dtype)."""
+    """``hf_mergeguard.memory``'s figure for a measured setting (its θ_pre anchor is the host copy of the base)."""
     from hf_mergeguard.memory import GB, Shape, trap_memory
 
     shape = Shape.of(shape_config(row.get("layers")))  # from the recorded setting alone: --rows works anywhere
-    weight_bytes = 4 if row["dtype"] == "float32" else 2
     model = trap_memory(
         shape,
         stored_bytes=2,
@@ -112,11 +110,9 @@ def modelled(row: dict) -> tuple[float, dict]:
         samples=2,
         tokens=row["batch"] * row["tokens"],
         checkpointing=row["checkpointing"],
-        weight_bytes=weight_bytes,
+        weight_bytes=4 if row["dtype"] == "float32" else 2,
     )
-    host_base = 0 if weight_bytes == 2 else shape.parameters * 2
-    parts = {**model.gigabytes(), **({"host copy of the base": host_base / GB} if host_base else {})}
-    return (model.total + host_base) / GB, parts
+    return model.total / GB, model.gigabytes()
 
 
 def main() -> None:
@@ -171,12 +167,15 @@ def modelled_table() -> list[str]:
     def row(label, make):
         lines.append(f"| {label} | " + " | ".join(f"{make(shape).total / GB:.1f} GB" for shape in shapes) + " |")
 
-    def trap(lora, ckpt, accumulation=1):
-        return lambda s: trap_memory(s, stored_bytes=2, lora_rank=lora, samples=2, tokens=tokens // accumulation, checkpointing=ckpt)
+    def trap(lora, ckpt, accumulation=1, shards=1):
+        return lambda s: trap_memory(
+            s, stored_bytes=2, lora_rank=lora, samples=2, tokens=tokens // accumulation // shards, checkpointing=ckpt, shards=shards
+        )
 
     row("trap, every weight in fp32 (the default), batch 16 x 512", trap(0, False))
     row("trap, `--trap-lora-rank 16 --gradient-checkpointing`, batch 16 x 512", trap(16, True))
     row("trap, LoRA 16 + checkpointing, `--gradient-accumulation-steps 4`", trap(16, True, 4))
+    row("trap, every weight + checkpointing, `--fsdp` over 8 GPUs (per GPU; 2 of the 16 examples each)", trap(0, True, 1, 8))
     row(
         "MergeGuard stage 1 (fp32 + AdamW), batch 16 x 512",
         lambda s: finetune_memory(s, weight_bytes=4, tokens=tokens, checkpointing=False),
@@ -204,6 +203,10 @@ def modelled_table() -> list[str]:
         "recover with `--attack-lora-rank 16`",
         lambda s: lora_finetune_memory(s, stored_bytes=2, lora_rank=16, tokens=attack, checkpointing=False),
     )
+    row(
+        "graderase with `--attack-lora-rank 16` (+ the direction, in bf16)",
+        lambda s: lora_finetune_memory(s, stored_bytes=2, lora_rank=16, tokens=attack, checkpointing=False, extra_copies=1),
+    )
     return lines
 
 
@@ -216,7 +219,7 @@ def report(rows: list[dict]) -> str:
         "## Measured: two trap steps at the Llama-3.2-1B shape (random bf16 weights), CPU",
         "",
         "Peak resident memory of the process while training (model, base and everything loaded), next to "
-        "`hf_mergeguard.memory`'s model of the same setting (plus the host copy of the base). Perturbations: dare, ties, "
+        "`hf_mergeguard.memory`'s model of the same setting (θ_pre is the host copy of the base). Perturbations: dare, ties, "
         "rider (random directions); 2 samples per step.",
         "",
         "| setting | micro-batch | measured peak | modelled | modelled / measured | s per step (CPU) |",
