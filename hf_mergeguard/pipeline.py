@@ -18,19 +18,17 @@ from pathlib import Path
 
 from . import __version__
 from .card.model_card import source_license
-from .config import RELEASE_ONLY_OPTIONS, ProtectConfig, dump_yaml
+from .config import ProtectConfig, dump_yaml
 from .data import load_train_examples
-from .digests import config_digest
 from .environment import package_versions
-from .errors import ConfigError, GateFailedError, OutputExistsError
+from .errors import GateFailedError, OutputExistsError
 from .evaluation import Evaluator, load_tokenizer
 from .evaluation.chat import as_chat, use_chat_template
 from .evaluation.harness import load_generation_config
-from .io.atomic import write_text_atomically
 from .io.checkpoint import Checkpoint
 from .io.checks import check_compatible, check_finite
 from .io.vocabulary import align_vocabulary
-from .paths import runs_dir, scores_dir
+from .paths import scores_dir
 from .preflight import check_memory
 from .protect.base import DEFENSES, ProtectContext, ProtectionResult
 from .protect.stack import parse_method
@@ -42,6 +40,7 @@ from .selftest.adaptive import run_adaptive_attacks
 from .selftest.freeriders import FreeRider, open_freeriders, selftest_evaluator
 from .selftest.matrix import run_selftest
 from .training import make_accelerator
+from .workdir import claim_work_dir, work_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -78,57 +77,6 @@ class RunInputs:
     tokenizer: object
     evaluator: Evaluator  # the defender's tasks and the free-riders': one for the whole run
     train_examples: object  # loads the defender's data once (None without --train-data)
-
-
-def _keyed_options(config: ProtectConfig) -> dict:
-    """What changes the result: not where the output goes, the device, nor the options of defenses the run does not
-    apply."""
-    applied = set(parse_method(config.method))
-    keyed = {
-        key: value
-        for key, value in config.to_dict().items()
-        if key not in RELEASE_ONLY_OPTIONS and not (key in DEFENSES and key not in applied)
-    }
-    keyed["run"] = {key: value for key, value in keyed["run"].items() if key != "device"}
-    return {"tool": __version__, **keyed}
-
-
-def work_dir_for(config: ProtectConfig) -> Path:
-    """The run's work folder: ``--work-dir``, or one keyed by a digest of what changes the result."""
-    if config.work_dir:
-        return Path(config.work_dir)
-    return runs_dir() / config_digest(_keyed_options(config))
-
-
-RUN_RECORD = "run.json"  # in the work folder: the options its finished steps were made with
-
-
-def claim_work_dir(config: ProtectConfig, work: Path, *, write: bool = True) -> None:
-    """Record the options of the run in its work folder (``write``: the first process), or refuse a ``--work-dir``
-    whose finished steps were made with other options (they would be reused as they are)."""
-    options = json.loads(json.dumps(_keyed_options(config), default=str))
-    record = work / RUN_RECORD
-    if record.is_file():
-        earlier = json.loads(record.read_text()).get("options", {})
-        changed = sorted(_differences(earlier, options))
-        if changed:
-            raise ConfigError(
-                f"The work folder {work} holds the steps of a run with other options ({', '.join(changed[:6])}"
-                f"{' ...' if len(changed) > 6 else ''}): its finished steps would be reused as they are.",
-                "Pass another --work-dir (or leave it out: the default folder is keyed by the options), or rerun with "
-                "that run's options to resume it.",
-            )
-        return
-    if write:
-        work.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(record, json.dumps({"options": options}, indent=2))
-
-
-def _differences(a, b, prefix: str = "") -> set[str]:
-    """The dotted option names whose values differ between two nested dicts."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return set().union(*(_differences(a.get(k), b.get(k), f"{prefix}{k}.") for k in set(a) | set(b)))
-    return set() if a == b else {prefix.rstrip(".")}
 
 
 def _check_outputs(config: ProtectConfig, methods: list[str], work: Path, token) -> Path | None:

@@ -6,7 +6,7 @@ steps per stage, the modelled peak memory per stage (:mod:`hf_mergeguard.memory`
 detected hardware or for ``--plan-gpus N --plan-gpu-type TYPE``. Nothing is downloaded but ``config.json``, nothing
 is written.
 
-The time is an estimate from a small throughput table (:data:`HARDWARE`): generation is priced per decode step as
+The time is an estimate from a small throughput table (:mod:`hf_mergeguard.throughput`): generation is priced per decode step as
 the larger of reading the weights once (memory bandwidth) and the batch's compute, plus a per-step overhead for
 eager ``transformers`` generation; prefill, log-likelihood and training by their FLOPs (2·P per token forward,
 6·P forward-backward, 4·P for a LoRA, one more forward with checkpointing) at a stated share of the peak; merges and
@@ -18,39 +18,14 @@ toy world (see ``benchmarks/results/plan.md``).
 from __future__ import annotations
 
 import json
-import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from .errors import ConfigError
+from .throughput import BANDWIDTH_SHARE, COMPUTE_SHARE, HARDWARE, TaskCost, detect_hardware, scoring_seconds, training_seconds
 from .workload import MatrixSize, Work, training_work
 
-
-@dataclass(frozen=True)
-class Hardware:
-    """One accelerator type's figures (per device)."""
-
-    name: str
-    memory_gb: float
-    bandwidth_gbs: float  # memory bandwidth, GB/s
-    tflops: float  # dense bf16 (float32 for the CPU), TFLOP/s
-    decode_overhead_s: float  # per generated step of a batch: eager transformers' Python and kernel launches
-    scoring_overhead_s: float  # per lm-eval scoring: building the model, moving it to the device, the harness
-    host_gbs: float  # merges and transforms: GB/s of tensors read or written on the host
-
-
-# Vendor peak figures (H100 SXM, A100 80 GB SXM, H200 SXM); the overheads are typical of eager HF generation of a
-# 32-layer model. The CPU row is this project's 2-core VM, calibrated on the toy world's demo.
-HARDWARE = {
-    "h100": Hardware("NVIDIA H100 80GB", 80, 3350, 989, 0.025, 20.0, 2.0),
-    "a100": Hardware("NVIDIA A100 80GB", 80, 2039, 312, 0.03, 25.0, 2.0),
-    "h200": Hardware("NVIDIA H200", 141, 4800, 989, 0.025, 20.0, 2.0),
-    "cpu": Hardware("CPU (2 cores)", 24, 10, 0.05, 0.004, 0.6, 0.5),
-}
-BANDWIDTH_SHARE = 0.5  # of the peak bandwidth a decode step reaches
-COMPUTE_SHARE = 0.35  # of the peak FLOP/s prefill and training reach (model FLOPs utilisation)
 CONTEXT_TOKENS_PER_SHOT = 160  # an example's tokens when the data is not on disk to measure (GSM8K's is ~150)
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HFLM default
 DEFAULT_CHOICES = 4
@@ -71,29 +46,10 @@ KNOWN_TASK_SIZES = {
 
 
 @dataclass
-class TaskCost:
-    """One task, per scoring."""
-
-    name: str
-    output_type: str
-    prompts: int | None  # None: unknown (not in the table and not on disk)
-    num_fewshot: int
-    max_gen_toks: int
-    context_tokens: int  # estimated prompt length with its few-shot examples
-    choices: int = 1
-    prompts_from: str = ""
-
-    @property
-    def generated_tokens(self) -> int:
-        """The upper bound per scoring: every prompt generates to the cap."""
-        return (self.prompts or 0) * self.max_gen_toks if self.output_type == "generate_until" else 0
-
-
-@dataclass
 class StagePlan:
     stage: str
     merges: int = 0
-    scorings: int = 0
+    scorings: float = 0  # full-set equivalents: a race scores most grid points on a part of the prompts
     defender_scorings: int = 0
     training_steps: int = 0
     peak_memory_gb: float | None = None
@@ -141,19 +97,6 @@ def stored_bytes(config: dict) -> int:
     return 2 if dtype in ("bfloat16", "float16", "torch.bfloat16", "torch.float16") else 4
 
 
-def detect_hardware() -> tuple[str, int, str]:
-    """(type, devices, how it was found): the CUDA devices visible to this process, else the CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0).lower()
-        kind = next((key for key in ("h200", "h100", "a100") if key in name), "h100")
-        devices = int(os.environ.get("WORLD_SIZE", torch.cuda.device_count()))
-        found = f"detected: {torch.cuda.get_device_name(0)}" + ("" if kind in name else " (priced as an H100)")
-        return kind, devices, found
-    return "cpu", int(os.environ.get("WORLD_SIZE", 1)), "detected: no GPU"
-
-
 def task_costs(tasks: Sequence[str], include_tasks: Sequence[str], limit: int | None) -> list[TaskCost]:
     """Each task's prompts and generation cap, from its YAML (and its local data, when it has some)."""
     from lm_eval.tasks import TaskManager
@@ -198,28 +141,6 @@ def _local_prompts(cfg: dict) -> tuple[int | None, str | None, int | None]:
     return len(lines), f"{test} ({len(lines)} rows)", max(1, int(characters / 4))
 
 
-def _training_seconds(work: Work, parameters: int, hw: Hardware, devices: int) -> float:
-    flops_per_token = (4 if work.lora else 6) * parameters + (2 * parameters if work.checkpointing else 0)
-    compute = work.training_steps * work.tokens_per_step * work.passes_per_step * flops_per_token
-    overhead = work.training_steps * work.passes_per_step * hw.decode_overhead_s * 4
-    return compute / (hw.tflops * 1e12 * COMPUTE_SHARE * devices) + overhead
-
-
-def _scoring_seconds(tasks: Sequence[TaskCost], parameters: int, weight_bytes: int, batch: int, hw: Hardware) -> float:
-    flops = hw.tflops * 1e12 * COMPUTE_SHARE
-    seconds = hw.scoring_overhead_s
-    for task in tasks:
-        prompts = task.prompts or 0
-        if task.output_type == "generate_until":
-            batches = math.ceil(prompts / batch)
-            read_weights = parameters * weight_bytes / (hw.bandwidth_gbs * 1e9 * BANDWIDTH_SHARE)
-            step = max(read_weights, 2 * parameters * batch / flops) + hw.decode_overhead_s
-            seconds += batches * task.max_gen_toks * step + prompts * task.context_tokens * 2 * parameters / flops
-        else:
-            seconds += prompts * task.choices * task.context_tokens * 2 * parameters / flops
-    return seconds
-
-
 def build_plan(
     command: str,
     *,
@@ -239,6 +160,7 @@ def build_plan(
     from .preflight import stage_memories
     from .selftest.freeriders import default_freerider_training
     from .selftest.matrix import plan_jobs
+    from .selftest.racing import effective_rounds, full_scoring_share
 
     if gpu_type is not None and gpu_type not in HARDWARE:
         raise ConfigError(f"Unknown --plan-gpu-type {gpu_type!r}.", f"Use one of: {', '.join(HARDWARE)}.")
@@ -268,8 +190,12 @@ def build_plan(
     if synthetic_freerider:
         works.append(training_work("synthetic free-rider", default_freerider_training(shape.parameters)))
     jobs = plan_jobs(selftest, freeriders, with_original)
-    merges = sum(1 for job in jobs if job.is_merge)
-    works.append(Work("self-test matrix", merges=merges, scorings=len(jobs)))
+    groups: dict[tuple, int] = {}
+    for job in jobs:
+        if job.is_merge:
+            groups[(job.model, job.method)] = groups.get((job.model, job.method), 0) + 1
+    standalone = sum(1 for job in jobs if not job.is_merge)
+    works.append(Work("self-test matrix", scorings=standalone, raced=list(groups.values())))
     if selftest.adaptive:
         from .attacks.base import ATTACKS, parse_attacks
 
@@ -277,6 +203,7 @@ def build_plan(
             methods=len(selftest.merge_methods()),
             merges_per_variant=sum(1 for job in jobs if job.is_merge and job.model == "protected"),
             freeriders=freeriders,
+            groups=tuple(n for (variant, _), n in groups.items() if variant == "protected"),
         )
         specs = [ATTACKS.get(name) for name in parse_attacks(selftest.attacks)]
         if any(spec.needs_examples for spec in specs):
@@ -295,12 +222,18 @@ def build_plan(
     )
     memories = {m.stage: m.total / GB for m, _ in stage_memories(config, shape, stored, processes)}
     memories["self-test matrix"] = evaluation.total / GB
-    scoring_s = _scoring_seconds(tasks, shape.parameters, eval_bytes, selftest.batch_size, hw)
-    defender_scoring_s = _scoring_seconds(defender_tasks, shape.parameters, eval_bytes, selftest.batch_size, hw)
+    scoring_s = scoring_seconds(tasks, shape.parameters, eval_bytes, selftest.batch_size, hw)
+    defender_scoring_s = scoring_seconds(defender_tasks, shape.parameters, eval_bytes, selftest.batch_size, hw)
     merge_s = shape.parameters * stored * 4 / (hw.host_gbs * 1e9)
+    known = [t.prompts for t in tasks if t.prompts]
+    rounds = effective_rounds(min(known), selftest.race_rounds) if known else 1
     stages = []
     for work in works:
-        seconds = _training_seconds(work, shape.parameters, hw, devices) if work.training_steps else 0.0
+        for candidates in work.raced:  # at most: nothing dropped before the last part
+            scorings, merges = full_scoring_share(rounds, candidates, selftest.race_keep)
+            work.scorings += scorings
+            work.merges += merges
+        seconds = training_seconds(work, shape.parameters, hw, devices) if work.training_steps else 0.0
         seconds += (work.scorings * scoring_s + work.defender_scorings * defender_scoring_s + work.merges * merge_s) / devices
         seconds += work.forward_tokens * 2 * shape.parameters / (hw.tflops * 1e12 * COMPUTE_SHARE * devices)
         seconds += work.streamed_passes * shape.parameters * stored * 2 / (hw.host_gbs * 1e9)
@@ -308,23 +241,27 @@ def build_plan(
             StagePlan(
                 work.stage,
                 merges=work.merges,
-                scorings=work.scorings,
+                scorings=round(work.scorings, 2),
                 defender_scorings=work.defender_scorings,
                 training_steps=work.training_steps,
                 peak_memory_gb=round(memories[work.stage], 1) if work.stage in memories else None,
                 seconds=round(seconds, 1),
             )
         )
-    scorings = sum(s.scorings for s in stages)
+    scorings = round(sum(s.scorings for s in stages), 2)
     too_big = [s for s in stages if s.peak_memory_gb is not None and s.peak_memory_gb > hw.memory_gb]
     totals = {
         "merges": sum(s.merges for s in stages),
         "scorings": scorings,
         "defender_only_scorings": sum(s.defender_scorings for s in stages),
-        "prompts": scorings * sum(t.prompts or 0 for t in tasks)
-        + sum(s.defender_scorings for s in stages) * sum(t.prompts or 0 for t in defender_tasks),
-        "generated_tokens_upper_bound": scorings * sum(t.generated_tokens for t in tasks)
-        + sum(s.defender_scorings for s in stages) * sum(t.generated_tokens for t in defender_tasks),
+        "prompts": round(
+            scorings * sum(t.prompts or 0 for t in tasks)
+            + sum(s.defender_scorings for s in stages) * sum(t.prompts or 0 for t in defender_tasks)
+        ),
+        "generated_tokens_upper_bound": round(
+            scorings * sum(t.generated_tokens for t in tasks)
+            + sum(s.defender_scorings for s in stages) * sum(t.generated_tokens for t in defender_tasks)
+        ),
         "training_steps": sum(s.training_steps for s in stages),
         "evaluation_memory_gb": round(evaluation.total / GB, 1),
         "merge_host_memory_gb": round(merge_memory(shape, stored_bytes=stored).total / GB, 1),
@@ -335,6 +272,8 @@ def build_plan(
         f"{BANDWIDTH_SHARE:.0%} of the bandwidth per decode step, {COMPUTE_SHARE:.0%} of the peak FLOP/s, every generation "
         "to its token cap, no cached scores.",
         f"Scorings and merges spread over the {devices} device(s); training is data-parallel over them.",
+        f"The merge grids are raced over {rounds} part(s) of the prompts (--race-rounds), priced as if no grid point were "
+        "dropped before the last part; scorings are counted in full-set equivalents.",
     ]
     for stage in too_big:
         fits_with = next((f for m, f in stage_memories(config, shape, stored, processes) if m.stage == stage.stage), "")
@@ -369,7 +308,7 @@ def format_plan(plan: Plan) -> str:
         f"{'stage':<48} {'merges':>7} {'scorings':>9} {'steps':>7} {'peak GB':>8} {'time':>9}",
     ]
     for s in plan.stages:
-        scorings = f"{s.scorings}" + (f"+{s.defender_scorings}d" if s.defender_scorings else "")
+        scorings = f"{s.scorings:g}" + (f"+{s.defender_scorings}d" if s.defender_scorings else "")
         memory = "-" if s.peak_memory_gb is None else f"{s.peak_memory_gb:.1f}" + ("!" if s.peak_memory_gb > hw["memory_gb"] else "")
         lines.append(f"{s.stage:<48} {s.merges:>7} {scorings:>9} {s.training_steps:>7} {memory:>8} {duration(s.seconds):>9}")
     lines += ["", "Per scoring:"]
@@ -381,7 +320,7 @@ def format_plan(plan: Plan) -> str:
         )
     lines += [
         "",
-        f"Total: {totals['merges']} merges, {totals['scorings']} scorings"
+        f"Total: {totals['merges']} merges, {totals['scorings']:g} scorings"
         + (f" (+{totals['defender_only_scorings']} on the defender's tasks only)" if totals["defender_only_scorings"] else "")
         + f", {totals['prompts']:,} prompts, at most {totals['generated_tokens_upper_bound']:,} generated tokens, "
         f"{totals['training_steps']} training steps.",

@@ -6,7 +6,7 @@ the self-test's merge matrix and prices everything with a small throughput table
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -22,7 +22,9 @@ class Work:
         lora: only a LoRA trains (no weight gradients: about 2/3 of a full pass's compute).
         checkpointing: activations are recomputed in the backward (one more forward per pass).
         merges: models merged with mergekit's math.
-        scorings: models scored with lm-eval on every task of the run.
+        scorings: models scored with lm-eval on every task of the run (on every prompt).
+        raced: merge grids searched by the budgeted race (:mod:`hf_mergeguard.selftest.racing`), by their number of
+            grid points; the plan prices them (their merges and scorings are not in ``merges``/``scorings``).
         defender_scorings: models scored on the defender's tasks only (exact criticality).
         forward_tokens: tokens run forward without gradients (fast criticality's calibration losses).
         streamed_passes: passes over the model's weights on disk (transforms, matching).
@@ -35,7 +37,8 @@ class Work:
     lora: bool = False
     checkpointing: bool = False
     merges: int = 0
-    scorings: int = 0
+    scorings: float = 0
+    raced: list[int] = field(default_factory=list)
     defender_scorings: int = 0
     forward_tokens: int = 0
     streamed_passes: int = 0
@@ -60,3 +63,4 @@ class MatrixSize:
     methods: int  # merge methods tried
     merges_per_variant: int  # merges of one model variant (methods x values x free-riders)
     freeriders: int
+    groups: tuple[int, ...] = ()  # grid points of each method (x free-riders): what each race runs over

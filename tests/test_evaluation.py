@@ -27,7 +27,7 @@ def test_lm_eval_scores_finetune_far_above_base(toy_world):
 def test_limit_scores_a_seeded_random_subset(toy_world):
     """--limit N scores N documents drawn at random with a fixed seed (the same for every model and run), not the first
     N: lm-eval scores exactly the documents the evaluator lists, and the score is the model's on those."""
-    from hf_mergeguard.evaluation.harness import subsample
+    from hf_mergeguard.evaluation.sampling import subsample
     from hf_mergeguard.toyworld.scoring import exact_match
 
     evaluator = Evaluator("toy_rev", include_tasks=[toy_world.tasks], limit=20)
@@ -85,3 +85,30 @@ def test_few_shot_examples_are_seeded_like_simple_evaluate(pico_world, tmp_path)
     unseeded = contexts()  # the sampler goes on drawing: what a second evaluation saw before
     seed_like_simple_evaluate(tasks.values())
     assert contexts() == first and unseeded != first and FEWSHOT_SEED == 1234
+
+
+def test_a_degenerate_model_is_scored_on_its_first_prompts_only(pico_world):
+    """A model whose first prompts' outputs are all empty or one unit repeated stops there (its score says so); any
+    other model's score is the same as without the probe (the probe's prompts and the rest, combined)."""
+    import torch
+
+    from hf_mergeguard.evaluation.sampling import is_degenerate
+
+    assert is_degenerate({"resps": [["   "]]}) and is_degenerate({"resps": [["abababababababababab"]]})
+    assert is_degenerate({"resps": [["abcabcabcabcabcabcabcabcab"]]}) and not is_degenerate({"resps": [["############ 1"]]})
+    assert not is_degenerate({"resps": [["#### 12"]]}) and not is_degenerate({"resps": [["the the cat sat"]]})
+    tokenizer = load_tokenizer(pico_world.base)
+    probed = Evaluator("toy_count", include_tasks=[pico_world.tasks], degenerate_probe=4)
+    plain = Evaluator("toy_count", include_tasks=[pico_world.tasks], degenerate_probe=0)
+
+    broken = Checkpoint(pico_world.model("count")).load_model()
+    with torch.no_grad():
+        for param in broken.parameters():
+            param.zero_()  # every logit 0: the same token at every step
+    score = probed.evaluate(broken, tokenizer)["toy_count"]
+    assert score.degenerate and score.samples == 4 and score.value == 0.0
+
+    model = Checkpoint(pico_world.model("count")).load_model()
+    with_probe, without = probed.evaluate(model, tokenizer)["toy_count"], plain.evaluate(model, tokenizer)["toy_count"]
+    assert not with_probe.degenerate and with_probe.samples == without.samples == len(pico_world.rows("count"))
+    assert with_probe.value == pytest.approx(without.value, abs=1e-12)

@@ -168,7 +168,7 @@ def test_trap_on_the_toy_world(toy_world, tmp_path, capsys, protect_argv):
 
 def test_options_of_unused_defenses_do_not_key_the_work_folder():
     from hf_mergeguard.config import build_protect_config
-    from hf_mergeguard.pipeline import work_dir_for
+    from hf_mergeguard.workdir import work_dir_for
 
     def folder(method, **sections):
         return work_dir_for(build_protect_config(None, {"model": "m", "base": "b", "output_dir": "o", "method": method, **sections}))

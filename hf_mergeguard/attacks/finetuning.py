@@ -89,7 +89,7 @@ def _start(ctx: AttackContext) -> FineTuningStart:
             "Pass --train-data (the attacker's examples are taken from it), or leave those attacks out (--attacks realign,unmask).",
         )
     examples = list(ctx.examples)[-ctx.config.attack_examples :]  # the end of the data: away from the calibration set
-    candidates = [merge for merge in ctx.report.merges if merge.variant == "protected"]
+    candidates = [merge for merge in ctx.report.merges if merge.variant == "protected" and merge.prompts is None]
     start = max(candidates, key=lambda merge: ((merge.freerider_kept or 0.0), merge.defender_score))
     merged = ctx.merge(start.method, start.value, start.freerider)
     # What the examples alone buy: the free-rider's own model fine-tuned on them the same way.

@@ -183,6 +183,7 @@ def merge_tensors(
     freeriders: Sequence[TensorSource],
     seed: int = 0,
     names: Sequence[str] | None = None,
+    device: str | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield the merged model one tensor at a time (mergekit's math on one tensor group per call).
 
@@ -193,6 +194,9 @@ def merge_tensors(
         defender: the (protected or original) defender model.
         freeriders: the free-rider fine-tunes merged with it.
         seed: seed of random methods (DARE, DELLA), combined with each tensor's name.
+        device: where the math runs (a GPU when the run has one: the merge does not wait on the host's cores). The
+            random methods (DARE, DELLA) merge on the CPU whatever the device: their masks are the same on every
+            machine.
     """
     from mergekit.merge_methods import merge_state_dicts
 
@@ -210,6 +214,9 @@ def merge_tensors(
     merge_base = BASE if method.uses_base else (DEFENDER if method.name == "slerp" else None)
     for name in names if names is not None else defender.tensor_names:
         tensors = {key: {name: source.get(name)} for key, source in inputs.items()}
+        on_device = device is not None and torch.device(device).type != "cpu" and not method.random
+        if on_device:
+            tensors = {key: {name: t.to(device) for name, t in group.items()} for key, group in tensors.items()}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_tensor_seed(seed, name))
             with torch.no_grad():

@@ -197,8 +197,6 @@ register_attack(
             "squares per attention head), then merged it with every method"
         ),
         # One pass of matching over the weights, then the protected model's merge matrix again (and its standalone).
-        work=lambda config, size: [
-            Work("realign", streamed_passes=1, merges=size.merges_per_variant, scorings=size.merges_per_variant + 1)
-        ],
+        work=lambda config, size: [Work("realign", streamed_passes=1, scorings=1, raced=list(size.groups))],
     )
 )

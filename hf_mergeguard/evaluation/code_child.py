@@ -19,13 +19,15 @@ def main(spec_path: str) -> int:
     from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_mergeguard.evaluation.harness import subsamples
+    from hf_mergeguard.evaluation.sampling import subsamples
 
     model = AutoModelForCausalLM.from_pretrained(spec["model"], trust_remote_code=False, dtype="auto").to(spec.get("device", "cpu"))
     tokenizer = AutoTokenizer.from_pretrained(spec["model"], trust_remote_code=False)
     manager = TaskManager(include_path=spec["index_paths"] or None, include_defaults=spec["include_defaults"])
     # --limit scores the same seeded subset as the in-process tasks (harness.subsample).
-    samples = subsamples(manager.load(spec["tasks"])["tasks"], spec["limit"]) if spec["limit"] else None
+    samples = spec.get("samples")
+    if samples is None and spec["limit"]:
+        samples = subsamples(manager.load(spec["tasks"])["tasks"], spec["limit"])
     results = lm_eval.simple_evaluate(
         model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec["batch_size"]),
         tasks=spec["tasks"],

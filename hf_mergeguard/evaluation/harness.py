@@ -5,10 +5,10 @@ scored without writing it to disk. Tasks that execute model-written code run in 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
-import random
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -17,6 +17,7 @@ from typing import Sequence
 
 from ..errors import ConfigError, MergeGuardError, OfflineError
 from ..io.hub import looks_offline
+from .sampling import DEGENERATE_PROBE, is_degenerate, only_tasks, subsample, subsamples, summed
 from .sandbox import run_with_time_limit, scrubbed_environment
 from .tasks import TaskCatalog, parse_tasks
 
@@ -32,10 +33,17 @@ class TaskScore:
     value: float
     stderr: float | None
     samples: int
+    degenerate: bool = False  # scored on the first prompts only: every output was empty or a repetition
 
     @property
     def points(self) -> float:
         return 100.0 * self.value
+
+    def after(self, earlier: TaskScore) -> TaskScore:
+        """This score over more prompts of the same task, combined with ``earlier``'s (a mean over all of them)."""
+        total = self.samples + earlier.samples
+        value = (summed(self.value, self.samples) + summed(earlier.value, earlier.samples)) / total if total else self.value
+        return TaskScore(self.task, self.metric, value, None, total)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +81,9 @@ class Evaluator:
         bootstrap_iters: lm-eval's bootstrap for standard errors (0: off).
         chat_template: score with the tokenizer's chat template, few-shot examples as turns (lm-eval's
             ``apply_chat_template`` and ``fewshot_as_multiturn``; see :func:`.chat.use_chat_template`).
+        degenerate_probe: score this many prompts of each generation task first; a task whose outputs there are all
+            empty or a repetition is scored on them alone (``TaskScore.degenerate``), the rest is not generated.
+            0: off.
     """
 
     def __init__(
@@ -86,6 +97,7 @@ class Evaluator:
         code_timeout: float = 3600.0,
         bootstrap_iters: int = 0,
         chat_template: bool = False,
+        degenerate_probe: int = DEGENERATE_PROBE,
     ):
         self.catalog = TaskCatalog(parse_tasks(tasks), [Path(p) for p in include_tasks])
         self.include_tasks = [str(p) for p in include_tasks]  # as given (the report records them)
@@ -95,6 +107,7 @@ class Evaluator:
         self.code_timeout = code_timeout
         self.bootstrap_iters = bootstrap_iters
         self.chat_template = chat_template
+        self.degenerate_probe = degenerate_probe
         self.generation_config = None  # a transformers GenerationConfig every scored model gets (see evaluate)
         self.code_tasks = self.catalog.code_tasks()
         self.plain_tasks = [t for t in self.catalog.names if t not in self.code_tasks]
@@ -144,38 +157,74 @@ class Evaluator:
                 rows.append({"prompt": str(task.doc_to_text(doc)), "completion": target if isinstance(target, str) else str(target)})
         return rows
 
-    def evaluate(self, model, tokenizer) -> dict[str, TaskScore]:
+    def evaluate(self, model, tokenizer, samples: dict[str, list[int]] | None = None) -> dict[str, TaskScore]:
         """Score an in-memory ``transformers`` model on every task (with :attr:`generation_config`, when set: the
-        defender's ``generation_config.json``, e.g. the end-of-turn ids an instruct model stops at)."""
+        defender's ``generation_config.json``, e.g. the end-of-turn ids an instruct model stops at).
+
+        ``samples``: the documents to score, by task (indices into each task's test split; the budgeted search scores
+        a grid point on a part of them); default: ``--limit``'s subset, or all."""
         if self.generation_config is not None:
             model.generation_config = copy.deepcopy(self.generation_config)
         scores: dict[str, TaskScore] = {}
         if self.plain_tasks:
-            scores.update(self._evaluate_in_process(model, tokenizer))
+            scores.update(self._evaluate_in_process(model, tokenizer, samples))
         if self.code_tasks:
-            scores.update(self._evaluate_code_tasks(model, tokenizer))
+            scores.update(self._evaluate_code_tasks(model, tokenizer, samples))
         return {task: scores[task] for task in self.catalog.names}
 
-    def _evaluate_in_process(self, model, tokenizer) -> dict[str, TaskScore]:
+    def document_indices(self) -> dict[str, list[int]]:
+        """Every task's scored documents by default: ``--limit``'s seeded subset, or all (code tasks included: their
+        data is read here, nothing is executed)."""
+        tasks = self._load_tasks()["tasks"] if self.plain_tasks else {}
+        if self.code_tasks:
+            tasks = {**tasks, **self.catalog.manager.load(self.code_tasks)["tasks"]}
+        chosen = {}
+        for name, task in tasks.items():
+            size = len(task.eval_docs)
+            chosen[name] = subsample(name, size, self.limit) or list(range(size))
+        return chosen
+
+    def _evaluate_in_process(self, model, tokenizer, samples=None) -> dict[str, TaskScore]:
+        task_dict = self._load_tasks()
+        tasks = task_dict["tasks"]
+        chosen = {t: samples[t] for t in self.plain_tasks} if samples else subsamples(tasks, self.limit)
+        chosen = chosen or {t: list(range(len(task.eval_docs))) for t, task in tasks.items()}
+        probe = self.degenerate_probe
+        probed = [t for t in chosen if probe and tasks[t].OUTPUT_TYPE == "generate_until" and len(chosen[t]) > probe]
+        if not probed or task_dict.get("groups"):
+            return self._scores_from(self._run(model, tokenizer, task_dict, chosen))
+        # A broken merge generates to the token cap on every prompt: score the first few prompts of each generation
+        # task first, and stop there for a task whose outputs are all empty or a repetition.
+        first = self._run(model, tokenizer, only_tasks(task_dict, probed), {t: chosen[t][:probe] for t in probed}, log_samples=True)
+        degenerate = [t for t in probed if all(is_degenerate(s) for s in first["samples"][t])]
+        rest = {t: chosen[t][probe:] if t in probed else chosen[t] for t in chosen if t not in degenerate}
+        scores = self._scores_from(first)
+        if rest:
+            later = self._scores_from(self._run(model, tokenizer, only_tasks(task_dict, list(rest)), rest))
+            for task, score in later.items():
+                scores[task] = score.after(scores[task]) if task in scores else score
+        for task in degenerate:
+            scores[task] = dataclasses.replace(scores[task], degenerate=True)
+        return scores
+
+    def _run(self, model, tokenizer, task_dict, samples, *, log_samples: bool = False) -> dict:
         from accelerate.utils import patch_environment
         from lm_eval.evaluator import evaluate as lm_evaluate
 
-        task_dict = self._load_tasks()
         seed_like_simple_evaluate(task_dict["tasks"].values())
         # lm-eval returns results only where LOCAL_RANK is 0; under accelerate each process scores its own
         # models, so every process is "rank 0" for lm-eval.
         with patch_environment(local_rank="0"), _quiet_lm_eval():
             lm = _quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
-            results = lm_evaluate(
+            return lm_evaluate(
                 lm,
                 task_dict,
-                samples=subsamples(task_dict["tasks"], self.limit),
+                samples=samples,
                 bootstrap_iters=self.bootstrap_iters,
-                log_samples=False,
+                log_samples=log_samples,
                 apply_chat_template=self.chat_template,
                 fewshot_as_multiturn=self.chat_template,
             )
-        return self._scores_from(results)
 
     def _scores_from(self, results: dict) -> dict[str, TaskScore]:
         scores = {}
@@ -187,7 +236,7 @@ class Evaluator:
             scores[task] = TaskScore(task, metric, value, stderr, int(samples))
         return scores
 
-    def _evaluate_code_tasks(self, model, tokenizer) -> dict[str, TaskScore]:
+    def _evaluate_code_tasks(self, model, tokenizer, samples=None) -> dict[str, TaskScore]:
         from ..io.hf_models import save_model
 
         with tempfile.TemporaryDirectory(prefix="hfmg-code-eval-") as tmp:
@@ -198,6 +247,7 @@ class Evaluator:
                 "index_paths": self.catalog.index_paths,
                 "include_defaults": self.catalog.include_defaults,
                 "limit": self.limit,
+                "samples": {t: samples[t] for t in self.code_tasks} if samples else None,
                 "batch_size": self.batch_size,
                 "bootstrap_iters": self.bootstrap_iters,
                 "chat_template": self.chat_template,
@@ -226,24 +276,6 @@ class Evaluator:
 
 # lm-eval's ``simple_evaluate`` default: the same few-shot examples as ``lm_eval --model hf``.
 FEWSHOT_SEED = 1234
-SUBSAMPLE_SEED = 1234  # --limit's prompts: the same seeded subset for every model, run and process
-
-
-def subsample(task: str, size: int, limit: int | None) -> list[int] | None:
-    """The indices of the documents ``--limit`` scores: a seeded random subset of ``limit`` of the ``size`` documents
-    (sorted; the same for every model, so their scores compare), or None for all of them. The first N would be a
-    biased sample wherever a dataset is ordered (by difficulty, by source)."""
-    if not limit or limit >= size:
-        return None
-    return sorted(random.Random(f"{SUBSAMPLE_SEED}:{task}").sample(range(size), limit))
-
-
-def subsamples(task_objects: dict, limit: int | None) -> dict[str, list[int]] | None:
-    """lm-eval's ``samples`` argument for ``--limit``: :func:`subsample` of every task (None: no limit)."""
-    if not limit:
-        return None
-    chosen = {name: subsample(name, len(task.eval_docs), limit) for name, task in task_objects.items()}
-    return {name: indices if indices is not None else list(range(len(task_objects[name].eval_docs))) for name, indices in chosen.items()}
 
 
 def seed_like_simple_evaluate(tasks) -> None:

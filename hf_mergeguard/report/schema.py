@@ -45,6 +45,11 @@ class MergeResult:
     defender_score: float  # mean over the defender's tasks
     freerider_kept: float | None  # share of the free-rider's own gain kept (None: it has no tasks)
     defender_kept: float | None  # share of the defender's gain kept
+    # The attacker's search on a budget dropped it after this many prompts (of its first task): its scores are over
+    # those prompts only, and it is never an attacker's best. None: scored on every prompt.
+    prompts: int | None = None
+    # Tasks whose outputs were all empty or a repetition on the first prompts scored: scored on those alone.
+    degenerate: list[str] = field(default_factory=list)
 
 
 @dataclass

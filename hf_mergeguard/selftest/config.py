@@ -30,6 +30,16 @@ class SelfTestConfig:
     batch_size: int = field(
         default=32, metadata={"help": "fixed evaluation batch size (greedy scores can shift with padding)", "flag": "--batch-size"}
     )
+    race_rounds: int = field(
+        default=3,
+        metadata={
+            "help": "the attacker's search on a budget: score the merge grid on 1/9, then 1/3 of the prompts, dropping the "
+            "points that clearly cannot be the attacker's best, and only the best few on every prompt (1: the full grid)",
+            "flag": "--race-rounds",
+        },
+    )
+    race_keep: int = field(default=2, metadata={"help": "grid points per method and variant scored on every prompt", "flag": "--race-keep"})
+    race_z: float = field(default=2.0, metadata={"help": "confidence bounds of the race: mean ± z standard errors"})
     max_standalone_drop: float = field(
         default=1.5, metadata={"help": "gate: most points the protected model may lose on its tasks", "flag": "--max-standalone-drop"}
     )
@@ -110,6 +120,8 @@ class SelfTestConfig:
             raise ConfigError("--freerider-floor must be between 0 and 1.")
         parse_methods(self.methods)  # typos fail here, before any work
         parse_attacks(self.attacks)
+        if self.race_rounds < 1 or self.race_keep < 1 or self.race_z <= 0:
+            raise ConfigError("--race-rounds and --race-keep must be at least 1, race_z above 0.")
         if self.attack_examples < 1 or self.attack_steps < 1 or self.attack_lora_rank < 0:
             raise ConfigError("--attack-examples and --attack-steps must be at least 1, --attack-lora-rank at least 0.")
 

@@ -43,6 +43,11 @@ from ..report.schema import (
 from ..report.scoring import TOLERANCE, Shares, attacker_best
 from .config import SelfTestConfig
 from .freeriders import FreeRider
+from .racing import race, race_parts
+
+# Bumped when how a score is computed changes (2: --limit's seeded subset and the degenerate probe), so a cache of
+# scores computed the old way is not mixed with new ones.
+SCORING_VERSION = 2
 
 RETENTION_UNIT = "share of the defender's skill gain over the base"
 
@@ -89,17 +94,17 @@ class ScoreCache:
         self.fingerprints = fingerprints
         self.identity = identity  # what else a score depends on: tasks, task folders, limit, seed
 
-    def path(self, job: Job) -> Path | None:
+    def path(self, job: Job, part: dict | None = None) -> Path | None:
         involved = job.models
         if self.folder is None or any(self.fingerprints[name] is None for name in involved):
             return None
-        key = config_digest(
-            {"tool": __version__, "job": asdict(job), "models": {name: self.fingerprints[name] for name in involved}, **self.identity}
-        )
-        return self.folder / f"{key}.json"
+        key = {"tool": __version__, "job": asdict(job), "models": {name: self.fingerprints[name] for name in involved}, **self.identity}
+        if part is not None:  # a race's part of the prompts
+            key["part"] = part
+        return self.folder / f"{config_digest(key)}.json"
 
-    def score(self, job: Job, score) -> dict:
-        path = self.path(job)
+    def score(self, job: Job, score, part: dict | None = None) -> dict:
+        path = self.path(job, part)
         if path is not None and path.is_file():
             return json.loads(path.read_text())
         result = score(job)
@@ -158,7 +163,7 @@ def run_selftest(
     sources = {name: materialize(source) if _small(source) else source for name, source in sources.items()}
     methods = {m.name: m for m in config.merge_methods()}
 
-    def score(job: Job) -> dict:
+    def build(job: Job):
         if job.is_merge:
             tensors = merge_state_dict(
                 methods[job.method],
@@ -167,12 +172,21 @@ def run_selftest(
                 defender=sources[job.model],
                 freeriders=[sources[f"freerider{job.freerider}"]],
                 seed=seed,
+                device=device,
             )
             model = model_from_state_dict(protected.config, tensors, device=device)
         else:
             model = sources[job.model].load_model(device=device)
-        scores = evaluator.evaluate(model, tokenizer)
-        return {"job": asdict(job), "scores": {t: s.value for t, s in scores.items()}, "metrics": {t: s.metric for t, s in scores.items()}}
+        return model
+
+    def score(job: Job) -> dict:
+        scores = evaluator.evaluate(build(job), tokenizer)
+        return {
+            "job": asdict(job),
+            "scores": {t: s.value for t, s in scores.items()},
+            "metrics": {t: s.metric for t, s in scores.items()},
+            "degenerate": [t for t, s in scores.items() if s.degenerate],
+        }
 
     cache = ScoreCache(
         score_cache,
@@ -182,14 +196,16 @@ def run_selftest(
             "include_tasks": [str(Path(p).resolve()) for p in evaluator.include_tasks],
             "limit": config.limit,
             "seed": seed,
+            "scoring": SCORING_VERSION,
+            "degenerate_probe": evaluator.degenerate_probe,
         },
     )
-    results = run_jobs(
-        plan_jobs(config, len(freeriders), original is not None),
-        lambda job: cache.score(job, score),
-        accelerator=accelerator,
-        progress=progress,
-    )
+    jobs = plan_jobs(config, len(freeriders), original is not None)
+    parts = race_parts(evaluator.document_indices(), config.race_rounds, seed) if config.race_rounds > 1 else []
+    if len(parts) > 1:
+        results = _raced(jobs, parts, build, score, cache, evaluator, tokenizer, config, tasks, freeriders, accelerator, progress)
+    else:
+        results = run_jobs(jobs, lambda job: cache.score(job, score), accelerator=accelerator, progress=progress)
     run_config = {"tasks": list(tasks), "include_tasks": list(evaluator.include_tasks), "seed": seed, **asdict(config)}
     sources = Sources(
         base=base.source,
@@ -198,6 +214,54 @@ def run_selftest(
         freeriders=[FreeRiderSource(fr.name, list(fr.tasks)) for fr in freeriders],
     )
     return analyse(results, tasks, config, freeriders, with_original=original is not None, run_config=run_config, sources=sources)
+
+
+def _raced(jobs, parts, build, score, cache, evaluator, tokenizer, config, tasks, freeriders, accelerator, progress) -> list[dict]:
+    """The matrix with the attacker's search on a budget (:mod:`.racing`): the standalone models on every prompt, each
+    (variant, method)'s grid raced over the parts of the prompts."""
+    standalone = [job for job in jobs if not job.is_merge]
+    results = run_jobs(standalone, lambda job: cache.score(job, score), accelerator=accelerator, progress=progress)
+    shares = shares_of({r["job"]["model"]: r["scores"] for r in results}, tasks, freeriders)
+    groups: dict[tuple, list] = {}
+    for job in jobs:
+        if job.is_merge:
+            groups.setdefault((job.model, job.method), []).append((job, job.freerider))
+
+    degenerate: dict[Job, set] = {}  # tasks a job's outputs were degenerate on, in some part
+
+    def score_part(job: Job, index: int) -> dict:
+        def run(job: Job) -> dict:
+            scored = evaluator.evaluate(build(job), tokenizer, samples=parts[index])
+            return {
+                "scores": {t: [s.value, s.samples] for t, s in scored.items()},
+                "degenerate": [t for t, s in scored.items() if s.degenerate],
+            }
+
+        result = cache.score(job, run, part={"index": index, "of": len(parts), "documents": parts[index]})
+        degenerate.setdefault(job, set()).update(result.get("degenerate", []))
+        return result["scores"]
+
+    candidates = race(
+        list(groups.values()),
+        parts,
+        lambda pairs: run_jobs(pairs, lambda pair: score_part(*pair), accelerator=accelerator, desc="self-test (race)", progress=progress),
+        shares,
+        floor=config.freerider_floor,
+        z=config.race_z,
+        keep=config.race_keep,
+    )
+    metrics = results[0]["metrics"]
+    for candidate in candidates:
+        results.append(
+            {
+                "job": asdict(candidate.key),
+                "scores": candidate.scores(),
+                "metrics": metrics,
+                "prompts": candidate.dropped_at,
+                "degenerate": sorted(degenerate.get(candidate.key, ())),
+            }
+        )
+    return results
 
 
 def shares_of(standalone: dict, tasks: Sequence[str], freeriders: Sequence[FreeRider]) -> Shares:
@@ -240,11 +304,13 @@ def analyse(
                 defender_score=scored.defender_score,
                 freerider_kept=scored.freerider_kept,
                 defender_kept=scored.defender_kept,
+                prompts=r.get("prompts"),
+                degenerate=r.get("degenerate") or [],
             )
         )
 
     def best(variant: str, method: str) -> BestMerge:
-        pool = [m for m in merges if m.variant == variant and m.method == method]
+        pool = [m for m in merges if m.variant == variant and m.method == method and m.prompts is None]  # every prompt
         chosen, met = attacker_best(
             pool, config.freerider_floor, score=lambda m: m.defender_score, freerider_kept=lambda m: m.freerider_kept
         )

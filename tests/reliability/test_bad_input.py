@@ -334,6 +334,7 @@ def test_work_dir_of_a_run_with_other_options(release, refused, monkeypatch, cap
     import hf_mergeguard.pipeline as pipeline
     from hf_mergeguard.cli.main import main
     from hf_mergeguard.errors import TrainingError
+    from hf_mergeguard.workdir import RUN_RECORD
 
     work = release.tmp / "work"
     argv = release.argv() + ["--work-dir", str(work)]
@@ -343,7 +344,7 @@ def test_work_dir_of_a_run_with_other_options(release, refused, monkeypatch, cap
 
     monkeypatch.setattr(pipeline, "apply_defenses", killed)
     assert main([*argv, "--seed", "1"]) != 0  # an earlier run with seed 1, stopped in its first step
-    earlier = json.loads((work / pipeline.RUN_RECORD).read_text())
+    earlier = json.loads((work / RUN_RECORD).read_text())
     assert earlier["options"]["run"]["seed"] == 1
     refused(
         argv,
