@@ -1,5 +1,7 @@
 """lm-eval scoring: real runs on toy-world models, task lookup, code-execution refusal."""
 
+from pathlib import Path
+
 import pytest
 
 from hf_mergeguard.errors import OfflineError, UnknownTaskError
@@ -112,3 +114,48 @@ def test_a_degenerate_model_is_scored_on_its_first_prompts_only(pico_world):
     with_probe, without = probed.evaluate(model, tokenizer)["toy_count"], plain.evaluate(model, tokenizer)["toy_count"]
     assert not with_probe.degenerate and with_probe.samples == without.samples == len(pico_world.rows("count"))
     assert with_probe.value == pytest.approx(without.value, abs=1e-12)
+
+
+def test_the_vllm_backend_is_wired_to_lm_eval_and_refused_when_missing(pico_world, monkeypatch, capsys):
+    """--eval-backend vllm: without the vllm package a clear error before any work; with it (faked here at the one
+    boundary, lm-eval's VLLM class: vllm needs a GPU) the model is written to a folder, lm-eval's vLLM model is built
+    from it with the run's batch size and seed, and the scores are lm-eval's."""
+    from lm_eval.models.huggingface import HFLM
+
+    import hf_mergeguard.evaluation.backends as backends
+    from hf_mergeguard.cli.main import main
+    from hf_mergeguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs the vllm package") as error:
+        Evaluator("toy_count", include_tasks=[pico_world.tasks], eval_backend="vllm")
+    assert "pip install vllm" in error.value.hint
+    capsys.readouterr()
+    assert (
+        main(["evaluate", str(pico_world.base), "--tasks", "toy_count", "--include-tasks", str(pico_world.tasks), "--eval-backend", "vllm"])
+        == 2
+    )
+    assert "Error: --eval-backend vllm needs the vllm package" in capsys.readouterr().err
+    built = []
+
+    class FakeVLLM(HFLM):  # lm-eval's VLLM signature; generation by HFLM from the same folder
+        def __init__(self, pretrained, tokenizer, dtype, batch_size, seed, max_model_len, trust_remote_code):
+            built.append(
+                {
+                    "pretrained": pretrained,
+                    "files": sorted(p.name for p in Path(pretrained).iterdir()),
+                    "batch_size": batch_size,
+                    "seed": seed,
+                }
+            )
+            model = Checkpoint(pretrained).load_model()  # what vLLM loads, from the folder it was given
+            super().__init__(pretrained=model, tokenizer=load_tokenizer(tokenizer), batch_size=batch_size)
+
+    monkeypatch.setattr(backends, "find_spec", lambda name: object())
+    monkeypatch.setattr(backends, "vllm_class", lambda: FakeVLLM)
+    tokenizer = load_tokenizer(pico_world.base)
+    model = Checkpoint(pico_world.model("count")).load_model()
+    with_vllm = Evaluator("toy_count", include_tasks=[pico_world.tasks], eval_backend="vllm", batch_size=8).evaluate(model, tokenizer)
+    with_hf = Evaluator("toy_count", include_tasks=[pico_world.tasks], batch_size=8).evaluate(model, tokenizer)
+    assert with_vllm["toy_count"].value == with_hf["toy_count"].value and with_vllm["toy_count"].samples == with_hf["toy_count"].samples
+    assert built and built[0]["batch_size"] == 8 and built[0]["seed"] == 1234 and "config.json" in built[0]["files"]
+    assert any(name.endswith(".safetensors") for name in built[0]["files"]) and not Path(built[0]["pretrained"]).exists()

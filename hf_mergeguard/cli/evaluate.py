@@ -24,6 +24,7 @@ def evaluate_command(
     batch_size: int = option_of(SelfTestConfig, "batch_size", default=SelfTestConfig.batch_size),
     allow_code_eval: bool = option_of(SelfTestConfig, "allow_code_eval", default=False),
     code_timeout: float = option_of(SelfTestConfig, "code_timeout", default=SelfTestConfig.code_timeout),
+    eval_backend: str = option_of(SelfTestConfig, "eval_backend", default=SelfTestConfig.eval_backend),
     revision: Optional[str] = option_of(ModelInputs, "revision"),
     device: Optional[str] = option_of(RunConfig, "device"),
     as_json: JsonOpt = False,
@@ -44,6 +45,7 @@ def evaluate_command(
         batch_size=batch_size,
         allow_code_eval=allow_code_eval,
         code_timeout=code_timeout,
+        eval_backend=eval_backend,
     )
     if as_json:
         typer.echo(json.dumps({t: s.to_dict() for t, s in scores.items()}, indent=2))

@@ -4,6 +4,7 @@ scored without writing it to disk. Tasks that execute model-written code run in 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -17,6 +18,7 @@ from typing import Sequence
 
 from ..errors import ConfigError, MergeGuardError, OfflineError
 from ..io.hub import looks_offline
+from .backends import check_backend, vllm_model
 from .sampling import DEGENERATE_PROBE, is_degenerate, only_tasks, subsample, subsamples, summed
 from .sandbox import run_with_time_limit, scrubbed_environment
 from .tasks import TaskCatalog, parse_tasks
@@ -84,6 +86,7 @@ class Evaluator:
         degenerate_probe: score this many prompts of each generation task first; a task whose outputs there are all
             empty or a repetition is scored on them alone (``TaskScore.degenerate``), the rest is not generated.
             0: off.
+        eval_backend: ``hf`` or ``vllm`` (:mod:`.backends`; code tasks always score with ``hf``).
     """
 
     def __init__(
@@ -98,7 +101,9 @@ class Evaluator:
         bootstrap_iters: int = 0,
         chat_template: bool = False,
         degenerate_probe: int = DEGENERATE_PROBE,
+        eval_backend: str = "hf",
     ):
+        check_backend(eval_backend)
         self.catalog = TaskCatalog(parse_tasks(tasks), [Path(p) for p in include_tasks])
         self.include_tasks = [str(p) for p in include_tasks]  # as given (the report records them)
         self.catalog.require_code_permission(allow_code_eval)
@@ -108,6 +113,7 @@ class Evaluator:
         self.bootstrap_iters = bootstrap_iters
         self.chat_template = chat_template
         self.degenerate_probe = degenerate_probe
+        self.eval_backend = eval_backend
         self.generation_config = None  # a transformers GenerationConfig every scored model gets (see evaluate)
         self.code_tasks = self.catalog.code_tasks()
         self.plain_tasks = [t for t in self.catalog.names if t not in self.code_tasks]
@@ -207,6 +213,15 @@ class Evaluator:
             scores[task] = dataclasses.replace(scores[task], degenerate=True)
         return scores
 
+    @contextlib.contextmanager
+    def _lm(self, model, tokenizer):
+        """lm-eval's model for ``model``: HFLM on the model in memory, or vLLM (see :mod:`.backends`)."""
+        if self.eval_backend == "vllm":
+            with vllm_model(model, tokenizer, batch_size=self.batch_size, seed=FEWSHOT_SEED) as lm:
+                yield lm
+        else:
+            yield _quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+
     def _run(self, model, tokenizer, task_dict, samples, *, log_samples: bool = False) -> dict:
         from accelerate.utils import patch_environment
         from lm_eval.evaluator import evaluate as lm_evaluate
@@ -214,8 +229,7 @@ class Evaluator:
         seed_like_simple_evaluate(task_dict["tasks"].values())
         # lm-eval returns results only where LOCAL_RANK is 0; under accelerate each process scores its own
         # models, so every process is "rank 0" for lm-eval.
-        with patch_environment(local_rank="0"), _quiet_lm_eval():
-            lm = _quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+        with patch_environment(local_rank="0"), _quiet_lm_eval(), self._lm(model, tokenizer) as lm:
             return lm_evaluate(
                 lm,
                 task_dict,

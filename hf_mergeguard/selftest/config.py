@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..attacks.base import parse_attacks
 from ..attacks.merges import MERGE_METHODS, MergeMethod, parse_methods
 from ..errors import ConfigError
+from ..evaluation.backends import check_backend
 
 
 @dataclass
@@ -29,6 +30,13 @@ class SelfTestConfig:
     )
     batch_size: int = field(
         default=32, metadata={"help": "fixed evaluation batch size (greedy scores can shift with padding)", "flag": "--batch-size"}
+    )
+    eval_backend: str = field(
+        default="hf",
+        metadata={
+            "help": "generation engine of the scorings: hf (transformers) or vllm (where installed; much faster on GPUs)",
+            "flag": "--eval-backend",
+        },
     )
     race_rounds: int = field(
         default=3,
@@ -120,6 +128,7 @@ class SelfTestConfig:
             raise ConfigError("--freerider-floor must be between 0 and 1.")
         parse_methods(self.methods)  # typos fail here, before any work
         parse_attacks(self.attacks)
+        check_backend(self.eval_backend)  # vllm not installed: refused before any work
         if self.race_rounds < 1 or self.race_keep < 1 or self.race_z <= 0:
             raise ConfigError("--race-rounds and --race-keep must be at least 1, race_z above 0.")
         if self.attack_examples < 1 or self.attack_steps < 1 or self.attack_lora_rank < 0:

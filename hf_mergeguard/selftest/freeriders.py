@@ -74,6 +74,7 @@ def selftest_evaluator(
         allow_code_eval=config.allow_code_eval,
         code_timeout=config.code_timeout,
         chat_template=chat_template,
+        eval_backend=config.eval_backend,
     )
 
 
