@@ -108,7 +108,8 @@ def run_settings(
     from hf_mergeguard.toyworld import build_toy_world
 
     world = build_toy_world()
-    common = dict(world_options(world, riders), overwrite=True, selftest={"batch_size": 128, **(selftest or {})})
+    # The tables read every grid point: each is scored on every prompt (no race).
+    common = dict(world_options(world, riders), overwrite=True, selftest={"batch_size": 128, "race_rounds": 1, **(selftest or {})})
     rows = []
     for index, (name, overrides) in enumerate(settings.items()):
         config = build_protect_config(None, dict(common, output_dir=str(out / f"setting-{index}"), **overrides))

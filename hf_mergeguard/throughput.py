@@ -30,7 +30,8 @@ class Hardware:
 
 
 # Vendor peak figures (H100 SXM, A100 80 GB SXM, H200 SXM); the overheads are typical of eager HF generation of a
-# 32-layer model. The CPU row is this project's 2-core VM, calibrated on the toy world's demo.
+# 32-layer model (not measured here: no GPU was lent). The CPU row is this project's 2-core VM; with it the demo's
+# plan (285 s) is above the demo's measured time (212 s cold).
 HARDWARE = {
     "h100": Hardware("NVIDIA H100 80GB", 80, 3350, 989, 0.025, 20.0, 2.0),
     "a100": Hardware("NVIDIA A100 80GB", 80, 2039, 312, 0.03, 25.0, 2.0),

@@ -23,10 +23,14 @@ def fixed_keys(monkeypatch):
 
 @pytest.fixture
 def protect(protect_argv):
-    """``protect(world, out, method, *extra)``: the exit code of a protect run without the adaptive attacks."""
+    """``protect(world, out, method, *extra)``: the exit code of a protect run without the adaptive attacks, every grid
+    point scored on every prompt (``--race-rounds 1``: the tests measure the whole grid, not only the attacker's best)."""
 
     def run(world, out, method, *extra):
-        return main(protect_argv(world, out, "--method", method, "--no-adaptive", *extra, work=out.parent / f"work-{method}"))
+        argv = protect_argv(
+            world, out, "--method", method, "--no-adaptive", "--race-rounds", "1", *extra, work=out.parent / f"work-{method}"
+        )
+        return main(argv)
 
     return run
 

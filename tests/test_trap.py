@@ -125,7 +125,16 @@ def test_trap_on_the_toy_world(toy_world, tmp_path, capsys, protect_argv):
     out = tmp_path / "protected"
     main(
         protect_argv(
-            toy_world, out, "--method", "trap", "--trap-rider-data", str(toy_world.stand_in_data()), "--no-adaptive", work=tmp_path / "work"
+            toy_world,
+            out,
+            "--method",
+            "trap",
+            "--trap-rider-data",
+            str(toy_world.stand_in_data()),
+            "--no-adaptive",
+            "--race-rounds",
+            "1",  # every grid point on every prompt: the test reads the whole grid
+            work=tmp_path / "work",
         )
     )
     capsys.readouterr()
