@@ -5,7 +5,7 @@ Run by hand (about 30 minutes on 2 CPU cores for all three cases):
     python benchmarks/budgeted_search.py [--seed 0] [--cases check,thorough,negation]
 
 For each case it runs the self-test matrix twice with every merge method on every prompt of the toy world's tasks (no
-``--limit``): the full grid (``--race-rounds 1``) and the race (the defaults: 3 rounds, the best point of each method and
+``--limit``): the full grid (``--race-rounds 1``) and the race (the defaults: 3 rounds, the best 2 points of each method and
 variant on every prompt), with empty score caches, counting what ``generate`` computed (rows x new positions of each
 batch, the compute spent) and what it kept (tokens before padding). It reports the attacker's best per method for
 both, whether they are the same grid point or within one standard error of each other, the verdicts, and the ratio

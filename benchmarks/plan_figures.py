@@ -75,7 +75,7 @@ def main() -> None:
         "Every figure is `hf_mergeguard.plan`'s estimate (a throughput table and the memory model), not a measurement, "
         "except the demo's wall-clock below. Defender task GSM8K (1,319 prompts, 5-shot, up to 256 new tokens), "
         "free-rider task ARC-Easy (2,376, log-likelihood), one free-rider, every merge method, the adaptive attacks on "
-        "(their fine-tunes as LoRAs for the trap), the race (3 rounds, the best of each method on every prompt) priced as if "
+        "(their fine-tunes as LoRAs for the trap), the race (3 rounds, the best 2 of each method on every prompt) priced as if "
         "nothing were dropped early. Peak: the largest modelled stage, per device.",
         "",
         "| shape and method | hardware | merges | scorings (full-set equivalents) | prompts | generated tokens (upper bound) | "

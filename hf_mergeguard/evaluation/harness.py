@@ -19,6 +19,7 @@ from typing import Sequence
 from ..errors import ConfigError, MergeGuardError, OfflineError
 from ..io.hub import looks_offline
 from .backends import check_backend, vllm_model
+from .quiet import datasets_quiet, quiet_hflm_class, quiet_lm_eval
 from .sampling import DEGENERATE_PROBE, is_degenerate, only_tasks, subsample, subsamples, summed
 from .sandbox import run_with_time_limit, scrubbed_environment
 from .tasks import TaskCatalog, parse_tasks
@@ -126,7 +127,7 @@ class Evaluator:
     def _load_tasks(self):
         if self._task_dict is None:
             try:
-                with _datasets_quiet():
+                with datasets_quiet():
                     self._task_dict = self.catalog.manager.load(self.plain_tasks)
             except Exception as exc:  # noqa: BLE001 - dataset download failures come in many types
                 text = f"{type(exc).__name__}: {exc}"
@@ -220,7 +221,7 @@ class Evaluator:
             with vllm_model(model, tokenizer, batch_size=self.batch_size, seed=FEWSHOT_SEED) as lm:
                 yield lm
         else:
-            yield _quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+            yield quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
 
     def _run(self, model, tokenizer, task_dict, samples, *, log_samples: bool = False) -> dict:
         from accelerate.utils import patch_environment
@@ -229,7 +230,7 @@ class Evaluator:
         seed_like_simple_evaluate(task_dict["tasks"].values())
         # lm-eval returns results only where LOCAL_RANK is 0; under accelerate each process scores its own
         # models, so every process is "rank 0" for lm-eval.
-        with patch_environment(local_rank="0"), _quiet_lm_eval(), self._lm(model, tokenizer) as lm:
+        with patch_environment(local_rank="0"), quiet_lm_eval(), self._lm(model, tokenizer) as lm:
             return lm_evaluate(
                 lm,
                 task_dict,
@@ -302,71 +303,6 @@ def seed_like_simple_evaluate(tasks) -> None:
     for task in tasks:
         if hasattr(task, "set_fewshot_seed"):
             task.set_fewshot_seed(seed=FEWSHOT_SEED)
-
-
-class _quiet_lm_eval:
-    """lm-eval logs and draws a progress bar for every request batch; the self-test has its own bar."""
-
-    def __enter__(self):
-        import functools
-
-        import lm_eval.api.task as task_module
-        from tqdm import tqdm
-
-        self.loggers = [logging.getLogger(name) for name in ("lm_eval", "lm-eval")]
-        self.levels = [logger.level for logger in self.loggers]
-        for logger in self.loggers:
-            # lm-eval warns on every call that an in-memory model ignores some options: expected here.
-            if logger.getEffectiveLevel() < logging.ERROR:
-                logger.setLevel(logging.ERROR)
-        # The "building contexts" bar has no switch: silence it for the duration of the call.
-        self.task_module, self.task_tqdm = task_module, task_module.tqdm
-        task_module.tqdm = functools.partial(tqdm, disable=True)
-        return self
-
-    def __exit__(self, *exc):
-        for logger, level in zip(self.loggers, self.levels):
-            logger.setLevel(level)
-        self.task_module.tqdm = self.task_tqdm
-        return False
-
-
-class _datasets_quiet:
-    def __enter__(self):
-        import datasets
-
-        self.was_enabled = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-
-    def __exit__(self, *exc):
-        import datasets
-
-        if self.was_enabled:
-            datasets.enable_progress_bars()
-        return False
-
-
-_QUIET_HFLM = None
-
-
-def _quiet_hflm_class():
-    """lm-eval's HFLM with its per-request progress bars off (and its "pretrained is not a str" warning)."""
-    global _QUIET_HFLM
-    if _QUIET_HFLM is None:
-        from lm_eval.models.huggingface import HFLM
-
-        class QuietHFLM(HFLM):
-            def generate_until(self, requests, disable_tqdm: bool = True):
-                return super().generate_until(requests, disable_tqdm=True)
-
-            def loglikelihood(self, requests, disable_tqdm: bool = True):
-                return super().loglikelihood(requests, disable_tqdm=True)
-
-            def loglikelihood_rolling(self, requests, disable_tqdm: bool = True):
-                return super().loglikelihood_rolling(requests, disable_tqdm=True)
-
-        _QUIET_HFLM = QuietHFLM
-    return _QUIET_HFLM
 
 
 def evaluate_model(

@@ -46,10 +46,9 @@ class SelfTestConfig:
             "flag": "--race-rounds",
         },
     )
-    race_keep: int = field(
-        default=1,
-        metadata={"help": "grid points per method and variant scored on every prompt (the attacker's best: 1)", "flag": "--race-keep"},
-    )
+    # 2, not 1: picking the one finalist at a third of the prompts chose a point 1.5 standard errors below the best
+    # on the toy world (DARE-TIES, --limit 150); with 2 the race found the full grid's best everywhere measured.
+    race_keep: int = field(default=2, metadata={"help": "grid points per method and variant scored on every prompt", "flag": "--race-keep"})
     race_z: float = field(default=2.0, metadata={"help": "confidence bounds of the race: mean ± z standard errors"})
     max_standalone_drop: float = field(
         default=1.5, metadata={"help": "gate: most points the protected model may lose on its tasks", "flag": "--max-standalone-drop"}
