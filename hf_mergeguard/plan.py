@@ -100,15 +100,12 @@ def stored_bytes(config: dict) -> int:
 
 def task_costs(tasks: Sequence[str], include_tasks: Sequence[str], limit: int | None) -> list[TaskCost]:
     """Each task's prompts and generation cap, from its YAML (and its local data, when it has some)."""
-    from lm_eval.tasks import TaskManager
+    from .evaluation.tasks import TaskCatalog
 
-    manager = TaskManager(include_path=[str(p) for p in include_tasks] or None)
+    catalog = TaskCatalog(list(tasks), [Path(p) for p in include_tasks])  # unknown names: "did you mean"; a cheap index
     costs = []
     for name in tasks:
-        entry = manager.task_index.get(name)
-        if entry is None:
-            raise ConfigError(f"Unknown lm-eval task {name!r}.", "Check --tasks / --freerider-tasks (and --include-tasks).")
-        cfg = dict(entry.cfg or {})
+        cfg = catalog.config_of(name)
         prompts, source, context = _local_prompts(cfg)
         if prompts is None and name in KNOWN_TASK_SIZES:
             prompts, source = KNOWN_TASK_SIZES[name], "the dataset card's test split"

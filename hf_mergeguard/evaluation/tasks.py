@@ -27,6 +27,8 @@ KNOWN_TASK_FOLDERS = {
     "humaneval_plus": "humaneval",
     "mbpp": "mbpp",
     "mbpp_plus": "mbpp",
+    "arc_easy": "arc",
+    "arc_challenge": "arc",
 }
 
 
