@@ -225,7 +225,7 @@ def test_a_fine_tune_with_added_tokens_is_protected_on_its_own_vocabulary(pico_w
     assert "cannot be lined up" in capsys.readouterr().err and not (tmp_path / "refused").exists()
 
 
-def test_the_plan_counts_what_the_run_does(quick, pico_world, protect_argv, tmp_path, monkeypatch, capsys):
+def test_the_plan_counts_what_the_run_does(pico_world, protect_argv, tmp_path, monkeypatch, capsys):
     """``--plan`` exits 0 without writing anything; its merges and scorings are the ones the run then makes (params
     with every adaptive attack: realign finds the symmetry and re-runs the protected model's matrix)."""
     import hf_mergeguard.attacks.base as attacks_base

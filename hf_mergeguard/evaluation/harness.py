@@ -180,11 +180,9 @@ class Evaluator:
         return {task: scores[task] for task in self.catalog.names}
 
     def document_indices(self) -> dict[str, list[int]]:
-        """Every task's scored documents by default: ``--limit``'s seeded subset, or all (code tasks included: their
-        data is read here, nothing is executed)."""
+        """The in-process tasks' scored documents by default: ``--limit``'s seeded subset, or all. Code tasks are not
+        loaded here: loading HumanEval runs its metric's self-check, which belongs in the sandboxed child."""
         tasks = self._load_tasks()["tasks"] if self.plain_tasks else {}
-        if self.code_tasks:
-            tasks = {**tasks, **self.catalog.manager.load(self.code_tasks)["tasks"]}
         chosen = {}
         for name, task in tasks.items():
             size = len(task.eval_docs)
