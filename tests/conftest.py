@@ -6,6 +6,7 @@ fixture is marked automatically) and the multi-process and packaging runs. The f
 ``pico_world``, a toy world small enough to build in seconds.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -159,3 +160,49 @@ def hub(monkeypatch):
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.delenv("HF_TOKEN", raising=False)
         yield fake
+
+
+CODE_COUNT_TASK = """task: toy_count_code
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+unsafe_code: true
+output_type: generate_until
+test_split: test
+doc_to_text: prompt
+doc_to_target: completion
+generation_kwargs:
+  until: ["\\n"]
+  do_sample: false
+  max_gen_toks: 16
+metric_list:
+  - metric: !function utils.graded
+    aggregation: mean
+    higher_is_better: true
+"""
+
+# "Runs" each completion (here: reads its answer) and records what it was given and in which process.
+CODE_COUNT_UTILS = """import json, os, re
+
+RECORD = {record!r}
+
+
+def graded(references, predictions):
+    with open(RECORD, "a") as handle:
+        handle.write(json.dumps({{"pid": os.getpid(), "prediction": predictions[0]}}) + "\\n")
+    answer = lambda text: (re.search(r"#### (\\S+)", text) or [None, None])[1]
+    return float(answer(predictions[0]) is not None and answer(predictions[0]) == answer(references[0]))
+"""
+
+
+@pytest.fixture
+def count_code_task(toy_world, tmp_path):
+    """The toy world's count task as a code task (``unsafe_code``, a metric in utils.py that records each completion
+    it is given and the process it ran in): (task folder, record file)."""
+    tasks = tmp_path / "code-tasks"
+    tasks.mkdir()
+    record = tmp_path / "record.jsonl"
+    (tasks / "toy_count_code.yaml").write_text(CODE_COUNT_TASK.format(data=json.dumps(str(toy_world.data("count", "test").resolve()))))
+    (tasks / "utils.py").write_text(CODE_COUNT_UTILS.format(record=str(record)))
+    return tasks, record

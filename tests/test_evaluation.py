@@ -159,3 +159,39 @@ def test_the_vllm_backend_is_wired_to_lm_eval_and_refused_when_missing(pico_worl
     assert with_vllm["toy_count"].value == with_hf["toy_count"].value and with_vllm["toy_count"].samples == with_hf["toy_count"].samples
     assert built and built[0]["batch_size"] == 8 and built[0]["seed"] == 1234 and "config.json" in built[0]["files"]
     assert any(name.endswith(".safetensors") for name in built[0]["files"]) and not Path(built[0]["pretrained"]).exists()
+
+
+def test_code_tasks_generate_here_and_run_the_code_in_the_child(toy_world, count_code_task, monkeypatch):
+    """The model generates in this process (no copy of it is written); the sandboxed child only builds the prompts and
+    runs the completions: the code task's score equals the same task's in-process score, on the same completions."""
+    import json
+    import os
+
+    import hf_mergeguard.io.hf_models as hf_models
+
+    tasks, record = count_code_task
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("a code task wrote a copy of the model")
+
+    monkeypatch.setattr(hf_models, "save_model", no_copy)
+    model = Checkpoint(toy_world.model("count")).load_model()
+    tokenizer = load_tokenizer(toy_world.base)
+    code = Evaluator("toy_count_code", include_tasks=[tasks], allow_code_eval=True, batch_size=64)
+    scored = code.evaluate(model, tokenizer)["toy_count_code"]
+    plain = Evaluator("toy_count", include_tasks=[toy_world.tasks], batch_size=64).evaluate(model, tokenizer)["toy_count"]
+    runs = [json.loads(line) for line in record.read_text().splitlines()]
+    assert scored.samples == toy_world.config.test_size == len(runs)
+    assert {r["pid"] for r in runs} != {os.getpid()}  # executed in the child
+    # The same completions as the in-process task's, so the same score (and the toy world's own scorer's).
+    assert scored.value == pytest.approx(plain.value, abs=1e-9) and plain.value > 0.5
+    assert scored.value == pytest.approx(exact_match(model, make_tokenizer(), toy_world.rows("count")), abs=1e-9)
+    # A second scoring reuses the prompts (one child run: the code), and scores the same.
+    record.unlink()
+    assert code.evaluate(model, tokenizer)["toy_count_code"].value == scored.value and len(code._code_requests_by_documents) == 1
+    # The race knows a code task's documents (from the requests the child builds): --limit's seeded subset, or all.
+    from hf_mergeguard.evaluation.sampling import subsample
+
+    assert code.document_indices() == {"toy_count_code": list(range(toy_world.config.test_size))}
+    limited = Evaluator("toy_count_code", include_tasks=[tasks], allow_code_eval=True, limit=20)
+    assert limited.document_indices() == {"toy_count_code": sorted(subsample("toy_count_code", toy_world.config.test_size, 20))}

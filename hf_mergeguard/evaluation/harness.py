@@ -1,5 +1,6 @@
 """Scoring models with lm-eval 0.4, in-process (``HFLM(pretrained=model_object)``), so a merged model is
-scored without writing it to disk. Tasks that execute model-written code run in a child process.
+scored without writing it to disk. Tasks that execute model-written code are generated here and executed in a
+sandboxed child process (:mod:`.code_child`).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class Evaluator:
         self.code_tasks = self.catalog.code_tasks()
         self.plain_tasks = [t for t in self.catalog.names if t not in self.code_tasks]
         self._task_dict = None
+        self._code_requests_by_documents: dict[str, list] = {}
 
     @property
     def tasks(self) -> list[str]:
@@ -151,6 +153,7 @@ class Evaluator:
         subset.code_tasks = [t for t in self.code_tasks if t in tasks]
         subset.plain_tasks = [t for t in self.plain_tasks if t in tasks]
         subset._task_dict = None
+        subset._code_requests_by_documents = {}
         return subset
 
     def documents(self) -> list[dict]:
@@ -179,14 +182,19 @@ class Evaluator:
             scores.update(self._evaluate_code_tasks(model, tokenizer, samples))
         return {task: scores[task] for task in self.catalog.names}
 
-    def document_indices(self) -> dict[str, list[int]]:
-        """The in-process tasks' scored documents by default: ``--limit``'s seeded subset, or all. Code tasks are not
-        loaded here: loading HumanEval runs its metric's self-check, which belongs in the sandboxed child."""
+    def document_indices(self, tokenizer=None) -> dict[str, list[int]]:
+        """Each task's scored documents by default: ``--limit``'s seeded subset, or all. Code tasks are not loaded
+        here (loading HumanEval runs its metric's self-check, which belongs in the sandboxed child): their documents are
+        those of the requests the child builds (``tokenizer``: needed with ``--chat-template``)."""
         tasks = self._load_tasks()["tasks"] if self.plain_tasks else {}
         chosen = {}
         for name, task in tasks.items():
             size = len(task.eval_docs)
             chosen[name] = subsample(name, size, self.limit) or list(range(size))
+        if self.code_tasks:
+            for _, _, _, task, document in self._code_requests(None, tokenizer):
+                chosen.setdefault(task, []).append(document)
+            chosen = {task: sorted(set(documents)) for task, documents in chosen.items()}
         return chosen
 
     def _evaluate_in_process(self, model, tokenizer, samples=None) -> dict[str, TaskScore]:
@@ -250,41 +258,66 @@ class Evaluator:
         return scores
 
     def _evaluate_code_tasks(self, model, tokenizer, samples=None) -> dict[str, TaskScore]:
-        from ..io.hf_models import save_model
+        """Code tasks: the child builds the prompts and runs the completions; the model stays here and generates
+        them on its own device and backend (see :mod:`.code_child`: no copy of the model is written)."""
+        from accelerate.utils import patch_environment
+        from lm_eval.api.instance import Instance
 
+        chosen = {t: samples[t] for t in self.code_tasks} if samples else None
+        requests = self._code_requests(chosen, tokenizer)
+        with patch_environment(local_rank="0"), quiet_lm_eval(), self._lm(model, tokenizer) as lm:
+            # HFLM sorts and batches the requests itself; each Instance carries one prompt and its until/max_gen_toks.
+            instances = [Instance("generate_until", {}, (request[1], request[2]), index) for index, request in enumerate(requests)]
+            completions = lm.generate_until(instances)
+        replayed = {key: text for (key, *_), text in zip(requests, completions)}
+        results = self._run_code_child("score", chosen, tokenizer, completions=replayed)
+        return self._scores_from(results)
+
+    def _code_requests(self, chosen, tokenizer) -> list:
+        """The code tasks' generation requests (key, prompt, settings, task, document), the same for every model:
+        built once per choice of documents."""
+        key = json.dumps(chosen, sort_keys=True)
+        cached = self._code_requests_by_documents.get(key)
+        if cached is None:
+            cached = self._run_code_child("requests", chosen, tokenizer)["requests"]
+            self._code_requests_by_documents[key] = cached
+        return cached
+
+    def _run_code_child(self, mode: str, chosen, tokenizer, completions: dict[str, str] | None = None) -> dict:
         with tempfile.TemporaryDirectory(prefix="hfmg-code-eval-") as tmp:
-            folder = save_model(model, Path(tmp) / "model", tokenizer=tokenizer)
             spec = {
-                "model": str(folder),
+                "mode": mode,
                 "tasks": self.code_tasks,
                 "index_paths": self.catalog.index_paths,
                 "include_defaults": self.catalog.include_defaults,
                 "limit": self.limit,
-                "samples": {t: samples[t] for t in self.code_tasks} if samples else None,
-                "batch_size": self.batch_size,
+                "samples": chosen,
                 "bootstrap_iters": self.bootstrap_iters,
                 "chat_template": self.chat_template,
-                "device": str(model.device),  # the child scores on the parent's device (a GPU when there is one)
+                "completions": completions,
                 "out": str(Path(tmp) / "results.json"),
             }
+            if self.chat_template:  # the prompts are built with the model's chat template: the tokenizer only
+                tokenizer.save_pretrained(Path(tmp) / "tokenizer")
+                spec["tokenizer"] = str(Path(tmp) / "tokenizer")
             (Path(tmp) / "spec.json").write_text(json.dumps(spec))
             env = scrubbed_environment({"HF_ALLOW_CODE_EVAL": "1", "TOKENIZERS_PARALLELISM": "false"})
+            what = f"Code evaluation of {', '.join(self.code_tasks)}"
             completed = run_with_time_limit(
                 [sys.executable, "-m", "hf_mergeguard.evaluation.code_child", str(Path(tmp) / "spec.json")],
                 env=env,
                 cwd=tmp,
                 timeout=self.code_timeout,
-                what=f"Code evaluation of {', '.join(self.code_tasks)}",
+                what=what,
             )
             if completed.returncode != 0:
                 raise MergeGuardError(
-                    f"Code evaluation of {', '.join(self.code_tasks)} failed in its child process: "
+                    f"{what} failed in its child process ({'building the prompts' if mode == 'requests' else 'running the code'}): "
                     + (completed.stderr.strip().splitlines() or ["no output"])[-1],
                     "Rerun with --debug; the child's full log is shown there.",
                 )
             log.debug(completed.stderr)
-            results = json.loads((Path(tmp) / "results.json").read_text())
-        return self._scores_from(results)
+            return json.loads((Path(tmp) / "results.json").read_text())
 
 
 # lm-eval's ``simple_evaluate`` default: the same few-shot examples as ``lm_eval --model hf``.

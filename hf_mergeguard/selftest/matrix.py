@@ -201,9 +201,8 @@ def run_selftest(
         },
     )
     jobs = plan_jobs(config, len(freeriders), original is not None)
-    # Code tasks score in their sandboxed child on every prompt: with one, the grid is scored in full.
-    racing = config.race_rounds > 1 and not evaluator.code_tasks
-    parts = race_parts(evaluator.document_indices(), config.race_rounds, seed) if racing else []
+    racing = config.race_rounds > 1
+    parts = race_parts(evaluator.document_indices(tokenizer), config.race_rounds, seed) if racing else []
     if len(parts) > 1:
         results = _raced(jobs, parts, build, score, cache, evaluator, tokenizer, config, tasks, freeriders, accelerator, progress)
     else:

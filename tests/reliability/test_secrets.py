@@ -124,7 +124,7 @@ def test_code_eval_needs_the_flag_and_runs_without_tokens(pico_world, code_task,
 @pytest.mark.slow  # waits out a 25-second time limit
 def test_code_eval_has_a_time_limit_that_kills_everything_it_started(code_task, code_eval_argv, capsys):
     # Runaway code: the time limit kills the child and the process it started. (25 s leaves the child time to load
-    # lm-eval and the model before the code runs.)
+    # lm-eval and the task before the code runs; the model stays in this process.)
     tasks, probe, hang = code_task
     argv = code_eval_argv
     hang.write_text("")
