@@ -9,6 +9,7 @@ pushed only when every gate passed (or ``force``). :func:`protect` returns the v
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .budget import fit_to_budget
 from .card.model_card import source_license
 from .config import ProtectConfig, dump_yaml
 from .data import load_train_examples
@@ -305,10 +307,17 @@ class _FileLog:
 
 
 def plan_protect(config: ProtectConfig, *, token: str | None = None, gpus: int | None = None, gpu_type: str | None = None):
-    """What :func:`protect` would do and cost (``--plan``; see :mod:`hf_mergeguard.plan`): nothing is run or written."""
+    """What :func:`protect` would do and cost (``--plan``; see :mod:`hf_mergeguard.plan`): nothing is run or written.
+    With ``--budget-hours``, the plan of the run cut to fit (:mod:`hf_mergeguard.budget`; ``config`` is left as it is)."""
+    config.validate()
+    if config.selftest.budget_hours is not None:
+        return fit_to_budget(copy.deepcopy(config), lambda c: _plan_protect(c, token, gpus, gpu_type))
+    return _plan_protect(config, token, gpus, gpu_type)
+
+
+def _plan_protect(config: ProtectConfig, token, gpus, gpu_type):
     from .plan import build_plan
 
-    config.validate()
     defenses = [(DEFENSES.get(name), config.defenses[name]) for name in parse_method(config.method)]
     riders = len(config.merge_with or [])
     return build_plan(
@@ -332,6 +341,8 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     folder is still written, so the figures can be read.
     """
     config.validate()
+    # --budget-hours: cut the self-test to fit before the work folder records the options (the cut is recorded too).
+    fit_to_budget(config, lambda c: _plan_protect(c, token, None, None))
     methods = parse_method(config.method)
     work = work_dir_for(config)
     key_path = _check_outputs(config, methods, work, token)

@@ -66,6 +66,7 @@ class Plan:
     stages: list[StagePlan]
     totals: dict
     assumptions: list[str] = field(default_factory=list)
+    budget: dict | None = None  # --budget-hours: the cap, the estimate after the cut, what was cut (hf_mergeguard.budget)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -325,5 +326,8 @@ def format_plan(plan: Plan) -> str:
         f"Memory: evaluation {totals['evaluation_memory_gb']} GB per device, a merge {totals['merge_host_memory_gb']} GB of host RAM.",
         f"Estimated wall-clock: {duration(totals['estimated_seconds'])} (an estimate).",
     ]
+    if plan.budget:
+        cut = "; ".join(plan.budget["dropped"]) or "nothing"
+        lines.append(f"Budget: --budget-hours {plan.budget['hours']:g}; cut to fit: {cut}.")
     lines += [f"- {a}" for a in plan.assumptions]
     return "\n".join(lines)

@@ -43,6 +43,13 @@ def test_card_metadata_is_what_the_hub_reads():
     assert "pushed with `--force`" not in body
 
 
+def test_card_says_what_a_budget_cut():
+    report = _report()
+    report.config = {**report.config, "budget_hours": 2.0, "budget_dropped": ["the realign attack"]}
+    assert "- Cut to fit a budget of 2 hours (`--budget-hours`): the realign attack." in str(render_card(report, model_name="a/b"))
+    assert "--budget-hours" not in str(render_card(_report(), model_name="a/b"))
+
+
 def test_forced_card_warns_and_no_secret_reaches_it():
     card = str(render_card(_report(), model_name="acme/x", forced=True))
     assert "pushed with `--force` although a self-test gate failed" in card

@@ -72,3 +72,32 @@ def test_a_mergeguard_plan_and_bad_plan_options(shape_8b, capsys):
     assert main([*argv, "--plan-gpu-type", "v100"]) == 2
     err = capsys.readouterr().err
     assert "Unknown --plan-gpu-type 'v100'" in err and "h100, a100, h200, cpu" in err
+
+
+def test_a_budget_cuts_the_selftest_to_fit_and_says_what_it_cut(shape_8b, capsys):
+    """--budget-hours: finer grids go first, then prompts per task (down to 100), then adaptive attacks, the costliest
+    first; the training of the protection is never cut; a budget nothing fits is refused before any work."""
+    options = ["--method", "trap", "--trap-lora-rank", "16", "--gradient-checkpointing", "--plan-gpus", "8"]
+    options += ["--thorough", "--adaptive", "--attack-lora-rank", "16"]
+    full = plan_of(capsys, shape_8b, *options)
+    hours = full["totals"]["estimated_seconds"] / 3600
+    assert full["budget"] is None and hours > 2
+    trap_hours = {s["stage"]: s for s in full["stages"]}["merge trap"]["seconds"] / 3600
+
+    cut = plan_of(capsys, shape_8b, *options, "--budget-hours", f"{hours / 2:.2f}")
+    budget = cut["budget"]
+    assert cut["totals"]["estimated_seconds"] / 3600 <= hours / 2 and budget["estimated_hours"] <= hours / 2
+    assert budget["dropped"][0].startswith("the finer coefficient grids of --thorough")
+    assert {s["stage"]: s for s in cut["stages"]}["merge trap"]["seconds"] / 3600 == pytest.approx(trap_hours)
+    assert cut["totals"]["merges"] < full["totals"]["merges"]
+
+    # A sixth: prompts down to 100 per task, then the costliest attack (realign: it races the grid again).
+    tight = plan_of(capsys, shape_8b, *options, "--budget-hours", f"{hours * 0.16:.2f}")
+    assert tight["budget"]["dropped"][1:] == ["prompts: at most 100 per task (--limit 100, a seeded random subset)", "the realign attack"]
+    assert [t["prompts"] for t in tight["tasks"]] == [100, 100] and "realign" not in {s["stage"] for s in tight["stages"]}
+
+    argv = ["protect", shape_8b["model"], "--base", shape_8b["base"], "--tasks", "gsm8k", "--train-data", "t.jsonl"]
+    capsys.readouterr()
+    assert main([*argv, "--output-dir", "o", *options, "--budget-hours", f"{trap_hours / 2:.2f}"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit --budget-hours" in err and "--plan" in err

@@ -61,6 +61,10 @@ def limits_of(report: SelfTestReport) -> list[str]:
         + (f" on {config['limit']} examples per task" if config.get("limit") else "")
         + "; differences of a few points are within noise.",
     ]
+    if config.get("budget_dropped"):
+        limits.append(
+            f"Cut to fit a budget of {config['budget_hours']:g} hours (`--budget-hours`): " + "; ".join(config["budget_dropped"]) + "."
+        )
     return limits
 
 

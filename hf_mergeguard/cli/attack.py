@@ -51,7 +51,7 @@ def attack_command(
         echo_plan(plan_check(config, "attack", token=token, gpus=plan_gpus, gpu_type=plan_gpu_type), as_json)
         raise typer.Exit(0)
     examples = load_train_examples(config.train_data, split=config.train_split) if config.train_data else None
-    report = run_check(config, token=token, attack_examples=examples, keep_models=output_dir is not None)
+    report = run_check(config, token=token, attack_examples=examples, keep_models=output_dir is not None, command="attack")
     if not is_main_process():
         raise typer.Exit(0 if report.gates["adaptive_retention"].passed else 1)
     if output_dir:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Optional
 
@@ -23,12 +24,15 @@ def checked_config(model: str, overrides: dict) -> CheckConfig:
     return config
 
 
-def run_check(config: CheckConfig, *, token: str | None, attack_examples=None, keep_models: bool = False):
+def run_check(config: CheckConfig, *, token: str | None, attack_examples=None, keep_models: bool = False, command: str = "check"):
     """``check_model`` on a checked configuration, with the run's accelerator: under ``accelerate launch`` the merges
     and attack scorings are split over the processes (each scores its share; all end with the whole report)."""
+    from ..budget import fit_to_budget
     from ..selftest.check import check_model
     from ..training import make_accelerator
 
+    # --budget-hours: cut to fit, recorded (``attack`` keeps the attacks it was asked for).
+    fit_to_budget(config, lambda c: _plan_check(c, command, token, None, None), drop_attacks=command != "attack")
     accelerator = make_accelerator(config.run)
     return check_model(
         config.model,
@@ -48,7 +52,17 @@ def run_check(config: CheckConfig, *, token: str | None, attack_examples=None, k
 
 
 def plan_check(config: CheckConfig, command: str, *, token=None, gpus=None, gpu_type=None):
-    """``--plan`` of ``check`` and ``attack``: the model as it is, against its free-riders (or a synthetic one)."""
+    """``--plan`` of ``check`` and ``attack``: the model as it is, against its free-riders (or a synthetic one). With
+    ``--budget-hours``, the plan of the run cut to fit (``config`` is left as it is)."""
+    from ..budget import fit_to_budget
+
+    if config.selftest.budget_hours is not None:
+        planner = lambda c: _plan_check(c, command, token, gpus, gpu_type)  # noqa: E731
+        return fit_to_budget(copy.deepcopy(config), planner, drop_attacks=command != "attack")
+    return _plan_check(config, command, token, gpus, gpu_type)
+
+
+def _plan_check(config: CheckConfig, command: str, token, gpus, gpu_type):
     from ..plan import build_plan
 
     riders = len(config.merge_with or [])

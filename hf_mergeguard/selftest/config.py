@@ -49,6 +49,16 @@ class SelfTestConfig:
     # 2, not 1: picking the one finalist at a third of the prompts chose a point 1.5 standard errors below the best
     # on the toy world (DARE-TIES, --limit 150); with 2 the race found the full grid's best everywhere measured.
     race_keep: int = field(default=2, metadata={"help": "grid points per method and variant scored on every prompt", "flag": "--race-keep"})
+    budget_hours: float | None = field(
+        default=None,
+        metadata={
+            "help": "cap the run's estimated hours (see --plan): cut the self-test to fit (finer grids, then prompts per "
+            "task down to 100, then adaptive attacks) and say what was cut; refused if it cannot fit",
+            "flag": "--budget-hours",
+        },
+    )
+    # What --budget-hours cut (filled in by hf_mergeguard.budget; selftest.json and the card say it).
+    budget_dropped: list[str] = field(default_factory=list, metadata={"help": "what --budget-hours cut (recorded, not set)"})
     race_z: float = field(default=2.0, metadata={"help": "confidence bounds of the race: mean ± z standard errors"})
     max_standalone_drop: float = field(
         default=1.5, metadata={"help": "gate: most points the protected model may lose on its tasks", "flag": "--max-standalone-drop"}
@@ -133,6 +143,8 @@ class SelfTestConfig:
         check_backend(self.eval_backend)  # vllm not installed: refused before any work
         if self.race_rounds < 1 or self.race_keep < 1 or self.race_z <= 0:
             raise ConfigError("--race-rounds and --race-keep must be at least 1, race_z above 0.")
+        if self.budget_hours is not None and self.budget_hours <= 0:
+            raise ConfigError("--budget-hours must be above 0.")
         if self.attack_examples < 1 or self.attack_steps < 1 or self.attack_lora_rank < 0:
             raise ConfigError("--attack-examples and --attack-steps must be at least 1, --attack-lora-rank at least 0.")
 
