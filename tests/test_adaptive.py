@@ -1,6 +1,7 @@
 """Adaptive attacks on models protected in the toy world: re-alignment undoes the function-preserving defenses."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,6 +56,28 @@ def test_realign_recovers_the_original_weights_and_the_merge_regains_the_skill(t
     # as an unprotected DARE-TIES merge keeps (0.75).
     assert kept["protected"]["dare_ties"] < 0
     assert kept["realigned"]["dare_ties"] >= 0.7
+
+
+def test_realign_shares_its_blocks_over_processes(pico_world, tmp_path, torchrun):
+    """Under torchrun (2 CPU processes over gloo) each block is aligned once, by one process, and every process ends
+    with the same re-aligned tensors as one process alone."""
+    from safetensors.torch import load_file
+
+    from hf_mergeguard.io.writer import write_checkpoint
+
+    model, base = Checkpoint(pico_world.model("count")), Checkpoint(pico_world.base)
+    transform = sample_transform("params", DEFENSES.get("params").options(), model, base, torch.Generator().manual_seed(0))
+    protected = StateDictSource(dict(symmetry.transform_tensors(model.state_dict().items(), [transform], model.geometry)), model.config)
+    write_checkpoint(tmp_path / "protected", protected.iter_tensors(), model.layout, companions_from=model)
+    alone = dict(realigned_tensors(Checkpoint(tmp_path / "protected"), base))
+    script = str(Path(__file__).parent / "distributed_realign.py")
+    done = torchrun(script, str(tmp_path / "protected"), str(pico_world.base), str(tmp_path / "shared.safetensors"), str(tmp_path / "log"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    aligned = sorted(int(line.split()[1]) for line in (tmp_path / "log").read_text().splitlines())
+    assert aligned == list(range(model.geometry.num_layers))  # each block once, by one of the processes
+    shared = load_file(tmp_path / "shared.safetensors")
+    assert shared.keys() == alone.keys() and all(torch.equal(shared[name], alone[name]) for name in alone)
+    assert _relative_distance(alone, model.state_dict()) < _relative_distance(protected.state_dict(), model.state_dict())
 
 
 def test_attack_command_realigns_a_protected_release(toy_world, tmp_path, capsys):

@@ -139,10 +139,23 @@ def block_alignment(protected, base, geometry: Geometry, layer: int) -> BlockTra
     return block
 
 
-def realigned_tensors(protected, base, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+def realigned_tensors(protected, base, progress: bool = False, accelerator=None) -> Iterator[tuple[str, torch.Tensor]]:
     """The protected model's tensors mapped back to the base's coordinates, in one streaming pass: each block
-    is aligned when its first tensor arrives (one block of each model in memory at a time)."""
+    is aligned when its first tensor arrives (one block of each model in memory at a time).
+
+    Under ``accelerate launch`` (``accelerator`` with several processes) the blocks' alignments are shared out instead
+    (a dynamic queue: each process aligns the next block when it is free) and every process gets all of them: the
+    matching, a Hungarian assignment per block, is not repeated on every rank. It draws nothing at random that
+    depends on the order of the blocks, so the result is the same as one process's."""
     geometry = protected.geometry
+    if accelerator is not None and accelerator.num_processes > 1:
+        from ..distributed import run_jobs
+
+        def align(layer: int) -> BlockTransform:
+            return block_alignment(protected, base, geometry, layer)
+
+        blocks = run_jobs(range(geometry.num_layers), align, accelerator=accelerator, desc="re-aligning to the base", progress=progress)
+        return transform_tensors(protected.iter_tensors(), [dict(enumerate(blocks))], geometry)
     transform = LazyTransform(
         geometry.num_layers,
         lambda layer: block_alignment(protected, base, geometry, layer),
@@ -158,7 +171,7 @@ def _relative_change(after: torch.Tensor, before: torch.Tensor) -> float:
 
 def run_realign(ctx: AttackContext) -> AttackResult:
     """Re-align the protected model to the base, then merge it with every method of the self-test."""
-    tensors = dict(realigned_tensors(ctx.protected, ctx.base, ctx.progress))
+    tensors = dict(realigned_tensors(ctx.protected, ctx.base, ctx.progress, accelerator=ctx.accelerator))
     moved = max(_relative_change(tensors[name], before) for name, before in ctx.protected.iter_tensors())
     realigned = StateDictSource(tensors, ctx.protected.config, source="realigned")
     symmetry_found = moved >= NO_SYMMETRY_TOLERANCE
