@@ -26,6 +26,7 @@ CASES = [
     ("mergeguard (defaults)", ["--method", "mergeguard"]),
     ("trap, LoRA 16 + checkpointing", ["--method", "trap", "--trap-lora-rank", "16", "--gradient-checkpointing"]),
 ]
+BUDGETS = (8, 4, 2)
 HARDWARE = [("1 x H100", ["--plan-gpu-type", "h100"]), ("8 x H100", ["--plan-gpus", "8", "--plan-gpu-type", "h100"])]
 
 
@@ -83,6 +84,13 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     plans = {}
+    budget_lines = [
+        "",
+        "`--budget-hours` on the Llama-3.1-8B trap (LoRA 16 + checkpointing) on 1 x H100: the plan of the cut run.",
+        "",
+        "| budget | estimate | merges | generated tokens (upper bound) | cut |",
+        "|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         for shape_name, sizes in (("Llama-3.2-1B", LLAMA_3_2_1B), ("Llama-3.1-8B", LLAMA_3_1_8B)):
             folders = shape_folders(Path(tmp), shape_name, sizes)
@@ -94,6 +102,15 @@ def main() -> None:
                     p = plan(common + extra + lora + flags)
                     plans[f"{shape_name} {case} {hardware}"] = p
                     lines.append(row(f"{shape_name}, {case}", hardware, p))
+            if shape_name == "Llama-3.1-8B":  # --budget-hours on the trap's 1-GPU run
+                trap = common + CASES[1][1] + ["--attack-lora-rank", "16"] + HARDWARE[0][1]
+                for hours in BUDGETS:
+                    p = plan(trap + ["--budget-hours", str(hours)])
+                    plans[f"{shape_name} trap budget {hours} h"] = p
+                    budget_lines.append(
+                        f"| {hours} h | {p['totals']['estimated_seconds'] / 3600:.1f} h | {p['totals']['merges']} | "
+                        f"{p['totals']['generated_tokens_upper_bound']:,} | {'; '.join(p['budget']['dropped']) or 'nothing'} |"
+                    )
 
     demo_line = []
     if not args.no_demo:
@@ -128,7 +145,7 @@ def main() -> None:
                 f"machine; the plan estimates its `protect` at {p['totals']['estimated_seconds']:.0f} s (the world's build, "
                 "about a minute, is not in the plan).",
             ]
-    lines += demo_line
+    lines += demo_line + budget_lines
     write_results(args.results, "\n".join(lines) + "\n")
     args.results.with_suffix(".json").write_text(json.dumps(plans, indent=2))
 

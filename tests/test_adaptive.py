@@ -80,6 +80,71 @@ def test_realign_shares_its_blocks_over_processes(pico_world, tmp_path, torchrun
     assert _relative_distance(alone, model.state_dict()) < _relative_distance(protected.state_dict(), model.state_dict())
 
 
+@pytest.mark.parametrize("beta", [2.0, 3.0])
+def test_signrestore_returns_a_negated_release_to_the_original(toy_world, beta):
+    """MergeGuard's negation with beta >= 2 keeps magnitudes: from the base and the release alone (and the settings
+    the release publishes) the original comes back exactly; blind (no record: every block tensor, the defaults), every
+    negated entry is restored and only the tensors kept as critical are touched wrongly."""
+    from hf_mergeguard.attacks.signrestore import sign_restored
+    from hf_mergeguard.protect.mergeguard import negated_tensors, negation_thresholds
+    from hf_mergeguard.protect.mergeguard.negation import negation_units
+
+    model, base = Checkpoint(toy_world.model("count")), Checkpoint(toy_world.base)
+    original = model.state_dict()
+    units = negation_units(model.geometry, model.tensor_names)
+    excluded = sorted(units)[:4:2]  # two "critical" tensors left alone, as criticality would
+    names = [name for unit, members in units.items() if unit not in excluded for name in members]
+    counts = {}
+    thresholds = negation_thresholds(model, base, names, 0.1)
+    protected = StateDictSource(dict(negated_tensors(model, base, thresholds, beta, counts)), model.config)
+    assert _relative_distance(protected.state_dict(), original) > 0.05
+
+    settings = {"beta": beta, "mask_share": 0.1, "mask_scope": "global", "granularity": "matrix", "excluded_units": excluded}
+    settings["negated_entries"] = sum(counts.values())  # published with the rest (entries tied at the threshold)
+    restored = sign_restored(protected, base, settings)
+    assert restored.flipped_entries == sum(counts.values())
+    worst = max((restored.get(name) - original[name]).abs().max().item() for name in original)
+    assert worst < 1e-6  # measured: 1.2e-7 (beta 2), float32 rounding
+
+    blind = sign_restored(protected, base, {**settings, "excluded_units": [], "negated_entries": None})
+    negated = {name: (protected.get(name) - original[name]).abs() > 1e-6 for name in original}
+    wrong = {name: (blind.get(name) - original[name]).abs() > 1e-6 for name in original}
+    unrestored = sum(int((negated[name] & wrong[name]).sum()) for name in original)
+    elsewhere = sum(int(wrong[name].sum()) for name in original if name not in excluded)
+    # Measured (55,796 negated entries): beta 2: 9 left negated, 9 wrong flips outside the two critical tensors, 3,297
+    # in them (the top-k share over more tensors cuts a little higher); beta 3: 0, 0 and 3,288 (the magnitudes of
+    # the negated entries, 2|tau'|, stand clear of the rest).
+    assert unrestored <= 0.001 * sum(counts.values()) and elsewhere <= 0.001 * sum(counts.values())
+    assert sum(int(wrong[name].sum()) for name in excluded) > 1000  # the critical tensors' largest entries: flipped
+
+
+def test_signrestore_reads_what_the_release_publishes(tmp_path):
+    """Published settings when the release has a record; blind defaults without one; no attack on a release whose
+    record has no negation to undo (other defenses, or beta = 1: the masked entries are the base's)."""
+    from types import SimpleNamespace
+
+    from hf_mergeguard.attacks.signrestore import published_negation
+    from hf_mergeguard.report.schema import ProtectionRecord
+
+    config = {"beta": 2.0, "mask_share": 0.05, "mask_scope": "tensor", "granularity": "block"}
+    negation = {"excluded_units": ["model.layers.0"], "negated_entries": 99}
+
+    def ctx(records, source=tmp_path):
+        return SimpleNamespace(report=SimpleNamespace(protection=records), protected=SimpleNamespace(source=str(source)))
+
+    settings, source = published_negation(ctx([ProtectionRecord("mergeguard", {}, {"config": config, "negation": negation})]))
+    assert settings == {**config, **negation} and source.startswith("published")
+    settings, source = published_negation(ctx(None))
+    assert settings["beta"] == 2.0 and settings["mask_share"] == 0.1 and settings["excluded_units"] == [] and source.startswith("blind")
+    assert published_negation(ctx([ProtectionRecord("trap", {}, {})]))[0] is None
+    one = ProtectionRecord("mergeguard", {}, {"config": {**config, "beta": 1.0}, "negation": negation})
+    assert published_negation(ctx([one])) == (None, "the release's negation has beta = 1: its masked entries are the base's")
+    # `check` / `attack` on a release folder: its selftest.json is the record.
+    record = {"method": "mergeguard", "details": {"config": config, "negation": negation}}
+    (tmp_path / "selftest.json").write_text(json.dumps({"protection": [record]}))
+    assert published_negation(ctx(None))[0] == {**config, **negation}
+
+
 def test_attack_command_realigns_a_protected_release(toy_world, tmp_path, capsys):
     """``hf-mergeguard attack --kind realign`` on a MergeLock release: exit 1, the attack defeats it."""
     from hf_mergeguard.cli.main import main

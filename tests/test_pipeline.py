@@ -48,8 +48,12 @@ def test_every_defense_and_every_attack_run(quick, capsys):
     code, report, _ = quick("mergeguard", "--attack-steps", "1", "--attack-examples", "4")
     assert code == 1 and "NOT safe to release" in capsys.readouterr().out
     assert report["schema_version"] == 2 and report["method"] == "mergeguard"
-    assert list(report["robustness"]["attacks"]) == ["realign", "unmask", "recover", "graderase"]
-    assert report["robustness"]["attacks"]["realign"]["details"]["symmetry_found"] is False  # MergeGuard is no symmetry
+    attacks = report["robustness"]["attacks"]
+    assert list(attacks) == ["realign", "signrestore", "unmask", "recover", "graderase"]
+    assert attacks["realign"]["details"]["symmetry_found"] is False  # MergeGuard is no symmetry
+    negation = report["protection"][0]["details"]["negation"]
+    assert attacks["signrestore"]["details"]["applies"] and attacks["signrestore"]["details"]["settings_from"].startswith("published")
+    assert attacks["signrestore"]["details"]["flipped_entries"] == negation["negated_entries"]  # beta 2: undone
     assert report["robustness"]["attacks"]["graderase"]["details"]["setup"]["examples"] == 4
     assert report["gates"]["merged_retention"]["note"].startswith("the model is not better than the base")
     assert report["protection"][0]["details"]["negation"]["negated_share"] == pytest.approx(0.1, abs=0.01)

@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 from ..distributed import run_jobs
 from ..io.hf_models import model_from_state_dict
 from ..registry import Registry
-from ..report.schema import AttackResult, ScoredModel, SelfTestReport
-from ..report.scoring import Shares
+from ..report.schema import AttackResult, ScoredModel, SelfTestReport, to_dict
+from ..report.scoring import Shares, attacker_best
 from .merges import get_merge_method, merge_state_dict
 
 
@@ -125,3 +125,26 @@ def parse_attacks(names: Sequence[str] | None) -> list[str]:
     else:
         specs = [ATTACKS.get(name) for name in dict.fromkeys(names)]
     return [spec.name for spec in sorted(specs, key=lambda spec: spec.rank)]
+
+
+def matrix_attack_result(name: str, ctx: AttackContext, report: SelfTestReport, details: dict) -> AttackResult:
+    """The result of an attack that turns the release into another model and merges it like the self-test
+    (``report``: that model's merge matrix): the attacker's best over the methods, each method's best in the details."""
+    per_method = {
+        method: ScoredModel(
+            defender_score=b.defender_score,
+            defender_kept=ctx.shares.defender_kept(b.defender_score),
+            freerider=b.freerider,
+            freerider_kept=b.freerider_kept,
+            method=method,
+            value=b.value,
+            freerider_constraint_met=b.freerider_constraint_met,
+        )
+        for method, b in ((method, variants["protected"]) for method, variants in report.best.items())
+    }
+    best, _ = attacker_best(
+        list(per_method.values()), ctx.config.freerider_floor, score=lambda r: r.defender_score, freerider_kept=lambda r: r.freerider_kept
+    )
+    standalone = {task: report.standalone["protected"][task] for task in ctx.shares.tasks}
+    details = {**details, "standalone": standalone, "per_method": to_dict(per_method)}
+    return AttackResult(name, best, credited=best.defender_kept, details=details)

@@ -27,12 +27,11 @@ import torch
 
 from ..architectures import Geometry
 from ..io.sources import StateDictSource
-from ..report.schema import AttackResult, ScoredModel, to_dict
-from ..report.scoring import attacker_best
+from ..report.schema import AttackResult
 from ..symmetry import matching
 from ..symmetry.transforms import BlockTransform, LazyTransform, pair_constant, transform_tensors
 from ..workload import Work
-from .base import AttackContext, AttackSpec, register_attack
+from .base import AttackContext, AttackSpec, matrix_attack_result, register_attack
 
 # Re-alignment that moves no tensor by more than this share of its norm found no symmetry to undo: its least
 # squares alone move an unprotected toy fine-tune by up to 5.5% (they absorb part of the task vector), while
@@ -178,25 +177,10 @@ def run_realign(ctx: AttackContext) -> AttackResult:
     # No symmetry to undo (e.g. MergeGuard): the re-aligned model is the protected one up to the tolerance, and its
     # merges are the self-test's own.
     report = ctx.merge_matrix(realigned) if symmetry_found else ctx.report
-    per_method = {
-        method: ScoredModel(
-            defender_score=b.defender_score,
-            defender_kept=ctx.shares.defender_kept(b.defender_score),
-            freerider=b.freerider,
-            freerider_kept=b.freerider_kept,
-            method=method,
-            value=b.value,
-            freerider_constraint_met=b.freerider_constraint_met,
-        )
-        for method, b in ((method, variants["protected"]) for method, variants in report.best.items())
-    }
-    best, _ = attacker_best(
-        list(per_method.values()), ctx.config.freerider_floor, score=lambda r: r.defender_score, freerider_kept=lambda r: r.freerider_kept
-    )
-    standalone = {task: report.standalone["protected"][task] for task in ctx.shares.tasks}
     # largest_move: the largest relative change of a tensor by re-aligning (its norm's share).
-    details = {"standalone": standalone, "per_method": to_dict(per_method), "largest_move": moved, "symmetry_found": symmetry_found}
-    return AttackResult("realign", best, credited=best.defender_kept, details=details, model=realigned if ctx.keep_models else None)
+    result = matrix_attack_result("realign", ctx, report, {"largest_move": moved, "symmetry_found": symmetry_found})
+    result.model = realigned if ctx.keep_models else None
+    return result
 
 
 register_attack(
