@@ -43,6 +43,15 @@ def test_card_metadata_is_what_the_hub_reads():
     assert "pushed with `--force`" not in body
 
 
+def test_robustness_lists_the_attacks_not_run():
+    report = _report()
+    assert "Not run: signrestore (" in str(render_card(report, model_name="a/b"))  # the fixture predates signrestore
+    report.robustness = None
+    card = str(render_card(report, model_name="a/b"))
+    assert "## Robustness\n\nNo adaptive attack ran in this self-test" in card
+    assert "Not run: realign, signrestore, unmask, recover, graderase (" in card
+
+
 def test_card_says_what_a_budget_cut():
     report = _report()
     report.config = {**report.config, "budget_hours": 2.0, "budget_dropped": ["the realign attack"]}

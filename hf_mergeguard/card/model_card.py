@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..attacks.base import ATTACKS
+from ..attacks.base import ATTACKS, parse_attacks
 from ..environment import package_versions
 from ..errors import ConfigError
 from ..io.atomic import write_text_atomically
@@ -140,6 +140,12 @@ def _robustness_rows(report: SelfTestReport) -> list[dict] | None:
     ]
 
 
+def attacks_not_run(report: SelfTestReport) -> list[str]:
+    """The registered adaptive attacks this self-test did not run (the card names them)."""
+    ran = set(report.robustness.attacks) if report.robustness else set()
+    return [name for name in parse_attacks(None) if name not in ran]
+
+
 def card_variables(report: SelfTestReport, *, model_name: str, protect_config: dict | None = None, forced: bool = False) -> dict:
     """Everything the template needs, from the report (and the recorded config for the reproduce section)."""
     protections = report.protection or []
@@ -169,6 +175,7 @@ def card_variables(report: SelfTestReport, *, model_name: str, protect_config: d
         "gates": gates,
         "robustness_rows": _robustness_rows(report),
         "robustness_sentence": robustness_sentence(report.robustness) if report.robustness else "",
+        "attacks_not_run": attacks_not_run(report),
         "limits": limits_of(report),
         "source_model": report.inputs.model if report.inputs else report.sources.original,
         "source_revision": report.inputs.model_revision if report.inputs else None,
