@@ -203,6 +203,7 @@ def build_plan(
             merges_per_variant=sum(1 for job in jobs if job.is_merge and job.model == "protected"),
             freeriders=freeriders,
             groups=tuple(n for (variant, _), n in groups.items() if variant == "protected"),
+            negation=any(spec.name == "mergeguard" and options.beta > 1 for spec, options in defenses) if command == "protect" else None,
         )
         specs = [ATTACKS.get(name) for name in parse_attacks(selftest.attacks)]
         if any(spec.needs_examples for spec in specs):

@@ -64,3 +64,6 @@ class MatrixSize:
     merges_per_variant: int  # merges of one model variant (methods x values x free-riders)
     freeriders: int
     groups: tuple[int, ...] = ()  # grid points of each method (x free-riders): what each race runs over
+    # The release publishes a negation that keeps magnitudes (MergeGuard beta > 1; what signrestore undoes): False for
+    # a protect run without one, None when the plan cannot know (check and attack read the release's record).
+    negation: bool | None = None

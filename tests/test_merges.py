@@ -95,11 +95,32 @@ def test_every_method_merges_every_grid_point(trio, method):
         assert all(torch.isfinite(t).all() for t in merged.values())
 
 
+def test_every_mergekit_method_is_an_attack():
+    """Every method in mergekit's registry merges the defender with a free-rider in the self-test (passthrough as
+    the layer swap: same-depth slices of the two models)."""
+    from mergekit.merge_methods import registered_methods
+
+    ours = set(MERGE_METHODS.names()) - {"layer_swap"} | {"passthrough"}
+    assert {method.spec.name for method in registered_methods()} == ours
+
+
+def test_a_layer_swap_takes_the_first_blocks_from_the_defender(trio):
+    base, defender, rider = trio
+    merged = merge_state_dict(get_merge_method("layer_swap"), 0.5, base=base, defender=defender, freeriders=[rider])
+    cut = defender.geometry.num_layers // 2
+    for name, tensor in merged.items():
+        layer = int(name.split(".")[2]) if name.startswith("model.layers.") else None
+        source = defender if layer is not None and layer < cut else rider
+        assert torch.equal(tensor, source.get(name)), name
+
+
 def test_method_typo_suggests():
     with pytest.raises(UnknownNameError) as info:
         parse_methods("ties,dare_tie")
     assert "Did you mean 'dare_ties'" in str(info.value)
-    assert len(parse_methods(None)) == len(MERGE_METHODS.names()) >= 9
+    defaults = [m.name for m in parse_methods(None)]
+    assert len(defaults) == 13 and "nearswap" not in defaults and "sce" in defaults
+    assert len(parse_methods("all")) == len(parse_methods(None, thorough=True)) == len(MERGE_METHODS.names()) == 20
 
 
 def test_mergekit_yaml_path_equals_in_memory(trio, tmp_path):

@@ -20,6 +20,10 @@ from ..registry import Registry
 
 DEFENDER = "defender"
 BASE = "base"
+FREERIDER = "freerider0"
+LAYER_SWAP = "layer_swap"
+# Methods that take a weight per input (mergekit's ``weight``), 1 each unless the grid sets it.
+WEIGHTED = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear")
 
 
 @dataclass(frozen=True)
@@ -31,9 +35,13 @@ class MergeMethod:
         coefficient: the parameter the attacker sweeps.
         grid: the values swept by default (``thorough_grid`` with ``--thorough``).
         fixed: other mergekit parameters, the same for every input.
-        uses_base: the pretrained base is an input (task-vector methods, model_stock).
-        random: the method samples (DARE, DELLA): seeded per tensor.
+        anchor: the input mergekit takes as ``base_model``: :data:`BASE` (the public base: task-vector methods,
+            model_stock), :data:`DEFENDER` (slerp: t = 0 is the defender), :data:`FREERIDER` (arcee_fusion, nearswap:
+            the free-rider takes in the defender's weights), or None (linear, karcher: no base).
+        random: the method samples (DARE, DELLA, arcee_fusion's quantiles): seeded per tensor.
         per_model: ``coefficient`` is given per input model (weight, density) rather than shared (lambda, t).
+        weight_split: ``coefficient`` is the defender's weight and the free-riders share the rest (linear, nuslerp).
+        default: in the self-test by default; the others run with ``--thorough`` or when named in ``--methods``.
         label: how reports name the coefficient (``lambda=1``, ``w_def=0.5``); default: ``coefficient``.
     """
 
@@ -42,11 +50,17 @@ class MergeMethod:
     grid: tuple[float, ...]
     thorough_grid: tuple[float, ...] = ()
     fixed: Mapping[str, Any] = field(default_factory=dict)
-    uses_base: bool = True
+    anchor: str | None = "base"
     random: bool = False
     per_model: bool = False
+    weight_split: bool = False
+    default: bool = True
     description: str = ""
     label: str | None = None
+
+    @property
+    def uses_base(self) -> bool:
+        return self.anchor == BASE
 
     def __post_init__(self):
         if self.label is None:
@@ -62,7 +76,7 @@ class MergeMethod:
         params = dict(self.fixed)
         if self.coefficient is None or value is None:
             return params
-        if self.name == "linear":
+        if self.weight_split:
             # Weight averaging: the defender gets `value`, the free-riders share the rest.
             share = (1.0 - value) / max(1, len(others))
             params["weight"] = {DEFENDER: value, **{other: share for other in others}}
@@ -70,7 +84,7 @@ class MergeMethod:
             params[self.coefficient] = {DEFENDER: value, **{other: value for other in others}}
         else:
             params[self.coefficient] = value
-        if "weight" not in params and self.name not in ("slerp", "model_stock"):
+        if "weight" not in params and self.name in WEIGHTED:
             params["weight"] = {DEFENDER: 1.0, **{other: 1.0 for other in others}}
         return params
 
@@ -135,7 +149,8 @@ for _method in (
         "weight",
         grid=(0.3, 0.5, 0.7),
         thorough_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
-        uses_base=False,
+        anchor=None,
+        weight_split=True,
         description="weight averaging of the fine-tunes (model soup)",
         label="w_def",
     ),
@@ -150,8 +165,106 @@ for _method in (
         "t",
         grid=(0.3, 0.5, 0.7),
         thorough_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
-        uses_base=False,
+        anchor=DEFENDER,
         description="spherical interpolation from the defender (t=0) to the free-rider (t=1)",
+    ),
+    MergeMethod(
+        "breadcrumbs_ties",
+        "density",
+        grid=(0.5, 0.8, 0.9),
+        thorough_grid=(0.3, 0.5, 0.7, 0.8, 0.9),
+        per_model=True,
+        fixed={"gamma": 0.01},
+        description="breadcrumbs' trim (largest 1% and smallest |tau| dropped), then TIES sign election",
+    ),
+    MergeMethod(
+        "della_linear",
+        "density",
+        grid=(0.3, 0.5, 0.7),
+        thorough_grid=(0.2, 0.3, 0.5, 0.7, 0.8),
+        per_model=True,
+        random=True,
+        fixed={"epsilon": 0.1},
+        description="magnitude-ranked random drop with rescale, then task arithmetic",
+    ),
+    MergeMethod(
+        "sce",
+        "select_topk",
+        grid=(0.1, 0.3, 1.0),
+        thorough_grid=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
+        description="keep the entries whose task vectors vary most (select_topk), elect signs by mass, weighted mean",
+    ),
+    MergeMethod(
+        "nuslerp",
+        "weight",
+        grid=(0.3, 0.5, 0.7),
+        thorough_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+        weight_split=True,
+        description="spherical interpolation of the task vectors, the defender weighted w_def",
+        label="w_def",
+    ),
+    # Not in the default self-test (with --thorough, or named in --methods): variants of the ones above, or
+    # methods free-riders rarely use to combine two skills.
+    MergeMethod(
+        "multislerp",
+        "weight",
+        grid=(0.3, 0.5, 0.7),
+        thorough_grid=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+        weight_split=True,
+        default=False,
+        description="barycentric spherical interpolation of the task vectors, the defender weighted w_def",
+        label="w_def",
+    ),
+    MergeMethod(
+        "karcher",
+        None,
+        grid=(),
+        anchor=None,
+        default=False,
+        description="the Riemannian (Karcher) mean of the two models' weights",
+    ),
+    MergeMethod(
+        "arcee_fusion",
+        None,
+        grid=(),
+        anchor=FREERIDER,
+        random=True,
+        default=False,
+        description="the free-rider takes the defender's entries that differ most by importance (a dynamic threshold)",
+    ),
+    MergeMethod(
+        "nearswap",
+        "t",
+        grid=(1e-4, 1e-3, 1e-2),
+        thorough_grid=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+        anchor=FREERIDER,
+        default=False,
+        description="the free-rider's weights, moved to the defender's where the two are within t of each other",
+    ),
+    MergeMethod(
+        "ram",
+        None,
+        grid=(),
+        default=False,
+        description="reinforced agent merging: task vectors averaged where they overlap, summed where one alone moved",
+    ),
+    MergeMethod(
+        "ramplus_tl",
+        None,
+        grid=(),
+        default=False,
+        description="RAM+ with its defaults (r 0.1, alpha 0.2)",
+    ),
+    MergeMethod(
+        LAYER_SWAP,
+        "layers",
+        grid=(0.25, 0.5, 0.75),
+        thorough_grid=(0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875),
+        anchor=None,
+        default=False,
+        description="passthrough layer swap: the first share of the decoder blocks from the defender, the rest and "
+        "the embeddings, final norm and lm_head from the free-rider (mergekit passthrough with slices)",
+        label="share_def",
     ),
 ):
     MERGE_METHODS.add(_method.name, _method)
@@ -161,10 +274,13 @@ def get_merge_method(name: str) -> MergeMethod:
     return MERGE_METHODS.get(name)
 
 
-def parse_methods(names: str | Sequence[str] | None) -> list[MergeMethod]:
-    """``"ties,dare_ties"`` / ``["ties"]`` / ``None`` (= all) -> methods (typos get "did you mean")."""
-    if names is None or names == "all":
+def parse_methods(names: str | Sequence[str] | None, thorough: bool = False) -> list[MergeMethod]:
+    """``"ties,dare_ties"`` / ``["ties"]`` / ``"all"`` / ``None`` (the default ones; every one with ``thorough``) ->
+    methods (typos get "did you mean")."""
+    if names in ("all", ["all"]) or (names is None and thorough):
         return [MERGE_METHODS.get(n) for n in MERGE_METHODS.names()]
+    if names is None:
+        return [MERGE_METHODS.get(n) for n in MERGE_METHODS.names() if MERGE_METHODS.get(n).default]
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     return [MERGE_METHODS.get(name) for name in names]
@@ -204,6 +320,8 @@ def merge_tensors(
         raise ConfigError("SLERP merges exactly two models: give one free-rider.")
     if method.name == "model_stock" and not freeriders:
         raise ConfigError("model_stock needs at least one free-rider beside the defender.")
+    if method.anchor == FREERIDER and len(freeriders) != 1:
+        raise ConfigError(f"{method.name} merges exactly two models: give one free-rider.")
     others = [f"freerider{i}" for i in range(len(freeriders))]
     params = method.parameters(value, others)
     inputs: dict[str, TensorSource] = {}
@@ -211,7 +329,9 @@ def merge_tensors(
         inputs[BASE] = base
     inputs[DEFENDER] = defender
     inputs.update(zip(others, freeriders))
-    merge_base = BASE if method.uses_base else (DEFENDER if method.name == "slerp" else None)
+    if method.name == LAYER_SWAP:
+        yield from _layer_swap(value, defender, freeriders, names)
+        return
     for name in names if names is not None else defender.tensor_names:
         tensors = {key: {name: source.get(name)} for key, source in inputs.items()}
         on_device = device is not None and torch.device(device).type != "cpu" and not method.random
@@ -220,8 +340,21 @@ def merge_tensors(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_tensor_seed(seed, name))
             with torch.no_grad():
-                merged = merge_state_dicts(tensors, method.name, base=merge_base, parameters=params)
+                merged = merge_state_dicts(tensors, method.name, base=method.anchor, parameters=params)
         yield name, merged[name]
+
+
+def _layer_swap(share: float, defender: TensorSource, freeriders: Sequence[TensorSource], names) -> Iterator[tuple[str, torch.Tensor]]:
+    """mergekit's passthrough with slices, at the same depth: blocks [0, share x L) from the defender, the others
+    and every tensor outside the blocks from the (first) free-rider."""
+    from ..architectures import split_layer_name
+
+    if len(freeriders) != 1:
+        raise ConfigError("A layer swap takes its blocks from exactly two models: give one free-rider.")
+    cut = round(share * defender.geometry.num_layers)
+    for name in names if names is not None else defender.tensor_names:
+        layer, _ = split_layer_name(name)
+        yield name, (defender if layer is not None and layer < cut else freeriders[0]).get(name)
 
 
 def merge_state_dict(method: MergeMethod, value: float | None, **kwargs) -> dict[str, torch.Tensor]:

@@ -107,8 +107,10 @@ register_attack(
             if result.details.get("applies")
             else "does not apply: " + result.details.get("settings_from", "")
         ),
-        # One pass over the weights, then the restored model's merge matrix (and its standalone); none when the
-        # release publishes no negation (priced as if it did: the plan does not read the release's record).
-        work=lambda config, size: [Work("signrestore", streamed_passes=2, scorings=1, raced=list(size.groups))],
+        # Two passes over the weights (the top-k threshold, the flip), then the restored model's merge matrix and its
+        # standalone; nothing when a protect run has no negation to undo (check and attack: priced as if it had).
+        work=lambda config, size: (
+            [] if size.negation is False else [Work("signrestore", streamed_passes=2, scorings=1, raced=list(size.groups))]
+        ),
     )
 )

@@ -21,7 +21,7 @@ def demo_command(
 ) -> None:
     """The whole flow offline on a toy world: build it (a tiny Llama base and one fine-tune per synthetic skill,
     cached after the first build), protect one fine-tune with the default method, self-test it against the others
-    with every merge method (lm-eval, 100 prompts per task), write the model card, print the table.
+    with the nine most used merge methods (lm-eval, 100 prompts per task), write the model card, print the table.
 
     Layout: OUT/models/{base,<skill>}, OUT/data/<skill>/{train,test}.jsonl, OUT/tasks/, and the release folder
     OUT/protected/ (checkpoint, README.md card, selftest.png, selftest.json, protect_config.yml).

@@ -18,12 +18,14 @@ class SelfTestConfig:
     methods: list[str] | None = field(
         default=None,
         metadata={
-            "help": "merge methods of the self-test, comma-separated (default: all)",
+            "help": "merge methods of the self-test, comma-separated, or all (default: the common ones; all with --thorough)",
             "flag": "--methods",
             "choices": MERGE_METHODS.names,
         },
     )
-    thorough: bool = field(default=False, metadata={"help": "sweep finer coefficient grids (slower)", "flag": "--thorough"})
+    thorough: bool = field(
+        default=False, metadata={"help": "sweep finer coefficient grids and every merge method (slower)", "flag": "--thorough"}
+    )
     limit: int | None = field(
         default=None,
         metadata={"help": "examples per task: a seeded random subset, the same for every model (default: all)", "flag": "--limit"},
@@ -132,13 +134,13 @@ class SelfTestConfig:
     )
 
     def __post_init__(self):
-        if self.methods in (["all"], "all"):
-            self.methods = None
+        if self.methods == "all":
+            self.methods = ["all"]
         if self.chat_template not in ("auto", "on", "off"):
             raise ConfigError(f"--chat-template must be auto, on or off, not {self.chat_template!r}.")
         if not 0 <= self.freerider_floor <= 1:
             raise ConfigError("--freerider-floor must be between 0 and 1.")
-        parse_methods(self.methods)  # typos fail here, before any work
+        parse_methods(self.methods, self.thorough)  # typos fail here, before any work
         parse_attacks(self.attacks)
         check_backend(self.eval_backend)  # vllm not installed: refused before any work
         if self.race_rounds < 1 or self.race_keep < 1 or self.race_z <= 0:
@@ -149,4 +151,5 @@ class SelfTestConfig:
             raise ConfigError("--attack-examples and --attack-steps must be at least 1, --attack-lora-rank at least 0.")
 
     def merge_methods(self) -> list[MergeMethod]:
-        return parse_methods(self.methods)
+        """The self-test's merge methods: ``--methods``, or the default ones (every one with ``--thorough``)."""
+        return parse_methods(self.methods, self.thorough)
