@@ -37,7 +37,8 @@ def test_card_metadata_is_what_the_hub_reads():
     result = meta["model-index"][0]["results"][0]
     assert result["dataset"]["name"] == "toy_count" and result["metrics"][0]["value"] == 95.33
     body = str(card)
-    assert "| task_arithmetic | lambda=1.2 | 91.3 | 75% | 93.0 | 80% |" in body
+    assert "| task_arithmetic | lambda=1.2 | 91.3 | 75% | 93.0 | 80% | 80% |" in body
+    assert "Free ride (the most of both skills one merge keeps): 80% (task_arithmetic, lambda=1.2)" in body
     assert "| toy_count | 66.0 | 99.7 | 95.3 | -4.3 |" in body
     assert "| 93.0 (80% kept) | 91.3 | 66.0 | **yes** |" in body  # realign, in the Robustness section
     assert "pushed with `--force`" not in body
@@ -45,7 +46,9 @@ def test_card_metadata_is_what_the_hub_reads():
 
 def test_robustness_lists_the_attacks_not_run():
     report = _report()
-    assert "Not run: signrestore (" in str(render_card(report, model_name="a/b"))  # the fixture predates signrestore
+    assert "Not run:" not in str(render_card(report, model_name="a/b"))  # every attack ran
+    del report.robustness.attacks["unmask"]
+    assert "Not run: unmask (" in str(render_card(report, model_name="a/b"))
     report.robustness = None
     card = str(render_card(report, model_name="a/b"))
     assert "## Robustness\n\nNo adaptive attack ran in this self-test" in card

@@ -39,6 +39,13 @@ def test_attacker_best_respects_the_freerider_and_gates():
     assert best["original"].value == 0.8 and best["original"].defender_kept == pytest.approx(0.75)
     assert best["protected"].value == 0.8 and best["protected"].defender_kept == pytest.approx(0.125)
     assert best["protected"].best_any_value == 1.2
+    # The free ride: the smaller share (0.8: defender 0.125, rider 0.9 -> 0.125; 1.2: defender 0.5, rider -0.4).
+    assert best["protected"].free_ride == pytest.approx(0.125) and best["protected"].best_free_ride_value == 0.8
+    assert best["protected"].defender_kept_of_protected == pytest.approx(0.1 / 0.795)  # of the release's own gain
+    assert report.free_ride == {"method": "task_arithmetic", "value": 0.8, "free_ride": pytest.approx(0.125)} | {
+        "defender_kept": pytest.approx(0.125),
+        "freerider_kept": pytest.approx(0.9),
+    }
     assert report.gates["standalone_drop"].value == pytest.approx(0.5)
     assert report.gates["merged_retention"].passed and report.passed
 

@@ -15,7 +15,7 @@ from ..distributed import run_jobs
 from ..io.hf_models import model_from_state_dict
 from ..registry import Registry
 from ..report.schema import AttackResult, ScoredModel, SelfTestReport, to_dict
-from ..report.scoring import Shares, attacker_best
+from ..report.scoring import Shares, attacker_best, free_ride
 from .merges import get_merge_method, merge_state_dict
 
 
@@ -139,6 +139,7 @@ def matrix_attack_result(name: str, ctx: AttackContext, report: SelfTestReport, 
             method=method,
             value=b.value,
             freerider_constraint_met=b.freerider_constraint_met,
+            free_ride=free_ride(ctx.shares.defender_kept(b.defender_score), b.freerider_kept),
         )
         for method, b in ((method, variants["protected"]) for method, variants in report.best.items())
     }

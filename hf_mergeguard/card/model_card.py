@@ -18,7 +18,7 @@ from ..io.atomic import write_text_atomically
 from ..io.hub import looks_like_repo_id
 from ..protect.base import DEFENSES, function_preserving_methods
 from ..report.schema import SELFTEST_FILE, SelfTestReport, load_report
-from ..report.table import attack_score, coefficient_label, robustness_sentence
+from ..report.table import attack_score, coefficient_label, free_ride_sentence, robustness_sentence
 from .plot import PLOT_FILE, plot_scores
 from .templates import template_path
 
@@ -103,6 +103,7 @@ def _merged_rows(report: SelfTestReport) -> list[dict]:
                 "unprotected_kept": _share(original.defender_kept if original else None),
                 "protected": _points(protected.defender_score),
                 "protected_kept": _share(protected.defender_kept),
+                "free_ride": _share(protected.free_ride),
             }
         )
     return rows
@@ -171,6 +172,7 @@ def card_variables(report: SelfTestReport, *, model_name: str, protect_config: d
         "standalone_rows": _standalone_rows(report),
         "freerider_floor": _share(report.config.get("freerider_floor", 0.5)),
         "merged_rows": _merged_rows(report),
+        "free_ride_sentence": free_ride_sentence(report.free_ride) if report.free_ride else "",
         "plot_file": PLOT_FILE,
         "gates": gates,
         "robustness_rows": _robustness_rows(report),

@@ -50,6 +50,8 @@ class MergeResult:
     prompts: int | None = None
     # Tasks whose outputs were all empty or a repetition on the first prompts scored: scored on those alone.
     degenerate: list[str] = field(default_factory=list)
+    # The free ride: the smaller of the two kept shares (a merge that loses either skill is no free ride).
+    free_ride: float | None = _optional()
 
 
 @dataclass
@@ -66,6 +68,13 @@ class BestMerge:
     freerider_constraint_met: bool  # False: no grid point kept the free-rider's skill; the best of all counts
     best_any_value: float | None  # the best grid point ignoring the free-rider's skill
     best_any_defender_score: float
+    free_ride: float | None = _optional()  # of the attacker's best: min(defender_kept, freerider_kept)
+    # The grid point with the largest free ride (among those scored on every prompt), and that free ride.
+    best_free_ride_value: float | None = _optional()
+    best_free_ride: float | None = _optional()
+    # The attacker's best's defender score as a share of the protected model's own gain (defender_kept is of the
+    # original's, when known): how much of what the release still does the merge keeps.
+    defender_kept_of_protected: float | None = _optional()
 
 
 @dataclass
@@ -145,6 +154,7 @@ class ScoredModel:
     method: str | None = _optional()  # the merge method the result came from, when there is one
     value: float | None = _optional()  # and its coefficient
     freerider_constraint_met: bool | None = _optional()
+    free_ride: float | None = _optional()  # min(defender_kept, freerider_kept)
 
 
 @dataclass
@@ -200,6 +210,9 @@ class SelfTestReport:
     protect_seconds: float | None = _optional()
     synthetic_freerider: dict[str, Any] | None = _optional()
     robustness: Robustness | None = _optional()
+    # The headline: the merge (variant "protected", any method) with the largest free ride, as {method, value,
+    # free_ride, defender_kept, freerider_kept}; None when no merge has both shares.
+    free_ride: dict[str, Any] | None = _optional()
     release: Release | None = _optional()
 
     @property

@@ -103,11 +103,13 @@ class Shares:
     def scored(self, scores: Mapping[str, float], freerider: int, **where) -> ScoredModel:
         """A model's scores as a :class:`ScoredModel` (``where``: its method and coefficient, if any)."""
         score = self.defender_score(scores)
+        kept, rider_kept = self.defender_kept(score), self.freerider_kept(scores, freerider)
         return ScoredModel(
             defender_score=score,
-            defender_kept=self.defender_kept(score),
+            defender_kept=kept,
             freerider=freerider,
-            freerider_kept=self.freerider_kept(scores, freerider),
+            freerider_kept=rider_kept,
             scores=dict(scores),
+            free_ride=free_ride(kept, rider_kept),
             **where,
         )

@@ -48,6 +48,15 @@ def _unfair(best) -> str:
     return "*" if best.freerider_constraint_met is False else ""
 
 
+def free_ride_sentence(ride: dict) -> str:
+    """The headline: the most of both skills one merge of the protected model keeps."""
+    where = f"{ride['method']}, {coefficient_label(ride['method'], ride['value'])}"
+    return (
+        f"Free ride (the most of both skills one merge keeps): {percent(ride['free_ride'])} ({where}): it keeps "
+        f"{percent(ride['defender_kept'])} of this model's skill gain and {percent(ride['freerider_kept'])} of the free-rider's own."
+    )
+
+
 def format_report(report: SelfTestReport) -> str:
     """The standalone scores, the attacker's best merge per method, the adaptive attacks, and the gates."""
     lines = []
@@ -65,13 +74,14 @@ def format_report(report: SelfTestReport) -> str:
     if with_original:
         lines.append(
             f"  {'method':<16}{'unprotected':>14}{'kept':>7}   {'protected':>12}{'kept':>7}  {'coefficient':<14}{'free-rider kept':>16}"
+            f"{'free ride':>11}"
         )
     else:
-        lines.append(f"  {'method':<16}{'merged':>10}{'kept':>7}  {'coefficient':<14}{'free-rider kept':>16}")
+        lines.append(f"  {'method':<16}{'merged':>10}{'kept':>7}  {'coefficient':<14}{'free-rider kept':>16}{'free ride':>11}")
     for method, variants in report.best.items():
         prot = variants["protected"]
         rider = percent(prot.freerider_kept) + _unfair(prot)
-        protected = f"{percent(prot.defender_kept):>7}  {coefficient_label(method, prot.value):<14}{rider:>16}"
+        protected = f"{percent(prot.defender_kept):>7}  {coefficient_label(method, prot.value):<14}{rider:>16}{percent(prot.free_ride):>11}"
         if with_original:
             orig = variants["original"]
             unprotected = f"{100 * orig.defender_score:>14.1f}{percent(orig.defender_kept):>7}"
@@ -83,6 +93,8 @@ def format_report(report: SelfTestReport) -> str:
             "  * no coefficient kept the free-rider's own skill (floor "
             f"{percent(report.config.get('freerider_floor', 0.5))}): the merge shown wrecks it, and counts anyway"
         )
+    if report.free_ride:
+        lines.append(f"  {free_ride_sentence(report.free_ride)}")
     if report.robustness:
         lines.append("")
         lines.append("Adaptive attacks (the attacker's best result; defender's tasks, points):")

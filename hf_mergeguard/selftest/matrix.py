@@ -40,7 +40,7 @@ from ..report.schema import (
     SelfTestReport,
     Sources,
 )
-from ..report.scoring import TOLERANCE, Shares, attacker_best
+from ..report.scoring import TOLERANCE, Shares, attacker_best, free_ride, gain_share
 from .config import SelfTestConfig
 from .freeriders import FreeRider
 from .racing import race, race_parts
@@ -269,6 +269,16 @@ def shares_of(standalone: dict, tasks: Sequence[str], freeriders: Sequence[FreeR
     return Shares(standalone, list(tasks), [list(fr.tasks) for fr in freeriders], "original" if "original" in standalone else "protected")
 
 
+def headline_free_ride(merges: Sequence[MergeResult]) -> dict | None:
+    """The protected model's merge (any method, scored on every prompt) that keeps the most of both skills."""
+    rides = [m for m in merges if m.variant == "protected" and m.prompts is None and m.free_ride is not None]
+    if not rides:
+        return None
+    top = max(rides, key=lambda m: m.free_ride)
+    keys = ("method", "value", "free_ride", "defender_kept", "freerider_kept")
+    return {key: getattr(top, key) for key in keys}
+
+
 def analyse(
     results: list[dict],
     tasks: Sequence[str],
@@ -307,6 +317,7 @@ def analyse(
                 defender_kept=scored.defender_kept,
                 prompts=r.get("prompts"),
                 degenerate=r.get("degenerate") or [],
+                free_ride=free_ride(scored.defender_kept, scored.freerider_kept),
             )
         )
 
@@ -316,6 +327,8 @@ def analyse(
             pool, config.freerider_floor, score=lambda m: m.defender_score, freerider_kept=lambda m: m.freerider_kept
         )
         overall = max(pool, key=lambda m: m.defender_score)
+        rides = [m for m in pool if m.free_ride is not None]
+        riding = max(rides, key=lambda m: m.free_ride) if rides else None
         return BestMerge(
             value=chosen.value,
             freerider=chosen.freerider,
@@ -326,6 +339,10 @@ def analyse(
             freerider_constraint_met=met,
             best_any_value=overall.value,
             best_any_defender_score=overall.defender_score,
+            free_ride=free_ride(chosen.defender_kept, chosen.freerider_kept),
+            best_free_ride_value=riding.value if riding else None,
+            best_free_ride=riding.free_ride if riding else None,
+            defender_kept_of_protected=gain_share(chosen.defender_score, shares.floor, shares.defender_score(standalone["protected"])),
         )
 
     variants = (["original"] if with_original else []) + ["protected"]
@@ -355,6 +372,7 @@ def analyse(
         retention.note = "the model is not better than the base on its tasks: nothing to protect"
     gates["merged_retention"] = retention
     return SelfTestReport(
+        free_ride=headline_free_ride(merges),
         schema_version=SCHEMA_VERSION,
         tool_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
