@@ -75,3 +75,18 @@ def test_no_point_is_dropped_until_one_is_surely_fair():
 def test_estimates_combine_parts_exactly():
     combined = Estimate(0.0, 0).add(0.5, 10).add(0.2, 30)
     assert combined.mean == pytest.approx((5 + 6) / 40) and combined.n == 40 and 0 < combined.se < 0.1
+
+
+def test_when_no_finalist_keeps_the_riders_skill_the_next_survivor_runs_on():
+    """The finalist scores highest but ends just below the free-rider floor on every prompt (its bounds at a third of
+    the prompts still allowed it); the fair point below it goes to the last part next, so the race's best is a fair
+    point, as the full grid's is (measured with --thorough grids: linear and slerp ended on unfair points)."""
+    truth = {"p0": {"d": 0.95, "r": 0.48}, "p1": {"d": 0.6, "r": 0.9}, "p2": {"d": 0.2, "r": 0.9}}
+    parts = race_parts({"d": list(range(900)), "r": list(range(900))}, 3)
+    log = []
+    candidates = race([[(job, 0) for job in truth]], parts, fake_scorer(truth, parts, log), SHARES, floor=0.5, z=2.0, keep=1)
+    by_key = {c.key: c for c in candidates}
+    assert [job for job, index in log if index == 2] == ["p0", "p1"]  # the finalist, then the fair survivor
+    assert by_key["p1"].dropped_at is None and by_key["p1"].estimates["d"].n == 900
+    assert by_key["p2"].dropped_at is not None
+    assert (by_key["p0"].estimates["r"].mean - 0.1) / 0.8 < 0.5  # unfair on every prompt

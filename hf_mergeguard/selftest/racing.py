@@ -9,7 +9,8 @@ need every point's exact score, only the best one's; so each (variant, method) r
    score's upper bound is below the best surely-fair point's lower bound, is dropped (the attacker's best is chosen
    among fair points whenever there is one: :func:`~hf_mergeguard.report.scoring.attacker_best`);
 3. the survivors are scored on the next part, and so on; the last part goes to the ``race_keep`` best survivors
-   only, which end scored on every prompt, like a full grid.
+   only, which end scored on every prompt, like a full grid; when none of them keeps the free-rider's skill on every
+   prompt, the next survivor that may keep it goes on too, until one does (or none is left).
 
 Bounds are ``mean ± z·se`` with se = √(p̃(1−p̃)/n), p̃ = (k+1)/(n+2) the smoothed share of n prompts (any per-prompt
 metric in [0, 1] has a variance of at most p(1−p)), combined over tasks as a mean; z = ``race_z`` (2: about 95% per
@@ -178,12 +179,39 @@ def race(
             for task, (mean, n) in result.items():
                 candidate.estimates[task] = candidate.estimates.get(task, Estimate(0.0, 0)).add(mean, n)
         if last:
-            chosen = {id(c) for c in running}
-            for group in everyone:
-                for c in group:
-                    if c.dropped_at is None and id(c) not in chosen:
-                        c.dropped_at = c.prompts
+            _until_one_is_fair(everyone, running, index, score_part, shares, floor, z)
         else:
             for group in everyone:
                 prune(group, shares, floor, z)
     return [c for group in everyone for c in group]
+
+
+def _fair_on_every_prompt(candidate: Candidate, shares: Shares, floor: float) -> bool:
+    _, rider = _bounds(candidate, shares, 0.0)
+    return rider is None or rider[0] >= floor - TOLERANCE
+
+
+def _until_one_is_fair(everyone, finished: list[Candidate], last: int, score_part, shares: Shares, floor: float, z: float) -> None:
+    """After the last part: a group none of whose finalists keeps the free-rider's skill on every prompt sends its next
+    survivor that may keep it (by defender score) to the last part, until one does or none is left; so the race's
+    best is a fair point whenever the full grid's would be (the finalists chosen at a third of the prompts can all
+    turn out unfair). The rest are marked dropped."""
+    done = {id(c) for c in finished}
+    while True:
+        more = []
+        for group in everyone:
+            if any(id(c) in done and _fair_on_every_prompt(c, shares, floor) for c in group):
+                continue
+            waiting = [c for c in group if c.dropped_at is None and id(c) not in done]
+            if waiting:
+                more += finalists(waiting, shares, floor, z, 1)
+        if not more:
+            break
+        for candidate, result in zip(more, score_part([(c.key, last) for c in more])):
+            for task, (mean, n) in result.items():
+                candidate.estimates[task] = candidate.estimates.get(task, Estimate(0.0, 0)).add(mean, n)
+            done.add(id(candidate))
+    for group in everyone:
+        for c in group:
+            if c.dropped_at is None and id(c) not in done:
+                c.dropped_at = c.prompts
