@@ -204,3 +204,27 @@ def test_fine_tuning_attacks_give_the_same_figures_on_two_processes(toy_world, t
         attacks = json.loads((out / "selftest.json").read_text())["robustness"]["attacks"]
         figures[processes] = {name: (a["best"]["defender_score"], a["credited"]) for name, a in attacks.items()}
     assert figures[2] == figures[1] and set(figures[1]) == {"recover"}
+
+
+def test_lowrank_is_the_best_rank_r_task_vector_and_the_release_at_full_rank(toy_world):
+    """mergekit-extract-lora's truncation: each block matrix's task vector cut to rank r (its error is the SVD's tail,
+    Eckart-Young); at full rank the model is the release itself, so its merges are the plain merges."""
+    from hf_mergeguard.attacks.lowrank import low_rank_model
+    from hf_mergeguard.attacks.merges import get_merge_method, merge_state_dict
+
+    model, base, rider = Checkpoint(toy_world.model("count")), Checkpoint(toy_world.base), Checkpoint(toy_world.model("rev"))
+    name = "model.layers.1.mlp.up_proj.weight"
+    tau = model.get(name).double() - base.get(name).double()
+    singular = torch.linalg.svdvals(tau)
+    cut = low_rank_model(model, base, 8)
+    error = (cut.get(name).double() - base.get(name).double() - tau).norm().item()
+    assert error == pytest.approx(singular[8:].norm().item(), rel=0.01)
+    assert torch.linalg.matrix_rank(cut.get(name).double() - base.get(name).double(), atol=1e-5) == 8
+    assert torch.equal(cut.get("model.norm.weight"), model.get("model.norm.weight"))  # kept as released
+
+    full = low_rank_model(model, base, 10**6)
+    assert all(torch.equal(full.get(n), model.get(n)) for n in model.tensor_names)
+    method = get_merge_method("task_arithmetic")
+    plain = merge_state_dict(method, 1.0, base=base, defender=model, freeriders=[rider])
+    extracted = merge_state_dict(method, 1.0, base=base, defender=full, freeriders=[rider])
+    assert all(torch.equal(plain[n], extracted[n]) for n in plain)

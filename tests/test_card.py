@@ -52,7 +52,7 @@ def test_robustness_lists_the_attacks_not_run():
     report.robustness = None
     card = str(render_card(report, model_name="a/b"))
     assert "## Robustness\n\nNo adaptive attack ran in this self-test" in card
-    assert "Not run: realign, signrestore, unmask, recover, graderase (" in card
+    assert "Not run: realign, signrestore, lowrank, unmask, recover, graderase (" in card
 
 
 def test_card_says_what_a_budget_cut():

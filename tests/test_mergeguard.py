@@ -157,7 +157,7 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub, p
     assert report["gates"]["merged_retention"]["passed"] is False
     robustness = report["robustness"]
     # Adaptive attacks (on by default), measured against this MergeGuard release (64 attacker examples, 30 steps):
-    # signrestore 75% kept, realign 80% kept (MergeGuard is no symmetry: re-aligning changes little, the merges keep what they kept),
+    # signrestore 75% kept, lowrank 82%, realign 80% kept (MergeGuard is no symmetry: re-aligning changes little, the merges keep what they kept),
     # unmask 74%, recover 89% and graderase 94%, where the free-rider fine-tuned on the same 64 examples alone
     # reaches 55%: credited beyond the data, recover 0.34 and graderase 0.39, every attack a defeat (graderase starts
     # from its own copy of the merge since issue 19; it read 0.31 when it started from recover's weights).
@@ -166,6 +166,8 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub, p
     # what the unprotected fine-tune's merges keep.
     assert robustness["attacks"]["signrestore"]["details"]["standalone"] == {"toy_count": standalone["original"]["toy_count"]}
     assert credited["signrestore"] == pytest.approx(kept["task_arithmetic"][0], abs=0.02)
+    # lowrank (rank 16 per matrix): 94.7 standalone, its task-arithmetic merge keeps 82%, more than the plain one.
+    assert credited["lowrank"] >= 0.7
     assert credited["realign"] >= 0.6 and credited["unmask"] >= 0.5
     assert credited["recover"] > 0.25  # a defeat: beyond what the examples alone teach
     assert credited["graderase"] > 0.25  # beyond the examples alone too (0.39 here, a defeat)
