@@ -158,9 +158,10 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub, p
     robustness = report["robustness"]
     # Adaptive attacks (on by default), measured against this MergeGuard release (64 attacker examples, 30 steps):
     # signrestore 75% kept, lowrank 82%, realign 80% kept (MergeGuard is no symmetry: re-aligning changes little,
-    # the merges keep what they kept), unmask 74%, recover 89% and graderase 94%, where the free-rider fine-tuned on the same 64 examples alone
-    # reaches 55%: credited beyond the data, recover 0.34 and graderase 0.39, every attack a defeat (graderase starts
-    # from its own copy of the merge since issue 19; it read 0.31 when it started from recover's weights).
+    # the merges keep what they kept), unmask 74%, recover 89% and graderase 94%, where the free-rider fine-tuned
+    # on the same 64 examples alone reaches 55%: credited beyond the data, recover 0.34 and graderase 0.39, every
+    # attack a defeat (graderase starts from its own copy of the merge since issue 19; it read 0.31 when it
+    # started from recover's weights).
     credited = {name: attack["credited"] for name, attack in robustness["attacks"].items()}
     # signrestore (beta = 2 keeps magnitudes): the original comes back (99.7, its own score) and its merges keep 75%,
     # what the unprotected fine-tune's merges keep.
