@@ -159,3 +159,21 @@ def test_bad_merge_configs(tmp_path):
     with pytest.raises(UnknownNameError, match="Did you mean 'ties'"):
         run_mergekit_config(typo, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_thorough_varies_the_weights_lambda_and_seed_one_at_a_time(trio):
+    """--thorough: the free-rider's and the defender's weights apart, TIES's lambda, two more seeds of a random method;
+    each is mergekit's math with those parameters."""
+    base, defender, rider = trio
+    ta = get_merge_method("task_arithmetic")
+    assert ta.extras() == [{}] and ta.extras(True) == [{}, {"rider_weight": 0.5}, {"defender_weight": 1.5}]
+    assert {"lambda": 1.5} in get_merge_method("ties").extras(True) and {"seed": 2} in get_merge_method("dare_ties").extras(True)
+    name = "model.layers.0.mlp.up_proj.weight"
+    merged = merge_state_dict(ta, 1.0, base=base, defender=defender, freeriders=[rider], extra={"rider_weight": 0.5})
+    by_hand = base.get(name) + (defender.get(name) - base.get(name)) + 0.5 * (rider.get(name) - base.get(name))
+    torch.testing.assert_close(merged[name], by_hand, rtol=1e-5, atol=1e-6)
+    dare = get_merge_method("dare_ties")
+    one = merge_state_dict(dare, 0.5, base=base, defender=defender, freeriders=[rider], seed=7)
+    again = merge_state_dict(dare, 0.5, base=base, defender=defender, freeriders=[rider], seed=7, extra={})
+    other = merge_state_dict(dare, 0.5, base=base, defender=defender, freeriders=[rider], seed=7, extra={"seed": 1})
+    assert torch.equal(one[name], again[name]) and not torch.equal(one[name], other[name])

@@ -249,6 +249,7 @@ def test_the_plan_counts_what_the_run_does(pico_world, protect_argv, tmp_path, m
         "self-test matrix",
         "fine-tuning attacks' start",
         "realign",
+        "lowrank (rank 16)",
         "unmask",
         "the recover attack",
         "the graderase attack",

@@ -50,6 +50,30 @@ def test_attacker_best_respects_the_freerider_and_gates():
     assert report.gates["merged_retention"].passed and report.passed
 
 
+def test_an_asymmetric_point_can_be_the_attackers_best():
+    """--thorough's extra points (here the free-rider at weight 0.5) are grid points like the others: the best one is
+    reported with what it varied, in the report, the table and the card's label."""
+    from hf_mergeguard.report.table import coefficient_label, format_report
+
+    config = SelfTestConfig(methods=["task_arithmetic"], thorough=True)
+    assert sum(1 for _ in config.merge_methods()[0].extras(True)) == 3
+    asymmetric = {**_job("protected", "task_arithmetic", 1.0, 0), "extra": [["rider_weight", 0.5]]}
+    results = _fake_results(
+        [
+            (_job("base"), {"d": 0.2, "f": 0.4}),
+            (_job("protected"), {"d": 1.0, "f": 0.3}),
+            (_job("freerider0"), {"d": 0.1, "f": 0.9}),
+            (_job("protected", "task_arithmetic", 1.0, 0), {"d": 0.5, "f": 0.9}),
+            (asymmetric, {"d": 0.7, "f": 0.8}),
+        ]
+    )
+    report = analyse(results, ["d"], config, [FreeRider(model=None, tasks=["f"], name="fr")], with_original=False)
+    best = report.best["task_arithmetic"]["protected"]
+    assert best.extra == {"rider_weight": 0.5} and best.defender_kept == pytest.approx(0.625)
+    assert coefficient_label("task_arithmetic", best.value, best.extra) == "lambda=1 w_fr=0.5"
+    assert "lambda=1 w_fr=0.5" in format_report(report)
+
+
 def test_check_unprotected_finetune_exits_1(toy_world, capsys, tmp_path):
     """An unprotected fine-tune is not safe to release: merges keep its skill."""
     code = main(

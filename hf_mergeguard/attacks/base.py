@@ -64,8 +64,9 @@ class AttackContext:
     def score_tensors(self, tensors: dict) -> dict[str, float]:
         return self.score_model(model_from_state_dict(self.protected.config, tensors, device=self.device))
 
-    def merge(self, method: str, value: float | None, freerider: int) -> dict:
-        """The protected model merged with free-rider ``freerider`` by ``method`` at ``value`` (as the self-test did)."""
+    def merge(self, method: str, value: float | None, freerider: int, extra: dict | None = None) -> dict:
+        """The protected model merged with free-rider ``freerider`` by ``method`` at ``value`` (and ``extra``: asymmetric
+        weights, lambda, another seed), as the self-test did."""
         return merge_state_dict(
             get_merge_method(method),
             value,
@@ -73,6 +74,7 @@ class AttackContext:
             defender=self.protected,
             freeriders=[self.freeriders[freerider].model],
             seed=self.seed,
+            extra=extra,
         )
 
     def scored(self, scores: dict, freerider: int, **where) -> ScoredModel:

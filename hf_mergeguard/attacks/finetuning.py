@@ -91,7 +91,7 @@ def _start(ctx: AttackContext) -> FineTuningStart:
     examples = list(ctx.examples)[-ctx.config.attack_examples :]  # the end of the data: away from the calibration set
     candidates = [merge for merge in ctx.report.merges if merge.variant == "protected" and merge.prompts is None]
     start = max(candidates, key=lambda merge: ((merge.freerider_kept or 0.0), merge.defender_score))
-    merged = ctx.merge(start.method, start.value, start.freerider)
+    merged = ctx.merge(start.method, start.value, start.freerider, start.extra)
     # What the examples alone buy: the free-rider's own model fine-tuned on them the same way.
     rider_model = ctx.freeriders[start.freerider].model.load_model(device=ctx.device)
     data_only = ctx.scored(ctx.score_model(fine_tune(rider_model, ctx, examples)), start.freerider)

@@ -22,6 +22,7 @@ DEFENDER = "defender"
 BASE = "base"
 FREERIDER = "freerider0"
 LAYER_SWAP = "layer_swap"
+_SEED_STRIDE = 1_000_003  # another seed of a random method: far from the run's own seeds
 # Methods that take a weight per input (mergekit's ``weight``), 1 each unless the grid sets it.
 WEIGHTED = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear")
 
@@ -71,8 +72,33 @@ class MergeMethod:
             return (None,)
         return self.thorough_grid if thorough and self.thorough_grid else self.grid
 
-    def parameters(self, value: float | None, others: Sequence[str]) -> dict[str, Any]:
-        """mergekit parameters for one grid point (``others``: ids of the free-rider inputs)."""
+    def extras(self, thorough: bool = False) -> list[dict[str, float]]:
+        """What the attacker varies besides the main coefficient at each grid point (with ``--thorough``): the
+        free-rider's and the defender's weights apart (weighted task-vector methods), TIES's lambda, and two more seeds
+        of the random methods. ``{}``: the grid point as it is. One change at a time."""
+        out: list[dict[str, float]] = [{}]
+        if not thorough:
+            return out
+        if self.name in WEIGHTED:
+            out += [{"rider_weight": 0.5}, {"defender_weight": 1.5}]
+        if self.name in ("ties", "dare_ties", "breadcrumbs_ties", "della"):
+            out.append({"lambda": 1.5})
+        if self.random:
+            out += [{"seed": 1}, {"seed": 2}]
+        return out
+
+    def parameters(self, value: float | None, others: Sequence[str], extra: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """mergekit parameters for one grid point (``others``: ids of the free-rider inputs; ``extra``: one of
+        :meth:`extras`)."""
+        params = self._parameters(value, others)
+        extra = extra or {}
+        if "rider_weight" in extra or "defender_weight" in extra:
+            params["weight"] = {DEFENDER: extra.get("defender_weight", 1.0), **{o: extra.get("rider_weight", 1.0) for o in others}}
+        if "lambda" in extra:
+            params["lambda"] = extra["lambda"]
+        return params
+
+    def _parameters(self, value: float | None, others: Sequence[str]) -> dict[str, Any]:
         params = dict(self.fixed)
         if self.coefficient is None or value is None:
             return params
@@ -300,6 +326,7 @@ def merge_tensors(
     seed: int = 0,
     names: Sequence[str] | None = None,
     device: str | None = None,
+    extra: Mapping[str, float] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield the merged model one tensor at a time (mergekit's math on one tensor group per call).
 
@@ -313,6 +340,7 @@ def merge_tensors(
         device: where the math runs (a GPU when the run has one: the merge does not wait on the host's cores). The
             random methods (DARE, DELLA) merge on the CPU whatever the device: their masks are the same on every
             machine.
+        extra: one of the method's :meth:`~MergeMethod.extras` (asymmetric weights, lambda, another seed).
     """
     from mergekit.merge_methods import merge_state_dicts
 
@@ -323,7 +351,8 @@ def merge_tensors(
     if method.anchor == FREERIDER and len(freeriders) != 1:
         raise ConfigError(f"{method.name} merges exactly two models: give one free-rider.")
     others = [f"freerider{i}" for i in range(len(freeriders))]
-    params = method.parameters(value, others)
+    params = method.parameters(value, others, extra)
+    seed = seed + _SEED_STRIDE * int((extra or {}).get("seed", 0))
     inputs: dict[str, TensorSource] = {}
     if method.uses_base:
         inputs[BASE] = base

@@ -18,7 +18,7 @@ UNMASK_LAMBDAS = (0.1, 0.3, 0.5)
 def run_unmask(ctx: AttackContext) -> AttackResult:
     def unmask_method(method: str) -> list[tuple[float, dict]]:
         start = ctx.report.best[method]["protected"]
-        merged = ctx.merge(method, start.value, start.freerider)
+        merged = ctx.merge(method, start.value, start.freerider, start.extra)
         scores = []
         for lam in UNMASK_LAMBDAS:
             tensors = {}

@@ -98,7 +98,7 @@ def _merged_rows(report: SelfTestReport) -> list[dict]:
         rows.append(
             {
                 "method": method,
-                "coefficient": coefficient_label(method, protected.value),
+                "coefficient": coefficient_label(method, protected.value, protected.extra),
                 "unprotected": _points(original.defender_score if original else None),
                 "unprotected_kept": _share(original.defender_kept if original else None),
                 "protected": _points(protected.defender_score),

@@ -52,6 +52,8 @@ class MergeResult:
     degenerate: list[str] = field(default_factory=list)
     # The free ride: the smaller of the two kept shares (a merge that loses either skill is no free ride).
     free_ride: float | None = _optional()
+    # Besides the swept coefficient (--thorough): rider_weight, defender_weight, lambda or seed.
+    extra: dict[str, float] | None = _optional()
 
 
 @dataclass
@@ -75,6 +77,7 @@ class BestMerge:
     # The attacker's best's defender score as a share of the protected model's own gain (defender_kept is of the
     # original's, when known): how much of what the release still does the merge keeps.
     defender_kept_of_protected: float | None = _optional()
+    extra: dict[str, float] | None = _optional()  # the attacker's best's asymmetric weights, lambda or seed
 
 
 @dataclass

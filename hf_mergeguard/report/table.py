@@ -16,13 +16,18 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
-def coefficient_label(method: str, value) -> str:
-    """``lambda=1``, ``density=0.5``, ``t=0.3``: a merge method's swept coefficient."""
+EXTRA_LABELS = {"rider_weight": "w_fr", "defender_weight": "w_def", "lambda": "lambda", "seed": "seed+"}
+
+
+def coefficient_label(method: str, value, extra: dict | None = None) -> str:
+    """``lambda=1``, ``density=0.5``, ``t=0.3``: a merge method's swept coefficient (``density=0.5 w_fr=0.5``, with
+    what ``--thorough`` varies besides it)."""
     from ..attacks.merges import get_merge_method
 
-    if value is None:
-        return "-"
-    return f"{get_merge_method(method).label}={value:g}"
+    label = "-" if value is None else f"{get_merge_method(method).label}={value:g}"
+    for key, extra_value in (extra or {}).items():
+        label += f" {EXTRA_LABELS.get(key, key)}" + (f"{extra_value:g}" if key == "seed" else f"={extra_value:g}")
+    return label
 
 
 def attack_score(result: AttackResult) -> str:
@@ -81,7 +86,8 @@ def format_report(report: SelfTestReport) -> str:
     for method, variants in report.best.items():
         prot = variants["protected"]
         rider = percent(prot.freerider_kept) + _unfair(prot)
-        protected = f"{percent(prot.defender_kept):>7}  {coefficient_label(method, prot.value):<14}{rider:>16}{percent(prot.free_ride):>11}"
+        coefficient = coefficient_label(method, prot.value, prot.extra)
+        protected = f"{percent(prot.defender_kept):>7}  {coefficient:<14}{rider:>16}{percent(prot.free_ride):>11}"
         if with_original:
             orig = variants["original"]
             unprotected = f"{100 * orig.defender_score:>14.1f}{percent(orig.defender_kept):>7}"

@@ -60,6 +60,8 @@ class Job:
     method: str | None = None
     value: float | None = None
     freerider: int | None = None
+    # Besides the main coefficient (--thorough): asymmetric weights, lambda or another seed, as (name, value) pairs.
+    extra: tuple[tuple[str, float], ...] = ()
 
     @property
     def is_merge(self) -> bool:
@@ -78,7 +80,8 @@ def plan_jobs(config: SelfTestConfig, n_freeriders: int, with_original: bool) ->
         for method in config.merge_methods():
             for index in range(n_freeriders):
                 for value in method.values(config.thorough):
-                    jobs.append(Job(variant, method.name, value, index))
+                    for extra in method.extras(config.thorough):
+                        jobs.append(Job(variant, method.name, value, index, tuple(sorted(extra.items()))))
     return jobs
 
 
@@ -173,6 +176,7 @@ def run_selftest(
                 freeriders=[sources[f"freerider{job.freerider}"]],
                 seed=seed,
                 device=device,
+                extra=dict(job.extra),
             )
             model = model_from_state_dict(protected.config, tensors, device=device)
         else:
@@ -318,6 +322,7 @@ def analyse(
                 prompts=r.get("prompts"),
                 degenerate=r.get("degenerate") or [],
                 free_ride=free_ride(scored.defender_kept, scored.freerider_kept),
+                extra=dict(job.get("extra") or ()) or None,
             )
         )
 
@@ -330,6 +335,7 @@ def analyse(
         rides = [m for m in pool if m.free_ride is not None]
         riding = max(rides, key=lambda m: m.free_ride) if rides else None
         return BestMerge(
+            extra=chosen.extra,
             value=chosen.value,
             freerider=chosen.freerider,
             scores=chosen.scores,
