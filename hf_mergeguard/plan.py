@@ -207,8 +207,11 @@ def build_plan(
         )
         specs = [ATTACKS.get(name) for name in parse_attacks(selftest.attacks)]
         if any(spec.needs_examples for spec in specs):
-            # The start merge, and the free-rider fine-tuned on the examples alone (what the attacks are credited beyond).
-            start = Work("fine-tuning attacks' start", merges=1, scorings=1, training_steps=selftest.attack_steps, tokens_per_step=16 * 256)
+            # The start merge, and the free-rider fine-tuned on the examples alone and on the release's answers to them
+            # (the references the attacks are credited beyond).
+            start = Work(
+                "fine-tuning attacks' start", merges=1, scorings=2, training_steps=2 * selftest.attack_steps, tokens_per_step=16 * 256
+            )
             works.append(start)
         for spec in specs:
             works += spec.work(selftest, size) if spec.work else []

@@ -158,10 +158,9 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub, p
     robustness = report["robustness"]
     # Adaptive attacks (on by default), measured against this MergeGuard release (64 attacker examples, 30 steps):
     # signrestore 75% kept, lowrank 82%, realign 80% kept (MergeGuard is no symmetry: re-aligning changes little,
-    # the merges keep what they kept), unmask 74%, recover 89% and graderase 94%, where the free-rider fine-tuned
-    # on the same 64 examples alone reaches 55%: credited beyond the data, recover 0.34 and graderase 0.39, every
-    # attack a defeat (graderase starts from its own copy of the merge since issue 19; it read 0.31 when it
-    # started from recover's weights).
+    # the merges keep what they kept), unmask 74%, recover 89% and graderase 94%, where the free-rider fine-tuned on
+    # the same 64 examples alone reaches 55% and taught by this release's answers 65% (before distillation was a
+    # reference, recover was credited 0.34 and graderase 0.39).
     credited = {name: attack["credited"] for name, attack in robustness["attacks"].items()}
     # signrestore (beta = 2 keeps magnitudes): the original comes back (99.7, its own score) and its merges keep 75%,
     # what the unprotected fine-tune's merges keep.
@@ -169,9 +168,14 @@ def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub, p
     assert credited["signrestore"] == pytest.approx(kept["task_arithmetic"][0], abs=0.02)
     # lowrank (rank 16 per matrix): 94.7 standalone, its task-arithmetic merge keeps 82%, more than the plain one.
     assert credited["lowrank"] >= 0.7
+    # distill (a reference, never counted): the free-rider's model taught by this release's answers to the 64 prompts
+    # reaches 88.0 (65% kept), above the examples alone (84.7, 55%): the fine-tuning attacks are credited beyond it.
+    distill = robustness["attacks"]["distill"]
+    assert distill["credited"] is None and distill["best"]["defender_kept"] > distill["details"]["data_only"]["defender_kept"]
     assert credited["realign"] >= 0.6 and credited["unmask"] >= 0.5
-    assert credited["recover"] > 0.25  # a defeat: beyond what the examples alone teach
-    assert credited["graderase"] > 0.25  # beyond the examples alone too (0.39 here, a defeat)
+    # Beyond the better reference (distillation): recover 0.24 (just under the gate), graderase 0.29 (a defeat).
+    assert 0.15 < credited["recover"] < 0.35
+    assert credited["graderase"] > 0.25
     assert 0.4 <= robustness["attacks"]["recover"]["details"]["setup"]["data_only"]["defender_kept"] <= 0.7
     assert report["gates"]["adaptive_retention"]["passed"] is False
     card = (out / "README.md").read_text()

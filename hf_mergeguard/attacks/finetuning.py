@@ -2,8 +2,10 @@
 examples, and what those examples teach on their own.
 
 The start is the protected merge that kept the most of the free-rider's own skill (the one worth repairing). A few
-examples teach a skill by themselves, so the free-rider's own model is fine-tuned on the same examples the same way,
-and only what an attack reaches *beyond* that is credited to it (``beyond_data``) and can make it a defeat.
+examples teach a skill by themselves, so the free-rider's own model is fine-tuned on the same examples the same way;
+and any released model is a teacher, so it is also fine-tuned the same way on the protected model's own answers to
+those prompts (distillation, which no weight defense can stop). Only what an attack reaches *beyond* the better of
+the two is credited to it (``beyond_data``) and can make it a defeat.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ class FineTuningStart:
     merged: dict  # its tensors
     examples: list  # the attacker's defender examples
     data_only: ScoredModel  # the free-rider's own model fine-tuned on them
+    distilled: ScoredModel  # the free-rider's own model fine-tuned on the protected model's answers to their prompts
+
+    @property
+    def reference(self) -> ScoredModel:
+        """What any release gives away to these examples, whatever its weights: the better of the two references."""
+        return max((self.data_only, self.distilled), key=lambda r: -math.inf if r.defender_kept is None else r.defender_kept)
 
 
 def attack_learning_rate(config, parameters: int) -> float:
@@ -93,9 +101,42 @@ def _start(ctx: AttackContext) -> FineTuningStart:
     start = max(candidates, key=lambda merge: ((merge.freerider_kept or 0.0), merge.defender_score))
     merged = ctx.merge(start.method, start.value, start.freerider, start.extra)
     # What the examples alone buy: the free-rider's own model fine-tuned on them the same way.
-    rider_model = ctx.freeriders[start.freerider].model.load_model(device=ctx.device)
-    data_only = ctx.scored(ctx.score_model(fine_tune(rider_model, ctx, examples)), start.freerider)
-    return FineTuningStart(start, merged, examples, data_only)
+    rider = ctx.freeriders[start.freerider].model
+    data_only = ctx.scored(ctx.score_model(fine_tune(rider.load_model(device=ctx.device), ctx, examples)), start.freerider)
+    # What the release gives away as a teacher, to the same prompts: no weight defense can stop it.
+    taught = teacher_examples(ctx.protected.load_model(device=ctx.device), ctx.tokenizer, examples)
+    distilled = ctx.scored(ctx.score_model(fine_tune(rider.load_model(device=ctx.device), ctx, taught)), start.freerider)
+    return FineTuningStart(start, merged, examples, data_only, distilled)
+
+
+def teacher_examples(teacher, tokenizer, examples: list) -> list:
+    """The examples' prompts with the teacher's greedy answers in place of theirs (as long as theirs allow: twice the
+    longest, at most 256 new tokens; cut at the first newline when no given answer has one inside)."""
+    import torch
+
+    from ..training import Example
+
+    lengths = [len(tokenizer(e.completion, add_special_tokens=False)["input_ids"]) for e in examples]
+    cap = min(256, 2 * max(lengths, default=16) + 8)
+    one_line = not any("\n" in e.completion.rstrip("\n") for e in examples)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    taught = []
+    try:
+        teacher.eval()
+        for start in range(0, len(examples), 16):
+            batch = examples[start : start + 16]
+            encoded = tokenizer([e.prompt for e in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(teacher.device)
+            with torch.no_grad():
+                out = teacher.generate(**encoded, max_new_tokens=cap, do_sample=False, pad_token_id=pad)
+            for example, row in zip(batch, out[:, encoded["input_ids"].shape[1] :]):
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                if one_line and "\n" in text:
+                    text = text[: text.index("\n") + (1 if example.completion.endswith("\n") else 0)]
+                taught.append(Example(example.prompt, text))
+    finally:
+        tokenizer.padding_side = side
+    return taught
 
 
 def repair(ctx: AttackContext, name: str, on_gradients=None) -> AttackResult:
@@ -113,11 +154,8 @@ def repair(ctx: AttackContext, name: str, on_gradients=None) -> AttackResult:
 
 def fine_tuning_result(ctx: AttackContext, name: str, setup: FineTuningStart, scored: ScoredModel) -> AttackResult:
     """The result of a fine-tuning attack: credited only beyond what the examples alone reach."""
-    beyond = (
-        None
-        if scored.defender_kept is None or setup.data_only.defender_kept is None
-        else scored.defender_kept - setup.data_only.defender_kept
-    )
+    reference = setup.reference
+    beyond = None if scored.defender_kept is None or reference.defender_kept is None else scored.defender_kept - reference.defender_kept
     details = {
         "beyond_data": beyond,
         "setup": {
@@ -133,6 +171,7 @@ def fine_tuning_result(ctx: AttackContext, name: str, setup: FineTuningStart, sc
             "learning_rate": attack_learning_rate(ctx.config, sum(math.prod(spec.shape) for spec in ctx.protected.layout.values())),
             "lora_rank": ctx.config.attack_lora_rank,
             "data_only": to_dict(setup.data_only),
+            "distilled": to_dict(setup.distilled),
         },
     }
     return AttackResult(name, scored, credited=beyond, details=details)
@@ -146,6 +185,7 @@ def describe_fine_tuning(what: str):
         return (
             f"fine-tuned the best merge on {setup['examples']} defender examples for {setup['steps']} steps{what}; the examples "
             f"alone (free-rider fine-tuned the same way) reach {100 * setup['data_only']['defender_score']:.1f}"
+            + (f", distilled from this model {100 * setup['distilled']['defender_score']:.1f}" if "distilled" in setup else "")
         )
 
     return describe

@@ -135,7 +135,7 @@ def _robustness_rows(report: SelfTestReport) -> list[dict] | None:
             "score": attack_score(result),
             "unprotected": _points(robustness.unprotected),
             "floor": _points(robustness.floor),
-            "defeats": "**yes**" if result.defeats else "no",
+            "defeats": "**yes**" if result.defeats else ("not counted (a reference)" if result.details.get("reference") else "no"),
         }
         for name, result in robustness.attacks.items()
     ]
