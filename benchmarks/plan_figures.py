@@ -26,12 +26,15 @@ CASES = [
     ("mergeguard (defaults)", ["--method", "mergeguard"]),
     ("trap, LoRA 16 + checkpointing", ["--method", "trap", "--trap-lora-rank", "16", "--gradient-checkpointing"]),
 ]
-BUDGETS = (8, 4, 2)
+BUDGETS = (8, 4, 3, 2)
 HARDWARE = [("1 x H100", ["--plan-gpu-type", "h100"]), ("8 x H100", ["--plan-gpus", "8", "--plan-gpu-type", "h100"])]
 
 
-def plan(argv: list[str]) -> dict:
+def plan(argv: list[str], refused_ok: bool = False) -> dict:
+    """The plan's JSON; ``refused_ok``: a refusal (exit 2, e.g. a budget nothing fits) comes back as {"refused": line}."""
     done = subprocess.run([sys.executable, "-m", "hf_mergeguard.cli.main", *argv, "--plan", "--json"], capture_output=True, text=True)
+    if done.returncode == 2 and refused_ok:
+        return {"refused": done.stderr.strip().splitlines()[0]}
     if done.returncode != 0:
         raise SystemExit(done.stderr[-2000:])
     return json.loads(done.stdout)
@@ -105,8 +108,11 @@ def main() -> None:
             if shape_name == "Llama-3.1-8B":  # --budget-hours on the trap's 1-GPU run
                 trap = common + CASES[1][1] + ["--attack-lora-rank", "16"] + HARDWARE[0][1]
                 for hours in BUDGETS:
-                    p = plan(trap + ["--budget-hours", str(hours)])
+                    p = plan(trap + ["--budget-hours", str(hours)], refused_ok=True)
                     plans[f"{shape_name} trap budget {hours} h"] = p
+                    if "refused" in p:
+                        budget_lines.append(f"| {hours} h | - | - | - | refused before any work: {p['refused']} |")
+                        continue
                     budget_lines.append(
                         f"| {hours} h | {p['totals']['estimated_seconds'] / 3600:.1f} h | {p['totals']['merges']} | "
                         f"{p['totals']['generated_tokens_upper_bound']:,} | {'; '.join(p['budget']['dropped']) or 'nothing'} |"
