@@ -59,9 +59,13 @@ def fit_to_budget(config, plan_of: Callable[[object], object], *, drop_attacks: 
     while over(plan) and selftest.adaptive and drop_attacks:
         attacks = parse_attacks(selftest.attacks)
         if len(attacks) == 1:
-            selftest.adaptive, selftest.attacks = False, None
-            dropped.append(f"the {attacks[0]} attack (no adaptive attack ran)")
-            plan = plan_of(config)
+            trial = copy.deepcopy(config)
+            trial.selftest.adaptive, trial.selftest.attacks = False, None
+            without = plan_of(trial)
+            if without.totals["estimated_seconds"] < plan.totals["estimated_seconds"]:
+                selftest.adaptive, selftest.attacks = False, None
+                dropped.append(f"the {attacks[0]} attack (no adaptive attack ran)")
+                plan = without
             break
         costs = {}
         for name in attacks:
