@@ -192,7 +192,12 @@ def test_fine_tuning_attacks_give_the_same_figures_on_two_processes(toy_world, t
     for processes in (1, 2):
         out = tmp_path / f"out{processes}"
         args = protect_argv(
-            toy_world, out, "--limit", "20", "--attacks", "recover", methods="dare_ties", batch_size=64, work=tmp_path / f"w{processes}"
+            toy_world,
+            out,
+            *("--limit", "20", "--attacks", "recover", "--attack-steps", "5", "--attack-examples", "16"),
+            methods="dare_ties",
+            batch_size=64,
+            work=tmp_path / f"w{processes}",
         )
         command = ("-m", "hf_mergeguard.cli.main", "--quiet", *args)
         if processes == 2:

@@ -195,3 +195,11 @@ def test_code_tasks_generate_here_and_run_the_code_in_the_child(toy_world, count
     assert code.document_indices() == {"toy_count_code": list(range(toy_world.config.test_size))}
     limited = Evaluator("toy_count_code", include_tasks=[tasks], allow_code_eval=True, limit=20)
     assert limited.document_indices() == {"toy_count_code": sorted(subsample("toy_count_code", toy_world.config.test_size, 20))}
+    # A race's part of the prompts (``samples``): the child runs exactly those documents' completions, and the score is
+    # the in-process task's on the same documents.
+    part = sorted(subsample("toy_count_code", toy_world.config.test_size, 33))
+    record.unlink()
+    on_part = code.evaluate(model, tokenizer, samples={"toy_count_code": part})["toy_count_code"]
+    plain_part = Evaluator("toy_count", include_tasks=[toy_world.tasks]).evaluate(model, tokenizer, samples={"toy_count": part})
+    assert on_part.samples == 33 == len(record.read_text().splitlines())
+    assert on_part.value == pytest.approx(plain_part["toy_count"].value, abs=1e-9)

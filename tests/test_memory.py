@@ -65,12 +65,13 @@ def test_training_stages_are_checked_only_when_they_train(tmp_path):
 
 
 def test_fine_tuning_attacks_are_checked_too(tmp_path):
-    """The adaptive stage fine-tunes (recover, graderase): modelled like the defenses, refused with the LoRA option."""
+    """The adaptive stage fine-tunes (distill's reference, recover, graderase): modelled like the defenses, refused with
+    the LoRA option."""
     tuned, _ = base_and_finetune(tmp_path, "llama")
     options = {"model": str(tuned.path), "base": "b", "method": "params", "output_dir": str(tmp_path / "o")}
     config = build_protect_config(None, {**options, "selftest": {"adaptive": True}})
     checked = check_memory(config, Checkpoint(tuned.path), processes=1, device="cpu")
-    assert [c["stage"] for c in checked] == ["the recover attack", "the graderase attack"]
+    assert [c["stage"] for c in checked] == ["the distill attack", "the recover attack", "the graderase attack"]
     with pytest.raises(InsufficientMemoryError) as error:
         check_memory(config, Checkpoint(tuned.path), processes=1, device="cpu", free=(0.5 * GB, "0.5 GB"))
-    assert "the recover attack would need" in error.value.message and "--attack-lora-rank 16" in error.value.hint
+    assert "the distill attack would need" in error.value.message and "--attack-lora-rank 16" in error.value.hint

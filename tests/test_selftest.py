@@ -108,22 +108,6 @@ def test_check_unprotected_finetune_exits_1(toy_world, capsys, tmp_path):
     assert not report["passed"]
 
 
-def test_the_race_runs_on_code_tasks(toy_world, count_code_task, capsys, tmp_path):
-    """With a code task (HumanEval's kind) the grid is raced too: the child builds each part's prompts and runs the
-    completions; the verdict is the same as the in-process task's (the unprotected fine-tune is not safe)."""
-    tasks, record = count_code_task
-    argv = ["check", str(toy_world.model("count")), "--base", str(toy_world.base), "--merge-with", str(toy_world.model("rev"))]
-    argv += ["--freerider-tasks", "toy_rev", "--tasks", "toy_count_code"]
-    argv += ["--include-tasks", str(toy_world.tasks), "--include-tasks", str(tasks)]
-    assert main([*argv, "--allow-code-eval", "--methods", "task_arithmetic", "--limit", "60", "--json"]) == 1
-    report = json.loads(capsys.readouterr().out)
-    merges = [m for m in report["merges"] if m["method"] == "task_arithmetic" and m["variant"] == "protected"]
-    assert len(merges) >= 3 and any(m["prompts"] for m in merges)  # some grid point was dropped on a part
-    assert report["best"]["task_arithmetic"]["protected"]["defender_kept"] >= 0.6
-    # Every merge's code ran in the child, on the part of the 60 prompts each was scored on.
-    assert 60 < len(record.read_text().splitlines()) < 60 * (len(merges) + 3)
-
-
 def test_two_processes_give_the_same_scores(toy_world, tmp_path, torchrun):
     """The matrix split over 2 CPU processes (torchrun + gloo) scores exactly like 1 process."""
     from distributed_matrix import matrix

@@ -18,6 +18,9 @@ def demo_command(
     adaptive: bool = typer.Option(
         True, "--adaptive/--no-adaptive", help="Run the adaptive attacks after the merges (default; --no-adaptive is faster)."
     ),
+    methods: str = typer.Option(
+        None, "--methods", help="Merge methods of the self-test, comma-separated (default: the nine most used; all: every one)."
+    ),
 ) -> None:
     """The whole flow offline on a toy world: build it (a tiny Llama base and one fine-tune per synthetic skill,
     cached after the first build), protect one fine-tune with the default method, self-test it against the others
@@ -29,6 +32,7 @@ def demo_command(
     from ..demo import run_demo
     from ..report.table import format_report
 
-    outcome = run_demo(out, seed=seed, overwrite=overwrite, defender=defender, adaptive=adaptive)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    outcome = run_demo(out, seed=seed, overwrite=overwrite, defender=defender, adaptive=adaptive, methods=chosen)
     typer.echo(format_report(outcome.report))
     typer.echo(f"Toy world in {out.resolve()}; protected model and its card: {(out / 'protected' / 'README.md').resolve()}")

@@ -121,18 +121,18 @@ def test_code_eval_needs_the_flag_and_runs_without_tokens(pico_world, code_task,
     assert not any(value in capsys.readouterr().out for value in secrets.values())
 
 
-@pytest.mark.slow  # waits out a 25-second time limit
+@pytest.mark.slow  # waits out a 15-second time limit
 def test_code_eval_has_a_time_limit_that_kills_everything_it_started(code_task, code_eval_argv, capsys):
-    # Runaway code: the time limit kills the child and the process it started. (25 s leaves the child time to load
+    # Runaway code: the time limit kills the child and the process it started. (15 s leaves the child time to load
     # lm-eval and the task before the code runs; the model stays in this process.)
     tasks, probe, hang = code_task
     argv = code_eval_argv
     hang.write_text("")
     started = time.monotonic()
-    assert main([*argv, "--allow-code-eval", "--code-timeout", "25"]) == 2
+    assert main([*argv, "--allow-code-eval", "--code-timeout", "15"]) == 2
     assert time.monotonic() - started < 60
     err = capsys.readouterr().err
-    assert "ran past its time limit (25 s)" in err and "--code-timeout" in err
+    assert "ran past its time limit (15 s)" in err and "--code-timeout" in err
     sleeper = int(hang.read_text())
     deadline = time.monotonic() + 10
     while _alive(sleeper) and time.monotonic() < deadline:
