@@ -4,7 +4,7 @@ was cut.
 The protection itself is never cut (its training is what the user asked for); the self-test is cut, in this order,
 each step only while the estimate is still over the budget, least informative first:
 
-1. ``--thorough``'s finer grids give way to the default grids;
+1. ``--thorough`` (finer grids, every merge method, asymmetric weights and more seeds) gives way to the defaults;
 2. ``--limit`` halves, from the largest task's prompts down to :data:`MIN_BUDGET_LIMIT` per task (a seeded random
    subset, the same for every model: scores get noisier, no attack is lost);
 3. adaptive attacks are dropped one at a time, the one that saves the most first.
@@ -46,7 +46,7 @@ def fit_to_budget(config, plan_of: Callable[[object], object], *, drop_attacks: 
 
     if over(plan) and selftest.thorough:
         selftest.thorough = False
-        dropped.append("the finer coefficient grids of --thorough (the default grids instead)")
+        dropped.append("--thorough's finer grids, extra methods and extra points (the defaults instead)")
         plan = plan_of(config)
     largest = max((task.prompts for task in plan.tasks if task.prompts), default=0)
     limit, given = min(selftest.limit or largest, largest), selftest.limit

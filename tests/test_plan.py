@@ -87,7 +87,7 @@ def test_a_budget_cuts_the_selftest_to_fit_and_says_what_it_cut(shape_8b, capsys
     cut = plan_of(capsys, shape_8b, *options, "--budget-hours", f"{hours / 2:.2f}")
     budget = cut["budget"]
     assert cut["totals"]["estimated_seconds"] / 3600 <= hours / 2 and budget["estimated_hours"] <= hours / 2
-    assert budget["dropped"][0].startswith("the finer coefficient grids of --thorough")
+    assert budget["dropped"][0].startswith("--thorough's finer grids, extra methods and extra points")
     assert {s["stage"]: s for s in cut["stages"]}["merge trap"]["seconds"] / 3600 == pytest.approx(trap_hours)
     assert cut["totals"]["merges"] < full["totals"]["merges"]
 
