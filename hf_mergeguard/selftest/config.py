@@ -24,7 +24,11 @@ class SelfTestConfig:
         },
     )
     thorough: bool = field(
-        default=False, metadata={"help": "sweep finer coefficient grids and every merge method (slower)", "flag": "--thorough"}
+        default=False,
+        metadata={
+            "help": "finer coefficient grids, every merge method, asymmetric weights, lambda and more seeds (slower)",
+            "flag": "--thorough",
+        },
     )
     limit: int | None = field(
         default=None,
