@@ -6,10 +6,10 @@ import yaml
 
 from hf_mergeguard.attacks.merges import (
     MERGE_METHODS,
-    _tensor_seed,
     get_merge_method,
     merge_state_dict,
     parse_methods,
+    tensor_seed,
 )
 from hf_mergeguard.errors import ConfigError, UnknownNameError
 from hf_mergeguard.io.checkpoint import Checkpoint
@@ -66,7 +66,7 @@ def test_dare_ties_matches_hand_computation_and_is_seeded(trio):
     assert not torch.equal(merged[name], other[name])
     deltas = [defender.get(name) - base.get(name), rider.get(name) - base.get(name)]
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_tensor_seed(7, name))
+        torch.manual_seed(tensor_seed(7, name))
         masks = [torch.bernoulli(torch.full_like(d, 0.5)) for d in deltas]
     expected = _ties_by_hand(base.get(name), deltas, density=0.5, dare_masks=masks)
     torch.testing.assert_close(merged[name], expected, rtol=1e-5, atol=1e-6)

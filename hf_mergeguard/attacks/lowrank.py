@@ -20,7 +20,7 @@ from ..report.schema import AttackResult
 from ..report.scoring import attacker_best
 from ..workload import Work
 from .base import AttackContext, AttackSpec, matrix_attack_result, register_attack
-from .merges import _tensor_seed
+from .merges import tensor_seed
 
 RANKS = (16,)
 THOROUGH_RANKS = (4, 16, 64)
@@ -48,7 +48,7 @@ def low_rank_model(protected, base, rank: int, seed: int = 0, device: str | None
             continue
         anchor = base.get(name)
         tau = tensor.to(device or "cpu", torch.float32) - anchor.to(device or "cpu", torch.float32)
-        kept = truncated_task_vector(tau, rank, _tensor_seed(seed, name))
+        kept = truncated_task_vector(tau, rank, tensor_seed(seed, name))
         tensors[name] = (anchor.to(kept.device, torch.float32) + kept).to("cpu", tensor.dtype)
     return StateDictSource(tensors, protected.config, source=f"low-rank {rank}")
 

@@ -312,7 +312,7 @@ def parse_methods(names: str | Sequence[str] | None, thorough: bool = False) -> 
     return [MERGE_METHODS.get(name) for name in names]
 
 
-def _tensor_seed(seed: int, name: str) -> int:
+def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
@@ -367,7 +367,7 @@ def merge_tensors(
         if on_device:
             tensors = {key: {name: t.to(device) for name, t in group.items()} for key, group in tensors.items()}
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_tensor_seed(seed, name))
+            torch.manual_seed(tensor_seed(seed, name))
             with torch.no_grad():
                 merged = merge_state_dicts(tensors, method.name, base=method.anchor, parameters=params)
         yield name, merged[name]

@@ -62,8 +62,8 @@ def published_negation(ctx: AttackContext) -> tuple[dict | None, str]:
     return None, "the release publishes no negation (" + ", ".join(m for m, _ in records) + ")"
 
 
-def sign_restored(protected, base, settings: dict) -> StateDictSource:
-    """The release with its negation undone (see the module docstring)."""
+def sign_restored(protected, base, settings: dict) -> tuple[StateDictSource, int]:
+    """The release with its negation undone (see the module docstring), and how many entries were flipped back."""
     from ..protect.mergeguard import negated_tensors, negation_thresholds
     from ..protect.mergeguard.negation import negation_units
 
@@ -79,17 +79,15 @@ def sign_restored(protected, base, settings: dict) -> StateDictSource:
     beta = settings["beta"]
     counts: dict[str, int] = {}
     tensors = dict(negated_tensors(protected, base, thresholds, beta / (beta - 1), counts))
-    restored = StateDictSource(tensors, protected.config, source="sign-restored")
-    restored.flipped_entries = sum(counts.values())
-    return restored
+    return StateDictSource(tensors, protected.config, source="sign-restored"), sum(counts.values())
 
 
 def run_signrestore(ctx: AttackContext) -> AttackResult:
     settings, source = published_negation(ctx)
     if settings is None:  # nothing to undo: the self-test's own merges stand
         return matrix_attack_result("signrestore", ctx, ctx.report, {"applies": False, "settings_from": source})
-    restored = sign_restored(ctx.protected, ctx.base, settings)
-    details = {"applies": True, "settings_from": source, "settings": settings, "flipped_entries": restored.flipped_entries}
+    restored, flipped = sign_restored(ctx.protected, ctx.base, settings)
+    details = {"applies": True, "settings_from": source, "settings": settings, "flipped_entries": flipped}
     result = matrix_attack_result("signrestore", ctx, ctx.merge_matrix(restored), details)
     result.model = restored if ctx.keep_models else None
     return result
