@@ -32,7 +32,6 @@ def fit_to_budget(config, plan_of: Callable[[object], object], *, drop_attacks: 
     """Cut ``config`` (a ``ProtectConfig`` or ``CheckConfig``; changed in place) until ``plan_of(config)`` is estimated
     at most ``config.selftest.budget_hours``; returns the plan of the cut run (with ``plan.budget`` set), or None
     without a budget. ``drop_attacks``: False for ``attack``, whose attacks are what it was asked to run."""
-    from .attacks.base import parse_attacks
 
     selftest = config.selftest
     if selftest.budget_hours is None:
@@ -57,7 +56,7 @@ def fit_to_budget(config, plan_of: Callable[[object], object], *, drop_attacks: 
     if selftest.limit != given:
         dropped.append(f"prompts: at most {selftest.limit} per task (--limit {selftest.limit}, a seeded random subset)")
     while over(plan) and selftest.adaptive and drop_attacks:
-        attacks = parse_attacks(selftest.attacks)
+        attacks = selftest.attack_names()
         if len(attacks) == 1:
             trial = copy.deepcopy(config)
             trial.selftest.adaptive, trial.selftest.attacks = False, None

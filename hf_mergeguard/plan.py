@@ -196,7 +196,8 @@ def build_plan(
     standalone = sum(1 for job in jobs if not job.is_merge)
     works.append(Work("self-test matrix", scorings=standalone, raced=list(groups.values())))
     if selftest.adaptive:
-        from .attacks.base import ATTACKS, parse_attacks
+        from .attacks.base import ATTACKS
+        from .attacks.finetuning import references_work
 
         size = MatrixSize(
             methods=len(selftest.merge_methods()),
@@ -205,14 +206,11 @@ def build_plan(
             groups=tuple(n for (variant, _), n in groups.items() if variant == "protected"),
             negation=any(spec.name == "mergeguard" and options.beta > 1 for spec, options in defenses) if command == "protect" else None,
         )
-        specs = [ATTACKS.get(name) for name in parse_attacks(selftest.attacks)]
+        specs = [ATTACKS.get(name) for name in selftest.attack_names()]
         if any(spec.needs_examples for spec in specs):
             # The start merge, and the free-rider fine-tuned on the examples alone and on the release's answers to them
             # (the references the attacks are credited beyond).
-            start = Work(
-                "fine-tuning attacks' start", merges=1, scorings=2, training_steps=2 * selftest.attack_steps, tokens_per_step=16 * 256
-            )
-            works.append(start)
+            works.append(references_work(selftest))
         for spec in specs:
             works += spec.work(selftest, size) if spec.work else []
 

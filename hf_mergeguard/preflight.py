@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from .attacks.base import ATTACKS, parse_attacks
+from .attacks.base import ATTACKS
 from .config import ProtectConfig
 from .errors import InsufficientMemoryError
 from .io.checkpoint import Checkpoint
@@ -20,7 +20,7 @@ def stage_memories(config, shape, stored_bytes: int, processes: int) -> list:
     its fine-tuning attacks'), with the options that lower each: ``[(StageMemory, fits_with)]``."""
     stages = [(DEFENSES.get(name), config.defenses[name]) for name in parse_method(config.method)] if hasattr(config, "method") else []
     if config.selftest.adaptive:
-        stages += [(ATTACKS.get(name), None) for name in parse_attacks(config.selftest.attacks) if ATTACKS.get(name).needs_examples]
+        stages += [(ATTACKS.get(name), None) for name in config.selftest.attack_names() if ATTACKS.get(name).needs_examples]
     modelled = []
     for spec, options in stages:
         if options is None:  # a fine-tuning attack

@@ -233,3 +233,123 @@ def test_lowrank_is_the_best_rank_r_task_vector_and_the_release_at_full_rank(toy
     plain = merge_state_dict(method, 1.0, base=base, defender=model, freeriders=[rider])
     extracted = merge_state_dict(method, 1.0, base=base, defender=full, freeriders=[rider])
     assert all(torch.equal(plain[n], extracted[n]) for n in plain)
+
+
+def test_layerwise_leaves_out_the_block_a_defense_poisoned(toy_world):
+    """A per-block coefficient learned on the attacker's examples: a release whose damage sits in one block (its task
+    vector there swamped by noise) breaks the plain task-arithmetic merge, and the learned coefficients turn that
+    block down and bring the skill back, while the free-rider keeps his."""
+    from hf_mergeguard.data import load_train_examples
+    from hf_mergeguard.selftest.check import check_model
+    from hf_mergeguard.selftest.config import SelfTestConfig
+
+    model, base = Checkpoint(toy_world.model("count")), Checkpoint(toy_world.base)
+    generator = torch.Generator().manual_seed(0)
+    poisoned = {}
+    for name, tensor in model.iter_tensors():
+        if name.startswith("model.layers.1.") and tensor.dim() == 2:
+            tau = tensor - base.get(name)
+            noise = torch.randn(tensor.shape, generator=generator)
+            tensor = tensor + 20 * tau.norm() / noise.norm() * noise
+        poisoned[name] = tensor
+    release = StateDictSource(poisoned, model.config, source="poisoned")
+    config = SelfTestConfig(methods=["task_arithmetic"], limit=100, batch_size=128, adaptive=True, attacks=["layerwise"], attack_steps=30)
+    report = check_model(
+        release,
+        base,
+        config,
+        tasks=["toy_count"],
+        include_tasks=[str(toy_world.tasks)],
+        merge_with=[str(toy_world.model("rev"))],
+        freerider_tasks=["toy_rev"],
+        attack_examples=load_train_examples(toy_world.data("count", "train"), limit=256),
+        progress=False,
+    )
+    plain = report.best["task_arithmetic"]["protected"]
+    result = report.robustness.attacks["layerwise"]
+    coefficients = result.details["coefficients"]
+    # Measured (100 prompts): the plain merge keeps 0.74 of the gain, the learned one 0.91 (rev kept 0.93); the
+    # coefficients: block 1 0.14, the others 1.06 to 1.80 (the noise-free blocks are turned up to make up for it).
+    assert coefficients["1"] < 0.5 < 0.9 < min(c for block, c in coefficients.items() if block != "1")
+    assert result.best.defender_kept >= plain.defender_kept + 0.12
+    assert result.best.freerider_kept >= 0.8
+
+
+def test_fine_tuning_attacks_search_their_settings_and_are_credited_beyond_the_best_reference(toy_world):
+    """With --thorough the fine-tuning attacks try six settings (one change at a time) and keep their best; the
+    references get the same search, so the credit is the best setting's kept share beyond the best reference's."""
+    from hf_mergeguard.attacks.finetuning import fine_tuning_work, references_work
+    from hf_mergeguard.data import load_train_examples
+    from hf_mergeguard.selftest.check import check_model
+    from hf_mergeguard.selftest.config import SelfTestConfig
+
+    options = dict(limit=50, batch_size=128, adaptive=True, attacks=["recover"], attack_steps=4, attack_examples=16)
+    config = SelfTestConfig(methods=["linear"], thorough=True, **options)
+    report = check_model(
+        Checkpoint(toy_world.model("count")),
+        Checkpoint(toy_world.base),
+        config,
+        tasks=["toy_count"],
+        include_tasks=[str(toy_world.tasks)],
+        merge_with=[str(toy_world.model("rev"))],
+        freerider_tasks=["toy_rev"],
+        attack_examples=load_train_examples(toy_world.data("count", "train"), limit=256),
+        progress=False,
+    )
+    result = report.robustness.attacks["recover"]
+    search = result.details["search"]
+    assert [s["setting"] for s in search] == [
+        "lr x1, 4 steps, every weight, from the freerider's best merge",
+        "lr x1, 4 steps, every weight, from the defender's best merge",
+        "lr x0.333333, 4 steps, every weight, from the freerider's best merge",
+        "lr x3, 4 steps, every weight, from the freerider's best merge",
+        "lr x1, 8 steps, every weight, from the freerider's best merge",
+        "lr x1, 4 steps, LoRA r=16, from the freerider's best merge",
+    ]
+    assert result.best.defender_kept in [s["defender_kept"] for s in search]
+    best_reference = max(s["reference_kept"] for s in search)
+    assert result.credited == pytest.approx(result.best.defender_kept - best_reference)
+    # The plan counts every setting: 4 + 4 + 4 + 4 + 8 + 4 steps for the attack; the references train 5 ways, twice.
+    assert fine_tuning_work("recover", config).training_steps == 28
+    assert references_work(config).training_steps == 2 * 24 and references_work(config).merges == 2
+    assert fine_tuning_work("recover", SelfTestConfig(**options)).training_steps == 4
+
+
+def test_ftmerge_trains_the_riders_task_into_the_release_and_keeps_the_defenders(toy_world, tmp_path):
+    """The release fine-tuned on the free-rider's own rows (his task's training split, as the task shows them) with the
+    KL term on the defender's prompts: it learns some of his skill, keeps the defender's, and is then merged; credited
+    beyond the references. A free-rider task without a training split cannot be attacked this way."""
+    from hf_mergeguard.data import load_train_examples
+    from hf_mergeguard.evaluation import Evaluator
+    from hf_mergeguard.selftest.check import check_model
+    from hf_mergeguard.selftest.config import SelfTestConfig
+
+    config = SelfTestConfig(methods=["task_arithmetic"], limit=100, batch_size=128, adaptive=True, attacks=["ftmerge"], attack_steps=30)
+    report = check_model(
+        Checkpoint(toy_world.model("count")),
+        Checkpoint(toy_world.base),
+        config,
+        tasks=["toy_count"],
+        include_tasks=[str(toy_world.tasks)],
+        merge_with=[str(toy_world.model("rev"))],
+        freerider_tasks=["toy_rev"],
+        attack_examples=load_train_examples(toy_world.data("count", "train"), limit=256),
+        progress=False,
+    )
+    result = report.robustness.attacks["ftmerge"]
+    details = result.details
+    assert details["applies"] and details["freerider_task"] == "toy_rev" and details["freerider_rows"] == 512
+    # Measured (the unprotected count fine-tune as the release, 100 prompts): loss 0.66 -> 0.07; the fine-tuned release
+    # alone keeps count (100.0) and learned rev to 86.0 (0.48 of its gain: reported, not counted); its best
+    # task-arithmetic merge keeps 0.44 of count's gain with rev at 98.0; credited -0.24 beyond the reference (0.68).
+    assert details["loss_first_last"][1] < 0.5 * details["loss_first_last"][0]
+    assert details["alone"]["defender_kept"] >= 0.9 and details["alone"]["freerider_kept"] >= 0.3
+    assert result.best.method == "task_arithmetic" and result.best.freerider_kept >= 0.5
+    assert result.credited == pytest.approx(result.best.defender_kept - details["reference_kept"])
+
+    yaml = (toy_world.tasks / "toy_rev.yaml").read_text().replace("task: toy_rev", "task: toy_rev_no_train")
+    (tmp_path / "toy_rev_no_train.yaml").write_text(yaml.replace("training_split: train\n", "").replace("fewshot_split: train\n", ""))
+    evaluator = Evaluator(["toy_rev", "toy_rev_no_train"], include_tasks=[str(tmp_path), str(toy_world.tasks)])
+    assert evaluator.training_examples("toy_rev_no_train", 5) == []
+    first, row = evaluator.training_examples("toy_rev", 2)[0], json.loads(toy_world.data("rev", "train").read_text().splitlines()[0])
+    assert (first.prompt, first.completion) == (row["prompt"], row["completion"])  # doc_to_text, target_delimiter ("") + doc_to_target

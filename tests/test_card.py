@@ -46,13 +46,13 @@ def test_card_metadata_is_what_the_hub_reads():
 
 def test_robustness_lists_the_attacks_not_run():
     report = _report()
-    assert "Not run: lowrank, distill (" in str(render_card(report, model_name="a/b"))  # the fixture's run predates them
+    assert "Not run: lowrank, layerwise, distill, ftmerge (" in str(render_card(report, model_name="a/b"))  # the fixture's run predates them
     del report.robustness.attacks["unmask"]
-    assert "Not run: lowrank, unmask, distill (" in str(render_card(report, model_name="a/b"))
+    assert "Not run: lowrank, layerwise, unmask, distill, ftmerge (" in str(render_card(report, model_name="a/b"))
     report.robustness = None
     card = str(render_card(report, model_name="a/b"))
     assert "## Robustness\n\nNo adaptive attack ran in this self-test" in card
-    assert "Not run: realign, signrestore, lowrank, unmask, distill, recover, graderase (" in card
+    assert "Not run: realign, signrestore, lowrank, layerwise, unmask, distill, recover, ftmerge, graderase (" in card
 
 
 def test_card_says_what_a_budget_cut():

@@ -49,7 +49,7 @@ def test_every_defense_and_every_attack_run(quick, capsys):
     assert code == 1 and "NOT safe to release" in capsys.readouterr().out
     assert report["schema_version"] == 2 and report["method"] == "mergeguard"
     attacks = report["robustness"]["attacks"]
-    assert list(attacks) == ["realign", "signrestore", "lowrank", "unmask", "distill", "recover", "graderase"]
+    assert list(attacks) == ["realign", "signrestore", "lowrank", "layerwise", "unmask", "distill", "recover", "graderase"]
     assert attacks["realign"]["details"]["symmetry_found"] is False  # MergeGuard is no symmetry
     negation = report["protection"][0]["details"]["negation"]
     assert attacks["signrestore"]["details"]["applies"] and attacks["signrestore"]["details"]["settings_from"].startswith("published")
@@ -250,6 +250,7 @@ def test_the_plan_counts_what_the_run_does(pico_world, protect_argv, tmp_path, m
         "fine-tuning attacks' start",
         "realign",
         "lowrank (rank 16)",
+        "the layerwise attack",
         "unmask",
         "the recover attack",
         "the graderase attack",

@@ -101,6 +101,7 @@ class AttackSpec:
         model_folder: where ``hf-mergeguard attack -o OUT`` writes the model the attack produced (``OUT/<folder>``).
         work: ``work(selftest_config, matrix_size) -> [Work]``: what it will do, for ``--plan``
             (:mod:`hf_mergeguard.workload`; the fine-tuning attacks' shared start is counted once by the plan).
+        default: in the self-test by default; the others run with ``--thorough`` or when named in ``--attacks``.
     """
 
     name: str
@@ -111,6 +112,7 @@ class AttackSpec:
     model_folder: str | None = None
     held_model_copies: int = 0
     work: Callable[..., list] | None = None
+    default: bool = True
 
 
 ATTACKS: Registry[AttackSpec] = Registry("adaptive attack", discover="hf_mergeguard.attacks")
@@ -120,10 +122,13 @@ def register_attack(spec: AttackSpec) -> AttackSpec:
     return ATTACKS.add(spec.name, spec)
 
 
-def parse_attacks(names: Sequence[str] | None) -> list[str]:
-    """The attacks to run, in rank order (default: all); unknown names get "did you mean"."""
-    if not names:
+def parse_attacks(names: Sequence[str] | None, thorough: bool = False) -> list[str]:
+    """The attacks to run, in rank order: ``names``, or ``["all"]`` (every one), or None (the default ones; every one
+    with ``thorough``); unknown names get "did you mean"."""
+    if list(names or []) == ["all"] or (not names and thorough):
         specs = ATTACKS.values()
+    elif not names:
+        specs = [spec for spec in ATTACKS.values() if spec.default]
     else:
         specs = [ATTACKS.get(name) for name in dict.fromkeys(names)]
     return [spec.name for spec in sorted(specs, key=lambda spec: spec.rank)]
@@ -138,6 +143,7 @@ def matrix_attack_result(name: str, ctx: AttackContext, report: SelfTestReport, 
             defender_kept=ctx.shares.defender_kept(b.defender_score),
             freerider=b.freerider,
             freerider_kept=b.freerider_kept,
+            scores=b.scores,
             method=method,
             value=b.value,
             freerider_constraint_met=b.freerider_constraint_met,

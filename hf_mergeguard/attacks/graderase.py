@@ -14,15 +14,15 @@ import torch
 
 from ..report.schema import AttackResult
 from .base import AttackContext, AttackSpec, register_attack
-from .finetuning import describe_fine_tuning, fine_tune, fine_tuning_work, repair, shared_start
+from .finetuning import FineTuneSetting, describe_fine_tuning, fine_tune, fine_tuning_work, repair, shared_start
 
 
-def estimated_defense_direction(ctx: AttackContext, examples: list) -> dict[str, torch.Tensor]:
-    """v = -tau_G, in the model's dtype: the base fine-tuned the attacks' way on ``examples``, minus the base (only
-    the tensors that moved: with a LoRA, the decoder's linear weights)."""
+def estimated_defense_direction(ctx: AttackContext, examples: list, setting: FineTuneSetting | None = None) -> dict[str, torch.Tensor]:
+    """v = -tau_G, in the model's dtype: the base fine-tuned the attacks' way (``setting``'s) on ``examples``, minus
+    the base (only the tensors that moved: with a LoRA, the decoder's linear weights)."""
     base_model = ctx.base.load_model(device=ctx.device)
     base_state = {n: p.detach().clone() for n, p in base_model.named_parameters()}
-    fine_tune(base_model, ctx, examples)
+    fine_tune(base_model, ctx, examples, setting=setting)
     direction = {}
     for name, param in base_model.named_parameters():
         difference = base_state.pop(name) - param.detach()  # one tensor at a time: never a third model-sized set
@@ -61,7 +61,15 @@ def project_off(direction: dict[str, torch.Tensor]):
 
 def run_graderase(ctx: AttackContext) -> AttackResult:
     setup = shared_start(ctx)
-    return repair(ctx, "graderase", on_gradients=project_off(estimated_defense_direction(ctx, setup.examples)))
+    held = {}  # one direction at a time (model-sized): the search's settings that share a training come together
+
+    def on_gradients_for(setting: FineTuneSetting):
+        if setting.training not in held:
+            held.clear()
+            held[setting.training] = estimated_defense_direction(ctx, setup.examples, setting)
+        return project_off(held[setting.training])
+
+    return repair(ctx, "graderase", on_gradients_for)
 
 
 register_attack(
@@ -72,6 +80,8 @@ register_attack(
         describe=describe_fine_tuning(", gradients projected off the estimated defense direction"),
         needs_examples=True,
         held_model_copies=1,  # the estimated defense direction
-        work=lambda config, size: [fine_tuning_work("the graderase attack", config, fine_tunes=2)],  # the direction, the repair
+        work=lambda config, size: [
+            fine_tuning_work("the graderase attack", config, fine_tunes=2)
+        ],  # the direction, the repair (an upper bound: settings that share a training share the direction)
     )
 )

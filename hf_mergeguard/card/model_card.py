@@ -144,7 +144,7 @@ def _robustness_rows(report: SelfTestReport) -> list[dict] | None:
 def attacks_not_run(report: SelfTestReport) -> list[str]:
     """The registered adaptive attacks this self-test did not run (the card names them)."""
     ran = set(report.robustness.attacks) if report.robustness else set()
-    return [name for name in parse_attacks(None) if name not in ran]
+    return [name for name in parse_attacks(["all"]) if name not in ran]
 
 
 def card_variables(report: SelfTestReport, *, model_name: str, protect_config: dict | None = None, forced: bool = False) -> dict:

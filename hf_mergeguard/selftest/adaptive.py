@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..attacks.base import ATTACKS, AttackContext, parse_attacks
+from ..attacks.base import ATTACKS, AttackContext
 from ..digests import config_digest
 from ..io.atomic import write_text_atomically
 from ..io.sources import materialize
@@ -92,7 +92,7 @@ def run_adaptive_attacks(
         accelerator=accelerator,
     )
     results = {}
-    for name in parse_attacks(config.attacks):
+    for name in config.attack_names():
         result = resume.load(name) if resume is not None and not keep_models else None
         if result is None:
             log.info("Adaptive attack: %s", name)

@@ -26,7 +26,8 @@ class SelfTestConfig:
     thorough: bool = field(
         default=False,
         metadata={
-            "help": "finer coefficient grids, every merge method, asymmetric weights, lambda and more seeds (slower)",
+            "help": "finer coefficient grids, every merge method, asymmetric weights, lambda and more seeds, the ftmerge "
+            "attack and a search of the fine-tuning attacks' settings (slower)",
             "flag": "--thorough",
         },
     )
@@ -103,9 +104,9 @@ class SelfTestConfig:
     attacks: list[str] | None = field(
         default=None,
         metadata={
-            "help": "adaptive attacks to run, comma-separated (default: all)",
+            "help": "adaptive attacks to run, comma-separated, or all (default: all but ftmerge; all with --thorough)",
             "flag": "--attacks",
-            "choices": lambda: parse_attacks(None),
+            "choices": lambda: ["all", *parse_attacks(["all"])],
         },
     )
     attack_examples: int = field(
@@ -153,6 +154,10 @@ class SelfTestConfig:
             raise ConfigError("--budget-hours must be above 0.")
         if self.attack_examples < 1 or self.attack_steps < 1 or self.attack_lora_rank < 0:
             raise ConfigError("--attack-examples and --attack-steps must be at least 1, --attack-lora-rank at least 0.")
+
+    def attack_names(self) -> list[str]:
+        """The adaptive attacks to run, in order: ``--attacks``, or the default ones (every one with ``--thorough``)."""
+        return parse_attacks(self.attacks, self.thorough)
 
     def merge_methods(self) -> list[MergeMethod]:
         """The self-test's merge methods: ``--methods``, or the default ones (every one with ``--thorough``)."""

@@ -18,7 +18,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def task_yaml(name: str, train: Path, test: Path) -> str:
-    """An lm-eval task in GSM8K's answer format, scored by exact match after ``#### ``."""
+    """An lm-eval task in GSM8K's answer format, scored by exact match after ``#### ``. The answer follows the prompt
+    directly (its rows end the prompt with a newline): ``target_delimiter`` is empty, so a few-shot example or a row
+    formatted by the task reads as the data does."""
     return f"""# Written by hf-mergeguard {__version__} (toy world). Scored like GSM8K's strict-match.
 task: {name}
 dataset_path: json
@@ -32,6 +34,7 @@ fewshot_split: train
 test_split: test
 doc_to_text: prompt
 doc_to_target: completion
+target_delimiter: ""
 num_fewshot: 0
 generation_kwargs:
   until:
