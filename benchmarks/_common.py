@@ -95,9 +95,15 @@ def world_options(world, riders: tuple[str, ...]) -> dict:
 
 
 def run_settings(
-    settings: dict[str, dict], out: Path, *, riders: tuple[str, ...] = ("rev", "sort"), selftest: dict | None = None
+    settings: dict[str, dict],
+    out: Path,
+    *,
+    riders: tuple[str, ...] = ("rev", "sort"),
+    selftest: dict | None = None,
+    folders: list[str] | None = None,
 ) -> list[tuple[str, dict, float]]:
-    """``protect`` the toy world's count fine-tune once per setting (config overrides), against ``riders``.
+    """``protect`` the toy world's count fine-tune once per setting (config overrides), against ``riders``, each into
+    ``out/<folder>`` (default ``setting-<index>``).
 
     Returns ``(name, report, seconds)`` per setting, the report as in ``selftest.json``; a failed gate still yields it.
     """
@@ -112,7 +118,8 @@ def run_settings(
     common = dict(world_options(world, riders), overwrite=True, selftest={"batch_size": 128, "race_rounds": 1, **(selftest or {})})
     rows = []
     for index, (name, overrides) in enumerate(settings.items()):
-        config = build_protect_config(None, dict(common, output_dir=str(out / f"setting-{index}"), **overrides))
+        folder = folders[index] if folders else f"setting-{index}"
+        config = build_protect_config(None, dict(common, output_dir=str(out / folder), **overrides))
         started = time.perf_counter()
         report = protect(config).report.to_dict()
         rows.append((name, report, time.perf_counter() - started))

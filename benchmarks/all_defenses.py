@@ -1,22 +1,30 @@
-"""Every defense side by side on the toy world: every merge method, every adaptive attack, the issue-10 goal.
+"""Every defense side by side on the toy world against the strongest attacker: every default merge method, every
+adaptive attack, the free ride and the defender's kept share with standard errors.
 
-Run by hand (about 27 minutes for all eight rows, one CPU thread, once the toy world is cached):
+Run by hand (rows can run in parallel processes with ``--only``; ``--from-out`` then writes the table of every
+finished row):
 
     python benchmarks/all_defenses.py [--out DIR] [--results benchmarks/results/all_defenses.md] [--seed N] [--only ROWS]
 
-Defender: the ``count`` fine-tune; free-rider: ``rev``; all nine merge methods at the attacker's best coefficient;
-the four adaptive attacks (64 defender examples, 30 steps for the fine-tuning ones). Same world and seed for every
-row; function-preserving keys are random; the trap's stand-in free-rider is the base fine-tuned on ``copy``
-(a skill no model of the world learned). Scores are on 300 prompts: ± is the binomial standard error.
-The goal: the best merge of each method and every attack stays at most 5 points above the base's score
-while the protected model stays within 1 point of the original.
+Defender: the ``count`` fine-tune; free-rider: ``rev``; the self-test's default merge methods at every grid point
+(scored on every prompt: no race); every adaptive attack (64 defender examples, 30 steps for the ones that train).
+Same world and seed for every row; function-preserving keys are random; the trap's stand-in free-rider is the base
+fine-tuned on ``copy`` (a skill no model of the world learned). Scores are on 300 prompts.
+
+Per method and attack: the **free ride** (the most of both skills one merge keeps: min of the defender's and the
+free-rider's kept shares, at the grid point where it is largest) and the **defender's kept share** at the attacker's
+best (the most of the defender's gain among the merges that keep half the free-rider's, else of all). ± is the
+standard error from the binomial errors of the merge's, the original's and the base's scores (delta method). The
+fine-tuning attacks are credited beyond the better of the examples alone and distillation (``credited``).
 """
 
 from __future__ import annotations
 
 import math
 
-from _common import attack_cells, attack_names, measured_on, parse_args, run_settings, write_results
+from hf_mergeguard.attacks.merges import parse_methods
+
+from _common import attack_names, measured_on, parse_args, run_settings, write_results
 
 DEFENSES = {
     "mergeguard": {"method": "mergeguard"},
@@ -24,11 +32,11 @@ DEFENSES = {
     "mergelock": {"method": "mergelock"},
     "mergebarrier": {"method": "mergebarrier"},
     "trap": {"method": "trap"},
-    "trap, random stand-in (no rider data)": {"method": "trap", "trap": {"rider_data": None}},  # None: the default
+    "trap without rider data (random stand-in)": {"method": "trap", "trap": {"rider_data": None}},  # None: the default
     "trap+mergeguard": {"method": "trap+mergeguard"},
     "trap+mergelock": {"method": "trap+mergelock"},
 }
-METHODS = ["task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "della", "linear", "model_stock", "slerp"]
+METHODS = [method.name for method in parse_methods(None)]  # the self-test's defaults
 PROMPTS = 300
 TASK, RIDER_TASK = "toy_count", "toy_rev"
 
@@ -88,20 +96,82 @@ def merges_table(rows, methods=METHODS, first_column="defense", extra=None) -> s
     return "\n".join(lines)
 
 
+def kept_with_error(score: float, base: float, original: float) -> tuple[float, float]:
+    """(kept share of the gain, its standard error): (s - b) / (o - b), the binomial errors of s, o and b carried
+    through by the delta method."""
+    gain = original - base
+    kept = (score - base) / gain
+    variance = (score * (1 - score) + kept**2 * original * (1 - original) + (1 - kept) ** 2 * base * (1 - base)) / PROMPTS
+    return kept, math.sqrt(variance) / abs(gain)
+
+
+def shares(report: dict, scores: dict) -> dict:
+    """The defender's and the free-rider's kept shares of a merge's ``scores``, with errors, and the free ride."""
+    standalone = report["standalone"]
+    defender = kept_with_error(scores[TASK], standalone["base"][TASK], standalone["original"][TASK])
+    rider = kept_with_error(scores[RIDER_TASK], standalone["base"][RIDER_TASK], standalone["freerider0"][RIDER_TASK])
+    return {"defender": defender, "freerider": rider, "free_ride": min(defender, rider, key=lambda pair: pair[0])}
+
+
+def share_text(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.2f} ± {pair[1]:.2f}"
+
+
+def method_cell(report: dict, method: str, variant: str = "protected") -> str:
+    """The free ride at the method's best grid point for it / the defender's kept share at the attacker's best."""
+    merges = [m for m in report["merges"] if m["variant"] == variant and m["method"] == method and m.get("prompts") is None]
+    free_riding = max((shares(report, m["scores"]) for m in merges), key=lambda s: s["free_ride"][0])
+    best = report["best"][method][variant]
+    return f"{share_text(free_riding['free_ride'])} / {share_text(shares(report, best['scores'])['defender'])}"
+
+
+def attack_cell(report: dict, name: str) -> str:
+    """An attack's best result: free ride / defender's kept share (and what is credited when it is not that share)."""
+    attack = report["robustness"]["attacks"][name]
+    best = attack["best"]
+    if best.get("scores") is None or RIDER_TASK not in best["scores"]:
+        return "not applicable" if not attack["details"].get("applies", True) else "–"
+    measured = shares(report, best["scores"])
+    text = f"{share_text(measured['free_ride'])} / {share_text(measured['defender'])}"
+    if attack["credited"] is None:
+        return text + " (reference)"
+    if abs(attack["credited"] - measured["defender"][0]) > 1e-9:
+        text += f", credited {attack['credited']:.2f}"
+    return text + (" **defeats**" if attack["defeats"] else "")
+
+
+def free_ride_table(rows) -> str:
+    """Rows: the merge methods then the attacks; columns: unprotected, then each defense."""
+    header = ["method or attack", "unprotected", *(name for name, _, _ in rows)]
+    lines = [_table_row(header), "|---" * len(header) + "|"]
+    first = rows[0][1]
+    lines.append(
+        _table_row(
+            ["standalone score (count)", points(first["standalone"]["original"][TASK])]
+            + [points(report["standalone"]["protected"][TASK]) for _, report, _ in rows]
+        )
+    )
+    for method in METHODS:
+        lines.append(_table_row([method, method_cell(first, method, "original")] + [method_cell(r, method) for _, r, _ in rows]))
+    for name in attack_names():
+        lines.append(_table_row([f"`{name}`", "–"] + [attack_cell(r, name) for _, r, _ in rows]))
+    highest = [goal(r) for _, r, _ in rows]
+    lines.append(
+        _table_row(
+            ["highest count any merge or attack reached (base " + points(first["standalone"]["base"][TASK]) + ")", "–"]
+            + [f"{100 * h:.1f}" for _, h in highest]
+        )
+    )
+    return "\n".join(lines)
+
+
 def attacks_table(rows) -> str:
+    """The attacks' defender scores (count points), for comparison with the old tables."""
     attacks = attack_names()
-    lines = [
-        "| defense | " + " | ".join(attacks) + " | examples alone | goal met | highest count reached |",
-        "|---" * (4 + len(attacks)) + "|",
-    ]
+    lines = ["| defense | " + " | ".join(attacks) + " |", "|---" * (1 + len(attacks)) + "|"]
     for name, report, _ in rows:
-        cells = attack_cells(report, lambda name, attack: points(attack["best"]["defender_score"]))
-        data_only = report["robustness"]["attacks"]["recover"]["details"]["setup"]["data_only"]
-        met, highest = goal(report)
         lines.append(
-            f"| {name} | "
-            + " | ".join(cells)
-            + f" | {points(data_only['defender_score'])} | {'yes' if met else 'no'} | {100 * highest:.1f} |"
+            f"| {name} | " + " | ".join(points(report["robustness"]["attacks"][a]["best"]["defender_score"]) for a in attacks) + " |"
         )
     return "\n".join(lines)
 
@@ -138,21 +208,28 @@ def main() -> None:
         }
         for name, overrides in chosen.items()
     }
+    # One folder per row of DEFENSES (its index there), so rows run in parallel processes land apart.
+    folders = {name: f"setting-{list(DEFENSES).index(name)}" for name in settings}
     if args.from_out:
         import json
 
-        done = [(index, name) for index, name in enumerate(settings) if (args.out / f"setting-{index}" / "selftest.json").is_file()]
-        rows = [(name, json.loads((args.out / f"setting-{index}" / "selftest.json").read_text()), None) for index, name in done]
+        done = [name for name in settings if (args.out / folders[name] / "selftest.json").is_file()]
+        rows = [(name, json.loads((args.out / folders[name] / "selftest.json").read_text()), None) for name in done]
     else:
-        rows = run_settings(settings, args.out, riders=("rev",), selftest={"methods": METHODS})
+        selftest = {"methods": METHODS, "attacks": ["all"]}  # every attack, ftmerge too
+        rows = run_settings(settings, args.out, riders=("rev",), selftest=selftest, folders=list(folders.values()))
     text = (
-        "# Every defense on the toy world\n\n" + measured_on("all_defenses.py") + f" Seed {args.seed}.\n\n"
-        "Defender count, free-rider rev, 300 prompts per task (± binomial standard error), defaults of every defense, "
-        "one random key per function-preserving defense."
+        "# Every defense on the toy world, against the strongest attacker\n\n" + measured_on("all_defenses.py") + f" Seed {args.seed}.\n\n"
+        "Toy world (not an LLM figure). Defender count, free-rider rev, 300 prompts per task, defaults of every defense, "
+        "one random key per function-preserving defense, every default merge method at every grid point, every adaptive attack."
         + (" Rows: the settings of a run cut short that had finished (`--from-out`)." if args.from_out else "")
         + "\n\n"
-        "## The attacker's best merge per method (count score, rev score of that merge in brackets)\n\n" + merges_table(rows) + "\n\n"
-        "## Adaptive attacks (count score after the attack; credited: share of the gain beyond what the examples alone give)\n\n"
+        "## Free ride / defender's kept share (± standard error)\n\n"
+        "Free ride: the most of both skills one merge keeps (min of the two kept shares, at its best grid point); defender's "
+        "kept share: at the attacker's best (the most of the count gain among merges keeping half of rev's gain). Fine-tuning "
+        "attacks are credited only beyond the better of the examples alone and distillation (`distill`, a reference).\n\n"
+        + free_ride_table(rows)
+        + "\n\n## The attacks' count scores\n\n"
         + attacks_table(rows)
         + "\n\n"
         "Seconds per run (protect + self-test + attacks): " + trap_costs(rows) + ".\n"
