@@ -37,13 +37,18 @@ DEFENSES = {
     "trap+mergelock": {"method": "trap+mergelock"},
 }
 METHODS = [method.name for method in parse_methods(None)]  # the self-test's defaults
-PROMPTS = 300
+PROMPTS = 300  # the toy world's test split; --prompts takes a seeded subset (the same for every model)
 TASK, RIDER_TASK = "toy_count", "toy_rev"
 
 
-def points(score: float) -> str:
+def points(score: float, prompts: int = PROMPTS) -> str:
     """A score in points with its binomial standard error."""
-    return f"{100 * score:.1f} ± {100 * math.sqrt(score * (1 - score) / PROMPTS):.1f}"
+    return f"{100 * score:.1f} ± {100 * math.sqrt(score * (1 - score) / prompts):.1f}"
+
+
+def prompts_of(report: dict) -> int:
+    """Prompts per task the report's scores are on."""
+    return min(PROMPTS, report["config"].get("limit") or PROMPTS)
 
 
 def best_merged(report: dict, method: str) -> dict:
@@ -96,20 +101,21 @@ def merges_table(rows, methods=METHODS, first_column="defense", extra=None) -> s
     return "\n".join(lines)
 
 
-def kept_with_error(score: float, base: float, original: float) -> tuple[float, float]:
+def kept_with_error(score: float, base: float, original: float, prompts: int) -> tuple[float, float]:
     """(kept share of the gain, its standard error): (s - b) / (o - b), the binomial errors of s, o and b carried
     through by the delta method."""
     gain = original - base
     kept = (score - base) / gain
-    variance = (score * (1 - score) + kept**2 * original * (1 - original) + (1 - kept) ** 2 * base * (1 - base)) / PROMPTS
+    variance = (score * (1 - score) + kept**2 * original * (1 - original) + (1 - kept) ** 2 * base * (1 - base)) / prompts
     return kept, math.sqrt(variance) / abs(gain)
 
 
 def shares(report: dict, scores: dict) -> dict:
     """The defender's and the free-rider's kept shares of a merge's ``scores``, with errors, and the free ride."""
     standalone = report["standalone"]
-    defender = kept_with_error(scores[TASK], standalone["base"][TASK], standalone["original"][TASK])
-    rider = kept_with_error(scores[RIDER_TASK], standalone["base"][RIDER_TASK], standalone["freerider0"][RIDER_TASK])
+    n = prompts_of(report)
+    defender = kept_with_error(scores[TASK], standalone["base"][TASK], standalone["original"][TASK], n)
+    rider = kept_with_error(scores[RIDER_TASK], standalone["base"][RIDER_TASK], standalone["freerider0"][RIDER_TASK], n)
     return {"defender": defender, "freerider": rider, "free_ride": min(defender, rider, key=lambda pair: pair[0])}
 
 
@@ -147,8 +153,8 @@ def free_ride_table(rows) -> str:
     first = rows[0][1]
     lines.append(
         _table_row(
-            ["standalone score (count)", points(first["standalone"]["original"][TASK])]
-            + [points(report["standalone"]["protected"][TASK]) for _, report, _ in rows]
+            ["standalone score (count)", points(first["standalone"]["original"][TASK], prompts_of(first))]
+            + [points(report["standalone"]["protected"][TASK], prompts_of(report)) for _, report, _ in rows]
         )
     )
     for method in METHODS:
@@ -158,7 +164,7 @@ def free_ride_table(rows) -> str:
     highest = [goal(r) for _, r, _ in rows]
     lines.append(
         _table_row(
-            ["highest count any merge or attack reached (base " + points(first["standalone"]["base"][TASK]) + ")", "–"]
+            ["highest count any merge or attack reached (base " + points(first["standalone"]["base"][TASK], prompts_of(first)) + ")", "–"]
             + [f"{100 * h:.1f}" for _, h in highest]
         )
     )
@@ -171,7 +177,9 @@ def attacks_table(rows) -> str:
     lines = ["| defense | " + " | ".join(attacks) + " |", "|---" * (1 + len(attacks)) + "|"]
     for name, report, _ in rows:
         lines.append(
-            f"| {name} | " + " | ".join(points(report["robustness"]["attacks"][a]["best"]["defender_score"]) for a in attacks) + " |"
+            f"| {name} | "
+            + " | ".join(points(report["robustness"]["attacks"][a]["best"]["defender_score"], prompts_of(report)) for a in attacks)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -189,6 +197,7 @@ def main() -> None:
     def options(parser):
         parser.add_argument("--seed", type=int, default=0, help="seed of the training, merges and attacks (keys are random anyway)")
         parser.add_argument("--only", default=None, help="comma-separated rows of DEFENSES to run (default all)")
+        parser.add_argument("--prompts", type=int, default=PROMPTS, help="prompts per task (a seeded subset below 300)")
         parser.add_argument(
             "--from-out", action="store_true", help="no runs: the table from the finished settings already in --out (a cut-short run)"
         )
@@ -216,11 +225,12 @@ def main() -> None:
         done = [name for name in settings if (args.out / folders[name] / "selftest.json").is_file()]
         rows = [(name, json.loads((args.out / folders[name] / "selftest.json").read_text()), None) for name in done]
     else:
-        selftest = {"methods": METHODS, "attacks": ["all"]}  # every attack, ftmerge too
+        selftest = {"methods": METHODS, "attacks": ["all"], "limit": args.prompts if args.prompts < PROMPTS else None}  # ftmerge too
         rows = run_settings(settings, args.out, riders=("rev",), selftest=selftest, folders=list(folders.values()))
     text = (
         "# Every defense on the toy world, against the strongest attacker\n\n" + measured_on("all_defenses.py") + f" Seed {args.seed}.\n\n"
-        "Toy world (not an LLM figure). Defender count, free-rider rev, 300 prompts per task, defaults of every defense, "
+        f"Toy world (not an LLM figure). Defender count, free-rider rev, {args.prompts} prompts per task (a seeded subset of "
+        "300 below 300), defaults of every defense, "
         "one random key per function-preserving defense, every default merge method at every grid point, every adaptive attack."
         + (" Rows: the settings of a run cut short that had finished (`--from-out`)." if args.from_out else "")
         + "\n\n"
