@@ -25,7 +25,7 @@ def stage_memories(config, shape, stored_bytes: int, processes: int) -> list:
     for spec, options in stages:
         if options is None:  # a fine-tuning attack
             needed = attack_memory(config.selftest, spec, shape, stored_bytes)
-            fits_with = "--attack-lora-rank 16, or --no-adaptive"
+            fits_with = spec.fits_with
         else:
             needed = spec.memory(options, shape, stored_bytes, processes, config.run) if spec.memory else None
             fits_with = spec.fits_with
@@ -65,6 +65,8 @@ def attack_memory(selftest, spec, shape, stored_bytes: int):
     from .memory import finetune_memory, lora_finetune_memory
 
     tokens, stage = 16 * 256, f"the {spec.name} attack"
+    if spec.memory is not None:
+        return spec.memory(selftest, shape, stored_bytes)
     if selftest.attack_lora_rank:
         rank = selftest.attack_lora_rank
         return lora_finetune_memory(

@@ -182,35 +182,6 @@ def test_attack_command_realigns_a_protected_release(toy_world, tmp_path, capsys
     assert (tmp_path / "attack" / "realigned" / "model.safetensors").is_file()
 
 
-def test_fine_tuning_attacks_give_the_same_figures_on_two_processes(toy_world, tmp_path, protect_argv, torchrun):
-    """protect under torchrun (2 CPU processes, gloo): the attacks' DDP fine-tuning meets on both ranks (no hang)
-    and ends with the figures of one process."""
-    import subprocess
-    import sys
-
-    figures = {}
-    for processes in (1, 2):
-        out = tmp_path / f"out{processes}"
-        args = protect_argv(
-            toy_world,
-            out,
-            *("--limit", "20", "--attacks", "recover", "--attack-steps", "5", "--attack-examples", "16"),
-            methods="dare_ties",
-            batch_size=64,
-            work=tmp_path / f"w{processes}",
-        )
-        command = ("-m", "hf_mergeguard.cli.main", "--quiet", *args)
-        if processes == 2:
-            completed = torchrun(*command, timeout=600)
-        else:
-            completed = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=600)
-        # Exit 1: a gate failed (the verdict); anything else is an error.
-        assert completed.returncode == 1, completed.stderr[-2000:]
-        attacks = json.loads((out / "selftest.json").read_text())["robustness"]["attacks"]
-        figures[processes] = {name: (a["best"]["defender_score"], a["credited"]) for name, a in attacks.items()}
-    assert figures[2] == figures[1] and set(figures[1]) == {"recover"}
-
-
 def test_lowrank_is_the_best_rank_r_task_vector_and_the_release_at_full_rank(toy_world):
     """mergekit-extract-lora's truncation: each block matrix's task vector cut to rank r (its error is the SVD's tail,
     Eckart-Young); at full rank the model is the release itself, so its merges are the plain merges."""

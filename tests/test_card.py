@@ -46,7 +46,9 @@ def test_card_metadata_is_what_the_hub_reads():
 
 def test_robustness_lists_the_attacks_not_run():
     report = _report()
-    assert "Not run: lowrank, layerwise, distill, ftmerge (" in str(render_card(report, model_name="a/b"))  # the fixture's run predates them
+    assert "Not run: lowrank, layerwise, distill, ftmerge (" in str(
+        render_card(report, model_name="a/b")
+    )  # the fixture's run predates them
     del report.robustness.attacks["unmask"]
     assert "Not run: lowrank, layerwise, unmask, distill, ftmerge (" in str(render_card(report, model_name="a/b"))
     report.robustness = None

@@ -71,7 +71,12 @@ def test_fine_tuning_attacks_are_checked_too(tmp_path):
     options = {"model": str(tuned.path), "base": "b", "method": "params", "output_dir": str(tmp_path / "o")}
     config = build_protect_config(None, {**options, "selftest": {"adaptive": True}})
     checked = check_memory(config, Checkpoint(tuned.path), processes=1, device="cpu")
-    assert [c["stage"] for c in checked] == ["the distill attack", "the recover attack", "the graderase attack"]
+    assert [c["stage"] for c in checked] == ["the layerwise attack", "the distill attack", "the recover attack", "the graderase attack"]
     with pytest.raises(InsufficientMemoryError) as error:
         check_memory(config, Checkpoint(tuned.path), processes=1, device="cpu", free=(0.5 * GB, "0.5 GB"))
-    assert "the distill attack would need" in error.value.message and "--attack-lora-rank 16" in error.value.hint
+    # layerwise takes every weight's gradient whatever --attack-lora-rank: its own hint.
+    assert "the layerwise attack would need" in error.value.message and "--attacks without layerwise" in error.value.hint
+    config = build_protect_config(None, {**options, "selftest": {"adaptive": True, "attacks": ["recover", "graderase"]}})
+    with pytest.raises(InsufficientMemoryError) as error:
+        check_memory(config, Checkpoint(tuned.path), processes=1, device="cpu", free=(0.5 * GB, "0.5 GB"))
+    assert "the recover attack would need" in error.value.message and "--attack-lora-rank 16" in error.value.hint

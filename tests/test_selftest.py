@@ -109,7 +109,9 @@ def test_check_unprotected_finetune_exits_1(toy_world, capsys, tmp_path):
 
 
 def test_two_processes_give_the_same_scores(toy_world, tmp_path, torchrun):
-    """The matrix split over 2 CPU processes (torchrun + gloo) scores exactly like 1 process."""
+    """The matrix split over 2 CPU processes (torchrun + gloo) scores exactly like 1 process; the attacks that train
+    (recover's DDP fine-tuning meets on both ranks, no hang; layerwise runs its steps on each) end with the figures of
+    one process."""
     from distributed_matrix import matrix
 
     out = tmp_path / "two.json"
@@ -122,6 +124,10 @@ def test_two_processes_give_the_same_scores(toy_world, tmp_path, torchrun):
     assert [(m["method"], m["value"], m["scores"]) for m in two["merges"]] == [
         (m["method"], m["value"], m["scores"]) for m in one["merges"]
     ]
+    figures = {
+        n: {name: (a["best"]["scores"], a["credited"]) for name, a in r["robustness"]["attacks"].items()} for n, r in ((1, one), (2, two))
+    }
+    assert figures[2] == figures[1] and set(figures[1]) == {"layerwise", "recover"}
 
 
 def test_jobs_go_through_a_dynamic_queue(torchrun, tmp_path):

@@ -102,6 +102,9 @@ class AttackSpec:
         work: ``work(selftest_config, matrix_size) -> [Work]``: what it will do, for ``--plan``
             (:mod:`hf_mergeguard.workload`; the fine-tuning attacks' shared start is counted once by the plan).
         default: in the self-test by default; the others run with ``--thorough`` or when named in ``--attacks``.
+        memory: ``memory(selftest_config, shape, stored_bytes) -> StageMemory``: the attack's modelled peak, when it is
+            not the fine-tuning attacks' (a full fine-tune in float32, or a LoRA with ``--attack-lora-rank``).
+        fits_with: what to change when it does not fit (shown by the memory pre-flight).
     """
 
     name: str
@@ -113,6 +116,8 @@ class AttackSpec:
     held_model_copies: int = 0
     work: Callable[..., list] | None = None
     default: bool = True
+    memory: Callable[..., Any] | None = None
+    fits_with: str = "--attack-lora-rank 16, or --no-adaptive"
 
 
 ATTACKS: Registry[AttackSpec] = Registry("adaptive attack", discover="hf_mergeguard.attacks")

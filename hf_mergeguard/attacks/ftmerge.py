@@ -26,6 +26,7 @@ import torch
 
 from ..io.hf_models import model_state_dict
 from ..io.sources import StateDictSource
+from ..memory import finetune_memory
 from ..report.schema import AttackResult
 from ..training import collate, encode_examples, token_loss_sum
 from ..workload import Work
@@ -152,7 +153,11 @@ register_attack(
         describe=_describe,
         needs_examples=True,
         default=False,  # a fine-tune and a merge matrix more: --thorough or --attacks ftmerge
-        held_model_copies=2,  # the fine-tuned release kept for its merges, and its AdamW moments (as a full fine-tune)
+        # A float32 fine-tune of every weight, whatever --attack-lora-rank (the merges need a changed model).
+        memory=lambda config, shape, stored_bytes: finetune_memory(
+            shape, weight_bytes=4, tokens=2 * BATCH * 256, checkpointing=False, stage="the ftmerge attack"
+        ),
+        fits_with="--attacks without ftmerge (it fine-tunes every weight in float32), or a GPU with more memory",
         work=lambda config, size: [
             Work("ftmerge (fine-tune)", training_steps=config.attack_steps, tokens_per_step=2 * BATCH * 256, scorings=1),
             Work("ftmerge (merges)", raced=list(size.groups)),

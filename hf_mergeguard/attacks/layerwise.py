@@ -20,6 +20,7 @@ import torch
 
 from ..architectures import split_layer_name
 from ..io.hf_models import model_from_state_dict
+from ..memory import gradient_pass_memory
 from ..report.schema import AttackResult
 from ..training import collate, encode_examples, token_loss_sum
 from .base import AttackContext, AttackSpec, register_attack
@@ -40,18 +41,22 @@ def run_layerwise(ctx: AttackContext) -> AttackResult:
     freerider = _freerider_of_best_task_arithmetic(ctx)
     rider = ctx.freeriders[freerider].model
     device = ctx.device
-    # Two model-sized sets besides the model: the fixed part (base + the free-rider's vector) and the defender's vector.
+    stored = next(iter(ctx.protected.layout.values())).dtype
+    # Two model-sized sets besides the model and its gradients, all in the stored dtype (bf16 for an LLM: the weights
+    # are rewritten from them each step, so their rounding does not add up): the fixed part (base + the free-rider's
+    # vector) and the defender's vector.
     fixed, tau = {}, {}
     for name, released in ctx.protected.iter_tensors():
         anchor = ctx.base.get(name).to(device, torch.float32)
-        tau[name] = released.to(device, torch.float32) - anchor
-        fixed[name] = anchor + (rider.get(name).to(device, torch.float32) - anchor)
+        tau[name] = (released.to(device, torch.float32) - anchor).to(stored)
+        fixed[name] = rider.get(name).to(device, stored)
     blocks = sorted({block_of(n) for n in tau}, key=lambda b: (b == REST, int(b) if b != REST else 0))
     coefficients = torch.ones(len(blocks), dtype=torch.float64, requires_grad=True)
     index = {b: i for i, b in enumerate(blocks)}
     optimizer = torch.optim.Adam([coefficients], lr=LEARNING_RATE)
 
-    model = model_from_state_dict(ctx.protected.config, {n: fixed[n] + tau[n] for n in tau}, dtype=torch.float32, device=device)
+    start = {n: (fixed[n].float() + tau[n].float()).to(stored) for n in tau}
+    model = model_from_state_dict(ctx.protected.config, start, dtype=stored, device=device)
     params = dict(model.named_parameters())  # a tied lm_head is the embedding's parameter: one entry
     model.requires_grad_(True)
     encoded = encode_examples(ctx.tokenizer, examples, max_length=256)
@@ -78,11 +83,11 @@ def run_layerwise(ctx: AttackContext) -> AttackResult:
             coefficients.clamp_(*BOUNDS)
             for name, param in params.items():
                 if name in tau:
-                    param.copy_(fixed[name] + float(coefficients[index[block_of(name)]]) * tau[name])
+                    param.copy_(fixed[name].float() + float(coefficients[index[block_of(name)]]) * tau[name].float())
     del fixed, tau
     model.requires_grad_(False)
     model.zero_grad(set_to_none=True)
-    scored = ctx.scored(ctx.score_model(model.to(next(iter(ctx.protected.layout.values())).dtype)), freerider)
+    scored = ctx.scored(ctx.score_model(model), freerider)
     learned = {block: round(float(c), 4) for block, c in zip(blocks, coefficients.detach())}
     details = {
         "coefficients": learned,
@@ -117,7 +122,11 @@ register_attack(
         rank=18,
         describe=_describe,
         needs_examples=True,
-        held_model_copies=3,  # the fixed part, the defender's vector, the gradients
+        held_model_copies=2,  # the fixed part and the defender's vector
+        memory=lambda config, shape, stored_bytes: gradient_pass_memory(
+            shape, stored_bytes=stored_bytes, tokens=16 * 256, extra_copies=2, stage="the layerwise attack"
+        ),
+        fits_with="--attacks without layerwise (it takes every weight's gradient), or a GPU with more memory",
         work=lambda config, size: [fine_tuning_work("the layerwise attack", config, searched=False)],
     )
 )
