@@ -54,17 +54,20 @@ def peak_resident_mb() -> float:
 
 
 def attack_names() -> list[str]:
-    """Every registered adaptive attack, in the order they run."""
+    """Every registered adaptive attack (the --thorough ones too), in the order they run."""
     from hf_mergeguard.attacks.base import parse_attacks
 
-    return parse_attacks(None)
+    return parse_attacks(["all"])
 
 
 def attack_cells(report: dict, score) -> list[str]:
     """One cell per adaptive attack: ``score(name, attack)``, the credited share, whether it defeats."""
     cells = []
     for name in attack_names():
-        attack = report["robustness"]["attacks"][name]
+        attack = report["robustness"]["attacks"].get(name)
+        if attack is None:
+            cells.append("not run")
+            continue
         cells.append(f"{score(name, attack)}, credited {attack['credited']:.2f}{' **defeats**' if attack['defeats'] else ''}")
     return cells
 

@@ -133,10 +133,14 @@ def method_cell(report: dict, method: str, variant: str = "protected") -> str:
 
 def attack_cell(report: dict, name: str) -> str:
     """An attack's best result: free ride / defender's kept share (and what is credited when it is not that share)."""
-    attack = report["robustness"]["attacks"][name]
+    attack = report["robustness"]["attacks"].get(name)
+    if attack is None:
+        return "not run"
+    if attack["details"].get("applies") is False:
+        return "does not apply (the plain merges stand)"
     best = attack["best"]
     if best.get("scores") is None or RIDER_TASK not in best["scores"]:
-        return "not applicable" if not attack["details"].get("applies", True) else "–"
+        return "–"
     measured = shares(report, best["scores"])
     text = f"{share_text(measured['free_ride'])} / {share_text(measured['defender'])}"
     if attack["credited"] is None:
@@ -189,6 +193,7 @@ def trap_costs(rows) -> str:
     for name, report, seconds in rows:
         trap = [p for p in report["protection"] if p["method"] == "trap"]
         cost = f", trap {trap[0]['details']['training']['seconds_per_step']:.2f} s/step" if trap else ""
+        seconds = seconds if seconds is not None else report.get("protect_seconds")
         parts.append(f"{name}{f' {seconds:.0f} s' if seconds is not None else ''}{cost}")
     return "; ".join(parts)
 
@@ -242,7 +247,13 @@ def main() -> None:
         + "\n\n## The attacks' count scores\n\n"
         + attacks_table(rows)
         + "\n\n"
-        "Seconds per run (protect + self-test + attacks): " + trap_costs(rows) + ".\n"
+        + (
+            "Seconds of each protection alone (`--from-out`: the runs' own times are in their logs): "
+            if args.from_out
+            else "Seconds per run (protect + self-test + attacks): "
+        )
+        + trap_costs(rows)
+        + ".\n"
     )
     write_results(args.results, text)
 

@@ -182,12 +182,14 @@ def finetune_memory(
     return StageMemory(stage, parts)
 
 
-def gradient_pass_memory(shape: Shape, *, stored_bytes: int, tokens: int, extra_copies: int, stage: str) -> StageMemory:
+def gradient_pass_memory(
+    shape: Shape, *, stored_bytes: int, tokens: int, extra_copies: int, checkpointing: bool, stage: str
+) -> StageMemory:
     """Gradients of every weight in the stored dtype with no optimizer over them (the layerwise attack learns one
     coefficient per block from them), with ``extra_copies`` model-sized tensors held in that dtype."""
     P = shape.parameters
     parts = {"weights": P * stored_bytes, "gradients": P * stored_bytes, "held copies": extra_copies * P * stored_bytes}
-    parts.update(_activations(shape, tokens, stored_bytes, 1, False))
+    parts.update(_activations(shape, tokens, stored_bytes, 1, checkpointing))
     parts["runtime"] = RUNTIME_BYTES
     return StageMemory(stage, parts)
 

@@ -206,12 +206,14 @@ def test_lowrank_is_the_best_rank_r_task_vector_and_the_release_at_full_rank(toy
     assert all(torch.equal(plain[n], extracted[n]) for n in plain)
 
 
-def test_layerwise_leaves_out_the_block_a_defense_poisoned(toy_world):
+def test_layerwise_leaves_out_the_block_a_defense_poisoned(toy_world, monkeypatch):
     """A per-block coefficient learned on the attacker's examples: a release whose damage sits in one block (its task
     vector there swamped by noise) breaks the plain task-arithmetic merge, and the learned coefficients turn that
-    block down and bring the skill back, while the free-rider keeps his."""
-    from hf_mergeguard.data import load_train_examples
-    from hf_mergeguard.selftest.check import check_model
+    block down and bring the skill back, while the free-rider keeps his. (With activation checkpointing, as for an
+    LLM: the same gradients.)"""
+    from hf_mergeguard.attacks import layerwise
+
+    monkeypatch.setattr(layerwise, "checkpointed", lambda parameters: True)
     from hf_mergeguard.selftest.config import SelfTestConfig
 
     model, base = Checkpoint(toy_world.model("count")), Checkpoint(toy_world.base)
@@ -225,17 +227,7 @@ def test_layerwise_leaves_out_the_block_a_defense_poisoned(toy_world):
         poisoned[name] = tensor
     release = StateDictSource(poisoned, model.config, source="poisoned")
     config = SelfTestConfig(methods=["task_arithmetic"], limit=100, batch_size=128, adaptive=True, attacks=["layerwise"], attack_steps=30)
-    report = check_model(
-        release,
-        base,
-        config,
-        tasks=["toy_count"],
-        include_tasks=[str(toy_world.tasks)],
-        merge_with=[str(toy_world.model("rev"))],
-        freerider_tasks=["toy_rev"],
-        attack_examples=load_train_examples(toy_world.data("count", "train"), limit=256),
-        progress=False,
-    )
+    report = _attacked(toy_world, config, release)
     plain = report.best["task_arithmetic"]["protected"]
     result = report.robustness.attacks["layerwise"]
     coefficients = result.details["coefficients"]
@@ -250,23 +242,11 @@ def test_fine_tuning_attacks_search_their_settings_and_are_credited_beyond_the_b
     """With --thorough the fine-tuning attacks try six settings (one change at a time) and keep their best; the
     references get the same search, so the credit is the best setting's kept share beyond the best reference's."""
     from hf_mergeguard.attacks.finetuning import fine_tuning_work, references_work
-    from hf_mergeguard.data import load_train_examples
-    from hf_mergeguard.selftest.check import check_model
     from hf_mergeguard.selftest.config import SelfTestConfig
 
-    options = dict(limit=50, batch_size=128, adaptive=True, attacks=["recover"], attack_steps=4, attack_examples=16)
-    config = SelfTestConfig(methods=["linear"], thorough=True, **options)
-    report = check_model(
-        Checkpoint(toy_world.model("count")),
-        Checkpoint(toy_world.base),
-        config,
-        tasks=["toy_count"],
-        include_tasks=[str(toy_world.tasks)],
-        merge_with=[str(toy_world.model("rev"))],
-        freerider_tasks=["toy_rev"],
-        attack_examples=load_train_examples(toy_world.data("count", "train"), limit=256),
-        progress=False,
-    )
+    options = dict(limit=24, batch_size=128, adaptive=True, attacks=["recover"], attack_steps=4, attack_examples=16)
+    config = SelfTestConfig(methods=["model_stock"], thorough=True, **options)  # one merge: the test is of the search
+    report = _attacked(toy_world, config)
     result = report.robustness.attacks["recover"]
     search = result.details["search"]
     assert [s["setting"] for s in search] == [
@@ -290,31 +270,20 @@ def test_ftmerge_trains_the_riders_task_into_the_release_and_keeps_the_defenders
     """The release fine-tuned on the free-rider's own rows (his task's training split, as the task shows them) with the
     KL term on the defender's prompts: it learns some of his skill, keeps the defender's, and is then merged; credited
     beyond the references. A free-rider task without a training split cannot be attacked this way."""
-    from hf_mergeguard.data import load_train_examples
     from hf_mergeguard.evaluation import Evaluator
-    from hf_mergeguard.selftest.check import check_model
     from hf_mergeguard.selftest.config import SelfTestConfig
 
-    config = SelfTestConfig(methods=["task_arithmetic"], limit=100, batch_size=128, adaptive=True, attacks=["ftmerge"], attack_steps=30)
-    report = check_model(
-        Checkpoint(toy_world.model("count")),
-        Checkpoint(toy_world.base),
-        config,
-        tasks=["toy_count"],
-        include_tasks=[str(toy_world.tasks)],
-        merge_with=[str(toy_world.model("rev"))],
-        freerider_tasks=["toy_rev"],
-        attack_examples=load_train_examples(toy_world.data("count", "train"), limit=256),
-        progress=False,
-    )
+    config = SelfTestConfig(methods=["task_arithmetic"], limit=40, batch_size=128, adaptive=True, attacks=["ftmerge"], attack_steps=30)
+    report = _attacked(toy_world, config)
     result = report.robustness.attacks["ftmerge"]
     details = result.details
     assert details["applies"] and details["freerider_task"] == "toy_rev" and details["freerider_rows"] == 512
-    # Measured (the unprotected count fine-tune as the release, 100 prompts): loss 0.66 -> 0.07; the fine-tuned release
-    # alone keeps count (100.0) and learned rev to 86.0 (0.48 of its gain: reported, not counted); its best
-    # task-arithmetic merge keeps 0.44 of count's gain with rev at 98.0; credited -0.24 beyond the reference (0.68).
+    # Measured (the unprotected count fine-tune as the release; 100 prompts, where 40 keep the test quick): loss 0.66
+    # -> 0.07; the fine-tuned release alone keeps count (100.0) and learned rev to 86.0 (0.48 of its gain: reported,
+    # not counted); its best task-arithmetic merge keeps 0.44 of count's gain with rev at 98.0; credited -0.24 beyond
+    # the reference (0.68).
     assert details["loss_first_last"][1] < 0.5 * details["loss_first_last"][0]
-    assert details["alone"]["defender_kept"] >= 0.9 and details["alone"]["freerider_kept"] >= 0.3
+    assert details["alone"]["defender_kept"] >= 0.9 and details["alone"]["freerider_kept"] >= 0.2  # 40 prompts: 0.92, 0.30
     assert result.best.method == "task_arithmetic" and result.best.freerider_kept >= 0.5
     assert result.credited == pytest.approx(result.best.defender_kept - details["reference_kept"])
 
@@ -324,3 +293,22 @@ def test_ftmerge_trains_the_riders_task_into_the_release_and_keeps_the_defenders
     assert evaluator.training_examples("toy_rev_no_train", 5) == []
     first, row = evaluator.training_examples("toy_rev", 2)[0], json.loads(toy_world.data("rev", "train").read_text().splitlines()[0])
     assert (first.prompt, first.completion) == (row["prompt"], row["completion"])  # doc_to_text, target_delimiter ("") + doc_to_target
+
+
+def _attacked(toy_world, config, release=None):
+    """``check`` of ``release`` (default: the count fine-tune) against the rev fine-tune, with the attacker's examples
+    from count's training data (the self-test, then ``config``'s attacks)."""
+    from hf_mergeguard.data import load_train_examples
+    from hf_mergeguard.selftest.check import check_model
+
+    return check_model(
+        release or Checkpoint(toy_world.model("count")),
+        Checkpoint(toy_world.base),
+        config,
+        tasks=["toy_count"],
+        include_tasks=[str(toy_world.tasks)],
+        merge_with=[str(toy_world.model("rev"))],
+        freerider_tasks=["toy_rev"],
+        attack_examples=load_train_examples(toy_world.data("count", "train"), limit=256),
+        progress=False,
+    )

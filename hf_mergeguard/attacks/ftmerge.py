@@ -141,8 +141,13 @@ def _describe(result: AttackResult) -> str:
     return (
         f"fine-tuned this model for {d['steps']} steps on {d['freerider_rows']} rows of the free-rider's own task "
         f"({d['freerider_task']}), holding its outputs on {d['examples']} defender prompts (KL), then merged it with the "
-        "free-rider's model by every method"
+        f"free-rider's model by every method; alone (continued fine-tuning, not counted) it keeps {_share(d['alone']['defender_kept'])} "
+        f"of this model's gain and {_share(d['alone']['freerider_kept'])} of the free-rider's"
     )
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
 
 
 register_attack(

@@ -31,6 +31,11 @@ BOUNDS = (0.0, 2.0)
 REST = "rest"  # the coefficient of every tensor outside the decoder blocks
 
 
+def checkpointed(parameters: int) -> bool:
+    """Whether the gradient passes recompute activations: for an LLM (100 M parameters or more)."""
+    return parameters >= 100_000_000
+
+
 def block_of(name: str) -> str:
     layer, _ = split_layer_name(name)
     return REST if layer is None else str(layer)
@@ -59,6 +64,9 @@ def run_layerwise(ctx: AttackContext) -> AttackResult:
     model = model_from_state_dict(ctx.protected.config, start, dtype=stored, device=device)
     params = dict(model.named_parameters())  # a tied lm_head is the embedding's parameter: one entry
     model.requires_grad_(True)
+    if checkpointed(sum(p.numel() for p in params.values())):  # an LLM: recompute activations (an 8B fits 80 GB)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()  # (no dropout in these models; checkpointing acts in training mode only)
     encoded = encode_examples(ctx.tokenizer, examples, max_length=256)
     pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.tokenizer.eos_token_id
     batch_size = min(16, len(encoded))
@@ -85,6 +93,9 @@ def run_layerwise(ctx: AttackContext) -> AttackResult:
                 if name in tau:
                     param.copy_(fixed[name].float() + float(coefficients[index[block_of(name)]]) * tau[name].float())
     del fixed, tau
+    model.eval()
+    if model.is_gradient_checkpointing:
+        model.gradient_checkpointing_disable()
     model.requires_grad_(False)
     model.zero_grad(set_to_none=True)
     scored = ctx.scored(ctx.score_model(model), freerider)
@@ -124,7 +135,12 @@ register_attack(
         needs_examples=True,
         held_model_copies=2,  # the fixed part and the defender's vector
         memory=lambda config, shape, stored_bytes: gradient_pass_memory(
-            shape, stored_bytes=stored_bytes, tokens=16 * 256, extra_copies=2, stage="the layerwise attack"
+            shape,
+            stored_bytes=stored_bytes,
+            tokens=16 * 256,
+            extra_copies=2,
+            checkpointing=checkpointed(shape.parameters),
+            stage="the layerwise attack",
         ),
         fits_with="--attacks without layerwise (it takes every weight's gradient), or a GPU with more memory",
         work=lambda config, size: [fine_tuning_work("the layerwise attack", config, searched=False)],
