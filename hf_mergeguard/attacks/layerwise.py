@@ -22,7 +22,7 @@ from ..architectures import split_layer_name
 from ..io.hf_models import model_from_state_dict
 from ..memory import gradient_pass_memory
 from ..report.schema import AttackResult
-from ..training import collate, encode_examples, token_loss_sum
+from ..training import collate, enable_checkpointing, encode_examples, token_loss_sum
 from .base import AttackContext, AttackSpec, register_attack
 from .finetuning import attacker_examples, fine_tuning_work
 
@@ -64,8 +64,9 @@ def run_layerwise(ctx: AttackContext) -> AttackResult:
     model = model_from_state_dict(ctx.protected.config, start, dtype=stored, device=device)
     params = dict(model.named_parameters())  # a tied lm_head is the embedding's parameter: one entry
     model.requires_grad_(True)
-    if checkpointed(sum(p.numel() for p in params.values())):  # an LLM: recompute activations (an 8B fits 80 GB)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointing = checkpointed(sum(p.numel() for p in params.values()))
+    if checkpointing:  # an LLM: recompute activations (an 8B fits 80 GB)
+        enable_checkpointing(model, {"use_reentrant": False})
     model.train()  # (no dropout in these models; checkpointing acts in training mode only)
     encoded = encode_examples(ctx.tokenizer, examples, max_length=256)
     pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.tokenizer.eos_token_id
@@ -94,8 +95,8 @@ def run_layerwise(ctx: AttackContext) -> AttackResult:
                     param.copy_(fixed[name].float() + float(coefficients[index[block_of(name)]]) * tau[name].float())
     del fixed, tau
     model.eval()
-    if model.is_gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+    if checkpointing:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     model.requires_grad_(False)
     model.zero_grad(set_to_none=True)
     scored = ctx.scored(ctx.score_model(model), freerider)
