@@ -157,6 +157,16 @@ def collate(items: Sequence[tuple[list[int], list[int]]], pad_id: int, length: i
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+def padding_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def mean_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled positions of one batch."""
+    return token_loss_sum(logits, labels) / max(int((labels[:, 1:] != -100).sum()), 1)
+
+
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of next-token cross-entropy over the labelled positions."""
     shift_logits = logits[:, :-1].float()
@@ -280,7 +290,7 @@ def train_causal_lm(
             f"A micro-batch of {micro} examples cannot give each of {world} processes at least one.",
             "Raise --train-batch-size (or lower --gradient-accumulation-steps) to at least one example per process per micro-batch.",
         )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
 
     torch.manual_seed(config.seed)
     if config.gradient_checkpointing:

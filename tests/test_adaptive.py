@@ -278,10 +278,9 @@ def test_ftmerge_trains_the_riders_task_into_the_release_and_keeps_the_defenders
     result = report.robustness.attacks["ftmerge"]
     details = result.details
     assert details["applies"] and details["freerider_task"] == "toy_rev" and details["freerider_rows"] == 512
-    # Measured (the unprotected count fine-tune as the release; 100 prompts, where 40 keep the test quick): loss 0.66
-    # -> 0.07; the fine-tuned release alone keeps count (100.0) and learned rev to 86.0 (0.48 of its gain: reported,
-    # not counted); its best task-arithmetic merge keeps 0.44 of count's gain with rev at 98.0; credited -0.24 beyond
-    # the reference (0.68).
+    # Measured (the unprotected count fine-tune as the release, 40 prompts): loss 0.66 -> 0.07; the fine-tuned release
+    # alone keeps 0.92 of count's gain and learned 0.30 of rev's (reported, not counted); its merges are credited beyond
+    # the references.
     assert details["loss_first_last"][1] < 0.5 * details["loss_first_last"][0]
     assert details["alone"]["defender_kept"] >= 0.9 and details["alone"]["freerider_kept"] >= 0.2  # 40 prompts: 0.92, 0.30
     assert result.best.method == "task_arithmetic" and result.best.freerider_kept >= 0.5

@@ -23,7 +23,7 @@ from ..io.hf_models import model_from_state_dict
 from ..report.schema import AttackResult, MergeResult, ScoredModel, to_dict
 from ..report.scoring import attacker_best
 from ..trained_change import TrainedModel
-from ..training import TrainingConfig, train_causal_lm
+from ..training import TrainingConfig, padding_id, train_causal_lm
 from ..workload import Work
 from .base import AttackContext
 
@@ -101,10 +101,6 @@ class FineTuningStart:
     @property
     def start(self) -> MergeResult:
         return self.starts[FREERIDER_START][0]
-
-    @property
-    def merged(self) -> dict:
-        return self.starts[FREERIDER_START][1]
 
     @property
     def data_only(self) -> ScoredModel:
@@ -260,7 +256,7 @@ def teacher_examples(teacher, tokenizer, examples: list) -> list:
     lengths = [len(tokenizer(e.completion, add_special_tokens=False)["input_ids"]) for e in examples]
     cap = min(256, 2 * max(lengths, default=16) + 8)
     one_line = not any("\n" in e.completion.rstrip("\n") for e in examples)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     taught = []
     try:

@@ -28,7 +28,7 @@ from ..io.hf_models import model_state_dict
 from ..io.sources import StateDictSource
 from ..memory import finetune_memory
 from ..report.schema import AttackResult
-from ..training import collate, encode_examples, token_loss_sum
+from ..training import collate, encode_examples, mean_token_loss, padding_id
 from ..workload import Work
 from .base import AttackContext, AttackSpec, matrix_attack_result, register_attack
 from .finetuning import attack_learning_rate, shared_start
@@ -88,7 +88,7 @@ def run_ftmerge(ctx: AttackContext) -> AttackResult:
 def _train(ctx: AttackContext, model, rows: list, defender_examples: list) -> list[float]:
     """``attack_steps`` AdamW steps of cross-entropy on ``rows`` plus the KL term on ``defender_examples``; the losses."""
     tokenizer = ctx.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     rider = encode_examples(tokenizer, rows, max_length=256)
     held = encode_examples(tokenizer, defender_examples, max_length=256)
     held_batch = {k: v.to(model.device) for k, v in collate(held, pad).items()}
@@ -116,7 +116,7 @@ def _train(ctx: AttackContext, model, rows: list, defender_examples: list) -> li
         picked = torch.randperm(len(rider), generator=generator)[: min(BATCH, len(rider))].tolist()
         batch = {k: v.to(model.device) for k, v in collate([rider[i] for i in picked], pad).items()}
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        task_loss = token_loss_sum(out, batch["labels"]) / max(int((batch["labels"][:, 1:] != -100).sum()), 1)
+        task_loss = mean_token_loss(out, batch["labels"])
         # In order: the student's answer positions then come in the order of the release's.
         chosen = torch.randperm(len(held), generator=generator)[: min(BATCH, len(held))].sort().values
         keep = torch.isin(rows_of, chosen.to(rows_of.device))

@@ -22,7 +22,7 @@ from ..architectures import split_layer_name
 from ..io.hf_models import model_from_state_dict
 from ..memory import gradient_pass_memory
 from ..report.schema import AttackResult
-from ..training import collate, enable_checkpointing, encode_examples, token_loss_sum
+from ..training import collate, enable_checkpointing, encode_examples, mean_token_loss, padding_id
 from .base import AttackContext, AttackSpec, register_attack
 from .finetuning import attacker_examples, fine_tuning_work
 
@@ -69,7 +69,7 @@ def run_layerwise(ctx: AttackContext) -> AttackResult:
         enable_checkpointing(model, {"use_reentrant": False})
     model.train()  # (no dropout in these models; checkpointing acts in training mode only)
     encoded = encode_examples(ctx.tokenizer, examples, max_length=256)
-    pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.tokenizer.eos_token_id
+    pad = padding_id(ctx.tokenizer)
     batch_size = min(16, len(encoded))
     generator = torch.Generator().manual_seed(ctx.seed)
     losses = []
@@ -78,7 +78,7 @@ def run_layerwise(ctx: AttackContext) -> AttackResult:
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in picked], pad).items()}
         model.zero_grad(set_to_none=True)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = token_loss_sum(logits, batch["labels"]) / max(int((batch["labels"][:, 1:] != -100).sum()), 1)
+        loss = mean_token_loss(logits, batch["labels"])
         loss.backward()
         losses.append(float(loss.detach()))
         gradient = torch.zeros_like(coefficients)

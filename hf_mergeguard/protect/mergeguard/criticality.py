@@ -26,7 +26,7 @@ import torch
 
 from ...distributed import run_jobs
 from ...io.hf_models import model_from_state_dict
-from ...training import Example, collate, encode_examples, token_loss_sum
+from ...training import Example, collate, encode_examples, padding_id, token_loss_sum
 from .negation import excluded_count
 
 
@@ -71,7 +71,7 @@ def calibration_loss(model, batches: list[dict]) -> float:
 
 def calibration_batches(tokenizer, examples: Sequence[Example], *, max_length: int, batch_size: int, device) -> tuple[list[dict], int]:
     encoded = encode_examples(tokenizer, examples, max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     batches = [{k: v.to(device) for k, v in collate(encoded[i : i + batch_size], pad).items()} for i in range(0, len(encoded), batch_size)]
     return batches, sum(len(ids) for ids, _ in encoded)
 
