@@ -59,12 +59,26 @@ class ModelInputs:
         None, "defender's data: JSONL (question/answer, prompt/completion or text) or a Hub dataset name[:config]", "--train-data"
     )
     train_split: str = _option("train", "split of a Hub --train-data", "--train-split")
+    train_format: str = _option(
+        "auto",
+        "how --train-data rows become prompts: auto (as the first of --tasks that reads them shows them, else fixed), "
+        "a task name, or fixed (prompt/completion as given, question/answer as lm-eval's gsm8k prompt)",
+        "--train-format",
+    )
+    train_fewshot: int = _option(0, "few-shot examples of the task put before each training row, as evaluation does", "--train-fewshot")
+    data_check: bool = _option(
+        True,
+        "refuse, before any work, a fine-tune whose loss on its --train-data is not below the base's (format or file mismatch)",
+        "--data-check/--no-data-check",
+    )
 
     def check_inputs(self) -> None:
         if not self.tasks:
             raise ConfigError("No --tasks given: the self-test needs the defender's tasks.", "e.g. --tasks gsm8k")
         if self.freerider_tasks and len(self.freerider_tasks) not in (1, len(self.merge_with)):
             raise ConfigError("Give one --freerider-tasks per --merge-with (in order), or one for all.")
+        if self.train_fewshot < 0:
+            raise ConfigError(f"--train-fewshot {self.train_fewshot} is negative.", "Give 0 (each row alone) or more.")
 
 
 @dataclass

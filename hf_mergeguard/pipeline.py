@@ -21,11 +21,12 @@ from . import __version__
 from .budget import fit_to_budget
 from .card.model_card import source_license
 from .config import ProtectConfig, dump_yaml
-from .data import load_train_examples
+from .data import TrainingData, load_training_data
+from .data_check import check_training_data
 from .environment import package_versions
 from .errors import GateFailedError, OutputExistsError
 from .evaluation import Evaluator, load_tokenizer
-from .evaluation.chat import as_chat, use_chat_template
+from .evaluation.chat import use_chat_template
 from .evaluation.harness import load_generation_config
 from .io.checkpoint import Checkpoint
 from .io.checks import check_compatible, check_finite
@@ -38,6 +39,7 @@ from .protect.steps import finished, mark_finished
 from .release.folder import LOG_FILE, key_of_a_killed_run, key_path_for, step_work_dir, write_release
 from .release.push import commit_message, gate_failure, preflight_push, push_release
 from .report.schema import SELFTEST_FILE, Inputs, ProtectionRecord, Release, SelfTestReport
+from .report.table import skill_loss_warning
 from .selftest.adaptive import run_adaptive_attacks
 from .selftest.freeriders import FreeRider, open_freeriders, selftest_evaluator
 from .selftest.matrix import run_selftest
@@ -78,7 +80,11 @@ class RunInputs:
     freeriders: list[FreeRider]
     tokenizer: object
     evaluator: Evaluator  # the defender's tasks and the free-riders': one for the whole run
-    train_examples: object  # loads the defender's data once (None without --train-data)
+    train_data: TrainingData | None  # the defender's data, formatted (None without --train-data)
+
+    def train_examples(self):
+        """The defender's formatted training examples (what the defenses and attacks train on)."""
+        return self.train_data.examples
 
 
 def _check_outputs(config: ProtectConfig, methods: list[str], work: Path, token) -> Path | None:
@@ -115,17 +121,8 @@ def open_inputs(config: ProtectConfig, *, token=None) -> RunInputs:
     chat = use_chat_template(config.selftest.chat_template, tokenizer)  # an instruct model: scored and trained as one
     evaluator = selftest_evaluator(config.tasks, config.include_tasks, riders, config.selftest, chat_template=chat)
     evaluator.generation_config = load_generation_config(model.path)  # every scored model decodes as the release will
-    cache: dict = {}
-
-    def train_examples():
-        if "rows" not in cache:
-            rows = load_train_examples(config.train_data, split=config.train_split)
-            cache["rows"] = as_chat(tokenizer, rows) if chat else rows
-        return cache["rows"]
-
-    if config.train_data:
-        train_examples()
-    return RunInputs(model, base, riders, tokenizer, evaluator, train_examples if config.train_data else None)
+    data = load_training_data(config, evaluator, tokenizer) if config.train_data else None
+    return RunInputs(model, base, riders, tokenizer, evaluator, data)
 
 
 def apply_defenses(config: ProtectConfig, inputs: RunInputs, work: Path, *, accelerator, device: str, progress: bool):
@@ -138,7 +135,7 @@ def apply_defenses(config: ProtectConfig, inputs: RunInputs, work: Path, *, acce
             base=inputs.base,
             original=inputs.model,
             tokenizer=inputs.tokenizer,
-            train_examples=inputs.train_examples,
+            train_examples=inputs.train_examples if inputs.train_data else None,
             evaluator=defender_only,
             work_dir=step_work_dir(work, index, name),
             accelerator=accelerator,
@@ -223,8 +220,12 @@ def self_test(
         base=inputs.base.source,
         base_revision=inputs.base.revision,
         license=source_license(inputs.model.path),
+        train_data=inputs.train_data.record() if inputs.train_data else None,
     )
     report.versions, report.protect_seconds = package_versions(), protect_seconds
+    warning = skill_loss_warning(report)
+    if warning:  # said now, before the attacks run on a model that lost its skill
+        log.warning(warning)
     return _keep(work / "selftest", report, accelerator)
 
 
@@ -255,7 +256,7 @@ def adaptive_attacks(
         evaluator=inputs.evaluator,
         config=config.selftest,
         seed=config.run.seed,
-        examples=inputs.train_examples() if inputs.train_examples else None,
+        examples=inputs.train_examples() if inputs.train_data else None,
         device=device,
         progress=progress and accelerator.is_main_process,
         score_cache=scores_dir(),
@@ -350,6 +351,7 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     device = config.run.device or str(accelerator.device)
     inputs = open_inputs(config, token=token)
     check_memory(config, inputs.model, processes=accelerator.num_processes, device=device)
+    check_training_data(config, inputs, device=device)  # before any work: rows it cannot learn, a fine-tune that does not know them
     claim_work_dir(config, work, write=accelerator.is_main_process)  # every process reads the same options
     accelerator.wait_for_everyone()
     work.mkdir(parents=True, exist_ok=True)

@@ -86,3 +86,23 @@ def test_card_command_rerenders_readme_and_plot(tmp_path, capsys):
     assert not list(folder.glob(".*tmp*"))
     write_card(folder, model_name="other/name")
     assert "# other/name" in (folder / "README.md").read_text()
+
+
+def test_a_model_that_lost_its_skill_says_so_first():
+    """Far past the standalone gate, the table, the gate error and the card first say the model lost its own skill and
+    point at the training data (its formatting as recorded) and options, before any merge figure."""
+    from hf_mergeguard.release.push import gate_failure
+    from hf_mergeguard.report.table import format_report
+
+    report = _report()
+    assert "lost" not in format_report(report).split("\n")[0]  # 4.3 points against 1.5: within the 3-point margin
+    report.gates["standalone_drop"].value = 38.5
+    report.gates["standalone_drop"].passed = False
+    report.inputs.train_data = {"rows": 500, "formatting": "fixed", "description": "in the fixed formatting (question/answer)"}
+    first = "The protected model lost 38.5 points of its own skill (the gate allows 1.5). The training rows were in the fixed"
+    assert format_report(report).startswith(f"WARNING: {first}")
+    error = gate_failure(report, ".", "hint")
+    assert error.message.startswith(first) and "--train-format" in error.message.split("\n")[0]
+    assert error.message.split("\n")[1].startswith("The self-test gate(s) standalone_drop")
+    card = str(render_card(report, model_name="a/b"))
+    assert card.index(first) < card.index("## Protection applied")

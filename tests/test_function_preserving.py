@@ -100,7 +100,9 @@ def test_defense_breaks_every_merge_on_the_toy_world(toy_world, tmp_path, capsys
 
 def test_unprotect_restores_the_original_and_refuses_a_wrong_key(toy_world, tmp_path, capsys, protect):
     out = tmp_path / "protected"
-    assert protect(toy_world, out, "mergelock+params") == 0  # params breaks TA too: both gates pass
+    # params breaks TA too: both gates pass. The release is what this test needs, not the grid (each defense's grid is
+    # above): a short self-test, task arithmetic on 40 prompts.
+    assert protect(toy_world, out, "mergelock+params", "--methods", "task_arithmetic", "--limit", "40") == 0
     printed = capsys.readouterr().out
     key = tmp_path / "protected.key.safetensors"
     assert str(key) in printed

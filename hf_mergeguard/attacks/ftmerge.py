@@ -41,7 +41,7 @@ BATCH = 16
 def rider_examples(ctx: AttackContext, freerider: int) -> tuple[list, str | None]:
     """The free-rider's own training rows (from his first task with a training split), and that task."""
     for task in ctx.freeriders[freerider].tasks:
-        rows = ctx.evaluator.training_examples(task, RIDER_ROWS)
+        rows = ctx.evaluator.training_examples(task, RIDER_ROWS, ctx.tokenizer)
         if rows:
             return rows, task
     return [], None

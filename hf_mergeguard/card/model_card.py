@@ -18,7 +18,7 @@ from ..io.atomic import write_text_atomically
 from ..io.hub import looks_like_repo_id
 from ..protect.base import DEFENSES, function_preserving_methods
 from ..report.schema import SELFTEST_FILE, SelfTestReport, load_report
-from ..report.table import attack_score, coefficient_label, free_ride_sentence, robustness_sentence
+from ..report.table import attack_score, coefficient_label, free_ride_sentence, robustness_sentence, skill_loss_warning
 from .plot import PLOT_FILE, plot_scores
 from .templates import template_path
 
@@ -165,6 +165,7 @@ def card_variables(report: SelfTestReport, *, model_name: str, protect_config: d
         "tool_version": report.tool_version,
         "forced": forced,
         "failed_gates": ", ".join(g["name"] for g in gates if g["verdict"] == "FAILED") or "none",
+        "skill_loss_warning": skill_loss_warning(report),
         "method": method,
         "public_parameters": public_parameters,
         "method_description": " ".join(DEFENSES.get(p.method).card_text for p in protections if p.method in DEFENSES),

@@ -40,7 +40,7 @@ def attack_command(
     Example: hf-mergeguard attack protected/ --base org/base --kind realign --merge-with org/other
     --freerider-tasks arc_easy --tasks gsm8k
     """
-    from ..data import load_train_examples
+    from ..data import read_rows
     from ..report.table import format_report
 
     config = checked_config(protected, overrides)
@@ -50,7 +50,7 @@ def attack_command(
     if plan:
         echo_plan(plan_check(config, "attack", token=token, gpus=plan_gpus, gpu_type=plan_gpu_type), as_json)
         raise typer.Exit(0)
-    examples = load_train_examples(config.train_data, split=config.train_split) if config.train_data else None
+    examples = read_rows(config.train_data, split=config.train_split) if config.train_data else None  # formatted by the task
     report = run_check(config, token=token, attack_examples=examples, keep_models=output_dir is not None, command="attack")
     if not is_main_process():
         raise typer.Exit(0 if report.gates["adaptive_retention"].passed else 1)

@@ -48,6 +48,8 @@ def run_check(config: CheckConfig, *, token: str | None, attack_examples=None, k
         attack_examples=attack_examples,
         keep_models=keep_models,
         accelerator=accelerator,
+        train_format=config.train_format,
+        train_fewshot=config.train_fewshot,
     )
 
 

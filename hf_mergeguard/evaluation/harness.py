@@ -156,25 +156,22 @@ class Evaluator:
         subset._code_requests_by_documents = {}
         return subset
 
-    def training_examples(self, task: str, limit: int) -> list:
-        """Up to ``limit`` rows of ``task``'s training split as the task shows them (``doc_to_text``, then
-        ``target_delimiter`` and ``doc_to_target``, as lm-eval writes a few-shot example); [] when the task has no
-        training split (or runs code in the sandbox)."""
-        from ..training import Example
-
+    def task_object(self, task: str):
+        """lm-eval's loaded task ``task`` (its few-shot sampler seeded as for scoring), or None for a code task (those
+        are loaded in the sandboxed child only)."""
         if task not in self.plain_tasks:
-            return []
+            return None
         loaded = self._load_tasks()["tasks"][task]
-        if not loaded.has_training_docs():
-            return []
-        delimiter = loaded.config.target_delimiter or ""
-        rows = []
-        for doc in loaded.training_docs():
-            target = loaded.doc_to_target(doc)
-            rows.append(Example(str(loaded.doc_to_text(doc)), delimiter + (target if isinstance(target, str) else str(target))))
-            if len(rows) >= limit:
-                break
-        return rows
+        seed_like_simple_evaluate([loaded])
+        return loaded
+
+    def training_examples(self, task: str, limit: int, tokenizer=None) -> list:
+        """Up to ``limit`` rows of ``task``'s training split as the task shows them; [] when the task has no training
+        split (or runs code in the sandbox)."""
+        from .formatting import training_split_examples
+
+        loaded = self.task_object(task)
+        return [] if loaded is None else training_split_examples(loaded, limit, tokenizer=tokenizer, chat=self.chat_template)
 
     def documents(self) -> list[dict]:
         """The (prompt, reference answer) pairs an evaluation generates for, over every in-process task (token counts)."""

@@ -112,8 +112,13 @@ def commit_message(method: str | None, forced: bool) -> str:
 
 
 def gate_failure(report: SelfTestReport, message: str, hint: str) -> GateFailedError:
-    """The error of a failed verdict (exit code 1): which gates failed, then ``message``."""
-    return GateFailedError(f"The self-test gate(s) {', '.join(report.failed_gates())} failed{message}", hint)
+    """The error of a failed verdict (exit code 1): a protected model that lost its own skill first, then which gates
+    failed, then ``message``."""
+    from ..report.table import skill_loss_warning
+
+    warning = skill_loss_warning(report)
+    first = f"{warning}\n" if warning else ""
+    return GateFailedError(f"{first}The self-test gate(s) {', '.join(report.failed_gates())} failed{message}", hint)
 
 
 def push_output(

@@ -134,6 +134,8 @@ class Inputs:
     base: str
     base_revision: str | None
     license: str | None
+    # the defender's data: rows, how they were formatted, and the pre-flight's losses (fine-tune vs base)
+    train_data: dict | None = _optional()
 
 
 @dataclass

@@ -62,9 +62,31 @@ def free_ride_sentence(ride: dict) -> str:
     )
 
 
+SKILL_LOSS_MARGIN = 3.0  # points past the standalone gate where the training, not the merges, is the first thing to read
+
+
+def skill_loss_warning(report: SelfTestReport) -> str | None:
+    """A plain first sentence when protection cost the model clearly more of its own skill than the gate allows: then
+    the training data's format or the training options are the likely cause, and the merge figures matter less."""
+    gate = report.gates.get("standalone_drop")
+    if gate is None or gate.value is None or gate.value <= gate.threshold + SKILL_LOSS_MARGIN:
+        return None
+    data = report.inputs.train_data if report.inputs is not None else None
+    rows = f" The training rows were {data['description']}." if data else ""
+    return (
+        f"The protected model lost {gate.value:.1f} points of its own skill (the gate allows {gate.threshold:g}).{rows} "
+        "Check first that the rows are the model's own data in the format its task shows (--train-format), then the "
+        "training options (--steps, --learning-rate); the merge figures of a model that lost its skill say little."
+    )
+
+
 def format_report(report: SelfTestReport) -> str:
-    """The standalone scores, the attacker's best merge per method, the adaptive attacks, and the gates."""
+    """The standalone scores, the attacker's best merge per method, the adaptive attacks, and the gates (after a plain
+    warning first when the protected model lost its own skill: :func:`skill_loss_warning`)."""
     lines = []
+    warning = skill_loss_warning(report)
+    if warning:
+        lines += [f"WARNING: {warning}", ""]
     tasks = report.tasks
     standalone = report.standalone
     with_original = report.with_original

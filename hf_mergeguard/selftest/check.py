@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from ..data import Row, format_rows
+from ..data_check import check_examples
 from ..evaluation import load_tokenizer
 from ..evaluation.chat import as_chat, use_chat_template
 from ..evaluation.harness import load_generation_config
@@ -36,6 +38,8 @@ def check_model(
     progress: bool = True,
     attack_examples: Sequence | None = None,
     keep_models: bool = False,
+    train_format: str = "auto",
+    train_fewshot: int = 0,
 ) -> SelfTestReport:
     """Run the self-test on ``model`` as it is (nothing is changed) and return the report.
 
@@ -43,7 +47,9 @@ def check_model(
         model: a folder, a Hub repo id, or tensors in memory (a :class:`TensorSource`).
         base: the model it was fine-tuned from.
         config: the self-test's options; with ``config.adaptive`` the adaptive attacks follow (the fine-tuning ones
-            on ``attack_examples``, the defender-task examples an attacker would have).
+            on ``attack_examples``, the defender-task examples an attacker would have: :class:`~hf_mergeguard.data.Row`
+            objects, formatted here as the task shows them (``train_format``, ``train_fewshot``: see
+            :mod:`hf_mergeguard.data`), or :class:`~hf_mergeguard.training.Example` objects, used as they are).
         tasks, include_tasks: the lm-eval tasks of the model's skill, and folders of extra task YAMLs.
         merge_with, freerider_tasks: the free-riders and their own tasks; without them a synthetic free-rider is
             fine-tuned from ``base`` (see :mod:`.freeriders`).
@@ -70,8 +76,7 @@ def check_model(
         evaluator = selftest_evaluator(tasks, include_tasks, riders, config, chat_template=chat)
         if isinstance(checkpoint, Checkpoint):
             evaluator.generation_config = load_generation_config(checkpoint.path)
-        if chat and attack_examples:
-            attack_examples = as_chat(tokenizer, attack_examples)
+        attack_examples = _attack_examples(attack_examples, evaluator, tasks, tokenizer, chat, train_format, train_fewshot)
         report = run_selftest(
             base=base_checkpoint,
             protected=checkpoint,
@@ -105,3 +110,15 @@ def check_model(
                 accelerator=accelerator,
             )
     return report
+
+
+def _attack_examples(given, evaluator, tasks, tokenizer, chat: bool, train_format: str, train_fewshot: int):
+    """The attacker's examples: rows formatted as the defender's task shows them (and checked for unknown tokens), or
+    formatted examples as given (put in the chat template when the run scores with one)."""
+    if not given:
+        return given
+    if all(isinstance(row, Row) for row in given):
+        data = format_rows(given, evaluator=evaluator, tasks=tasks, tokenizer=tokenizer, train_format=train_format, fewshot=train_fewshot)
+        check_examples(tokenizer, data, max_length=None)
+        return data.examples
+    return as_chat(tokenizer, given) if chat else given

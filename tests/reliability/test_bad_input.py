@@ -237,8 +237,23 @@ def test_invalid_yaml_config(release, refused, text, problem, hint):
         ('{"prompt": "1+1=", "completion": "2"}\n{"prompt": oops}\n', r":2 is not valid JSON", r"one JSON object"),
         ('{"input": "1+1=", "output": "2"}\n', r"no usable columns", r"prompt\+completion"),
         (None, r"does not exist", r"JSONL file or a Hub dataset"),
+        (
+            '{"prompt": "count a\\n", "completion": "#### 1"}\n{"prompt": "Count A\\n", "completion": "#### 1"}\n',
+            r"train\.jsonl:2; in the first, the characters 'A', 'C'",
+            r"--train-format",
+        ),
+        (
+            '{"prompt": "count a\\n", "completion": " "}\n',
+            r"nothing to learn \(an empty answer\): \S+train\.jsonl:1",
+            r"Remove the empty rows",
+        ),
+        (
+            '{"prompt": "count ' + "a" * 100 + '\\n", "completion": "#### 100"}\n',
+            r"longer than the model's context \(64 tokens\), up to 116",
+            r"Shorten",
+        ),
     ],
-    ids=["empty", "blank-lines", "malformed", "no-columns", "missing"],
+    ids=["empty", "blank-lines", "malformed", "no-columns", "missing", "unknown-characters", "empty-answer", "too-long"],
 )
 def test_empty_or_malformed_train_data(release, refused, content, problem, hint):
     data = release.tmp / "train.jsonl"
