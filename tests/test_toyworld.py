@@ -8,7 +8,7 @@ import torch
 from hf_mergeguard.attacks.merges import get_merge_method, merge_state_dict
 from hf_mergeguard.io.checkpoint import Checkpoint
 from hf_mergeguard.io.hf_models import model_from_state_dict
-from hf_mergeguard.toyworld import ToyWorldConfig, build_toy_world, exact_match, make_split, make_tokenizer
+from hf_mergeguard.toyworld import build_toy_world, exact_match, make_split, make_tokenizer
 
 
 def test_data_is_deterministic_and_test_prompts_are_held_out():
@@ -31,8 +31,11 @@ def test_tokenizer_round_trips_every_character():
 
 
 def test_training_is_deterministic(tmp_path):
-    """Two builds of a (tiny) world from the same config give bitwise identical weights."""
-    tiny = replace(ToyWorldConfig(), train_size=200, test_size=20, base_steps=6, finetune_steps=3, base_batch=8, finetune_batch=8)
+    """Two builds of a (tiny) world from the same config give bitwise identical weights (the pico world's shapes: the
+    build's code path is the default world's)."""
+    from hf_mergeguard.testing import PICO_WORLD
+
+    tiny = replace(PICO_WORLD, train_size=200, test_size=20, base_steps=6, finetune_steps=3, base_batch=8, finetune_batch=8)
     first = build_toy_world(config=tiny, cache_dir=tmp_path / "a", progress=False)
     second = build_toy_world(config=tiny, cache_dir=tmp_path / "b", progress=False)
     for name in ["base", *tiny.skills]:

@@ -227,3 +227,34 @@ def test_unknown_characters_and_a_wrong_file_are_refused_before_any_work(toy_wor
     # The wrong file's message gives both losses (measured: the count fine-tune 0.823 nats/token on rev's rows, the
     # base 0.795) and names the likely causes.
     assert "not below the base's" in err and "--train-format" in err
+
+
+def test_training_prompts_are_the_prompts_lm_eval_builds_for_evaluation(tasks, tmp_path):
+    """The formatted rows are lm-eval's own evaluation contexts for the same documents: plain, few-shot, and under a
+    chat template (few-shot examples as turns), built here by lm-eval's request builder."""
+    from hf_mergeguard.evaluation.formatting import chat_renderer
+    from hf_mergeguard.evaluation.harness import seed_like_simple_evaluate
+
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    rows = read_rows(write_rows(tmp_path / "train.jsonl", ROWS))
+    for chat, shots in ((False, 0), (False, 3), (True, 0), (True, 2)):
+        evaluator = Evaluator(["gsm8k_like"], include_tasks=tasks.include_tasks, chat_template=chat)
+        data = format_rows(rows, evaluator=evaluator, tasks=["gsm8k_like"], tokenizer=tokenizer, fewshot=shots)
+        task = evaluator.task_object("gsm8k_like")
+        task.set_config("num_fewshot", shots)
+        seed_like_simple_evaluate([task])
+        task.build_all_requests(
+            apply_chat_template=chat, fewshot_as_multiturn=chat, chat_template=chat_renderer(tokenizer) if chat else None
+        )
+        contexts = {instance.doc["answer"]: instance.arguments[0] for instance in task.instances}
+        for example, row in zip(data.examples, ROWS):
+            if shots == 0:  # with shots, each document draws its own examples: compare the shape, not the draw
+                assert example.prompt == contexts[row["answer"]], (chat, example.prompt, contexts[row["answer"]])
+            else:
+                assert example.prompt.count("#### ") == shots == contexts[row["answer"]].count("#### ")
+        assert data.examples[0].completion == ("#### 1" if chat else " #### 1")
+    assert data.examples[0].prompt.startswith("<s><|user|>Question: ") and data.examples[0].prompt.endswith("<|assistant|>")

@@ -17,7 +17,11 @@ from .options import JsonOpt, PlanGpusOpt, PlanGpuTypeOpt, PlanOpt, TokenOpt, ec
 
 
 @app.command("attack")
-@with_config_flags(CheckConfig, exclude=("--adaptive/--no-adaptive", "--thorough", "--bf16", "--fsdp"), rename={"--attacks": "--kind"})
+@with_config_flags(
+    CheckConfig,
+    exclude=("--adaptive/--no-adaptive", "--thorough", "--bf16", "--fsdp", "--data-check/--no-data-check"),  # no fine-tune to compare
+    rename={"--attacks": "--kind"},
+)
 def attack_command(
     protected: str = typer.Argument(..., help="The protected model (folder or repo id)."),
     output_dir: Optional[Path] = typer.Option(

@@ -93,6 +93,9 @@ def is_main_process() -> bool:
     exclude=(
         "--train-data",
         "--train-split",
+        "--train-format",
+        "--train-fewshot",
+        "--data-check/--no-data-check",
         "--adaptive/--no-adaptive",
         "--attacks",
         "--attack-examples",

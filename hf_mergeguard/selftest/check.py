@@ -76,7 +76,8 @@ def check_model(
         evaluator = selftest_evaluator(tasks, include_tasks, riders, config, chat_template=chat)
         if isinstance(checkpoint, Checkpoint):
             evaluator.generation_config = load_generation_config(checkpoint.path)
-        attack_examples = _attack_examples(attack_examples, evaluator, tasks, tokenizer, chat, train_format, train_fewshot)
+        context = base_checkpoint.config.get("max_position_embeddings")
+        attack_examples = _attack_examples(attack_examples, evaluator, tasks, tokenizer, context, train_format, train_fewshot)
         report = run_selftest(
             base=base_checkpoint,
             protected=checkpoint,
@@ -112,13 +113,13 @@ def check_model(
     return report
 
 
-def _attack_examples(given, evaluator, tasks, tokenizer, chat: bool, train_format: str, train_fewshot: int):
+def _attack_examples(given, evaluator, tasks, tokenizer, context: int | None, train_format: str, train_fewshot: int):
     """The attacker's examples: rows formatted as the defender's task shows them (and checked for unknown tokens), or
     formatted examples as given (put in the chat template when the run scores with one)."""
     if not given:
         return given
     if all(isinstance(row, Row) for row in given):
         data = format_rows(given, evaluator=evaluator, tasks=tasks, tokenizer=tokenizer, train_format=train_format, fewshot=train_fewshot)
-        check_examples(tokenizer, data, max_length=None)
+        check_examples(tokenizer, data, max_length=None, context=context)
         return data.examples
-    return as_chat(tokenizer, given) if chat else given
+    return as_chat(tokenizer, given) if evaluator.chat_template else given
