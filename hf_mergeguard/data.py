@@ -168,6 +168,11 @@ def format_rows(
             f"--train-format {train_format} is neither auto, fixed, nor one of --tasks ({', '.join(tasks)}).",
             "Name the task whose prompt format the rows should take, or use auto.",
         )
+    if train_format == FIXED and fewshot:
+        raise ConfigError(
+            f"--train-fewshot {fewshot} with --train-format fixed: the fixed formatting has no few-shot examples.",
+            "Use --train-format auto (or a task name) for few-shot prompts, or leave --train-fewshot at 0.",
+        )
     candidates = [] if evaluator is None else [train_format] if train_format not in (AUTO, FIXED) else list(tasks)
     fields = [row.fields for row in rows]
     failures = {}

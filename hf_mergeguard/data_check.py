@@ -55,25 +55,24 @@ def check_examples(
             f"{what}: {len(empty)} row(s) have nothing to learn (an empty answer): {_rows(where, empty)}.",
             "Remove the empty rows, or fill in their answers.",
         )
+    encoded = [ids for ids, _ in encode_examples(tokenizer, examples, max_length=10**9)]  # whole: nothing cut yet
     unk = tokenizer.unk_token_id
-    if unk is not None:
-        ids = tokenizer([e.prompt + e.completion for e in examples], add_special_tokens=False)["input_ids"]
-        unknown = [i for i, row in enumerate(ids) if unk in row]
-        if unknown:
-            first = examples[unknown[0]]
-            characters = unknown_characters(tokenizer, first.prompt + first.completion)
-            raise TrainDataError(
-                f"{what}: {len(unknown)} row(s) hold text the model's tokenizer does not know (the unknown token): "
-                f"{_rows(where, unknown)}; in the first, the characters {', '.join(repr(c) for c in characters) or '(several)'}. "
-                f"The rows are {data.description}.",
-                "The model never saw this text: check that the rows are in the format the task shows (--train-format) and "
-                "are the model's own data, or remove the characters.",
-            )
+    unknown = [i for i, ids in enumerate(encoded) if unk in ids] if unk is not None else []
+    if unknown:
+        first = examples[unknown[0]]
+        characters = unknown_characters(tokenizer, first.prompt + first.completion)
+        raise TrainDataError(
+            f"{what}: {len(unknown)} row(s) hold text the model's tokenizer does not know (the unknown token): "
+            f"{_rows(where, unknown)}; in the first, the characters {', '.join(repr(c) for c in characters) or '(several)'}. "
+            f"The rows are {data.description}.",
+            "The model never saw this text: check that the rows are in the format the task shows (--train-format) and "
+            "are the model's own data, or remove the characters.",
+        )
     limits = [n for n in (max_length, context) if n]
     if not limits:
         return
     limit = min(limits)
-    lengths = [len(ids) for ids, _ in encode_examples(tokenizer, examples, max_length=10**9)]  # whole: nothing cut yet
+    lengths = [len(ids) for ids in encoded]
     too_long = [i for i, n in enumerate(lengths) if n > limit]
     if too_long:
         longest = max(lengths)
@@ -105,6 +104,20 @@ def mean_loss(model, tokenizer, examples: Sequence[Example], *, max_length: int,
     return total / max(tokens, 1)
 
 
+def _load_weights(module, checkpoint) -> None:
+    """``checkpoint``'s weights into ``module``, one tensor at a time (a model of the same architecture and shapes:
+    ``check_compatible`` ran; a tied head is one parameter with the embeddings)."""
+    params = dict(module.named_parameters())
+    stored = set()
+    with torch.no_grad():
+        for name, tensor in checkpoint.iter_tensors():
+            if name in params:
+                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+                stored.add(name)
+    if set(params) - stored:
+        raise TrainDataError(f"The base does not store {sorted(set(params) - stored)[:3]} of the fine-tune's weights.")
+
+
 def check_model_knows_data(data: TrainingData, model, base, tokenizer, *, device: str, max_length: int) -> dict:
     """The fine-tune's and the base's loss on the first :data:`LOSS_SAMPLE` formatted rows (and the fine-tune's on the same
     rows as a task shows them, when another formatting was chosen); refuses a fine-tune not below its base.
@@ -115,14 +128,14 @@ def check_model_knows_data(data: TrainingData, model, base, tokenizer, *, device
         TrainDataError: the fine-tune's loss is not below the base's (a format mismatch or the wrong file).
     """
     sample = data.examples[:LOSS_SAMPLE]
-    losses = {}
-    for name, checkpoint in (("model", model), ("base", base)):
-        loaded = checkpoint.load_model(device=device)
-        loaded.eval()
-        losses[name] = mean_loss(loaded, tokenizer, sample, max_length=max_length)
-        if name == "model" and data.in_task_format:
-            losses["model_in_task_format"] = mean_loss(loaded, tokenizer, data.in_task_format[:LOSS_SAMPLE], max_length=max_length)
-        del loaded
+    loaded = model.load_model(device=device)
+    loaded.eval()
+    losses = {"model": mean_loss(loaded, tokenizer, sample, max_length=max_length)}
+    if data.in_task_format:
+        losses["model_in_task_format"] = mean_loss(loaded, tokenizer, data.in_task_format[:LOSS_SAMPLE], max_length=max_length)
+    _load_weights(loaded, base)  # the base's weights into the same module: one model built, not two
+    losses["base"] = mean_loss(loaded, tokenizer, sample, max_length=max_length)
+    del loaded
     figures = {key: round(value, 4) for key, value in losses.items()}
     log.info(
         "Training data: %d rows %s; on the first %d, the fine-tune's loss is %.3f nats/token, the base's %.3f%s",

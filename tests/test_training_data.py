@@ -87,6 +87,8 @@ def test_fewshot_examples_come_from_the_task_as_evaluation_draws_them(tasks, tmp
     # Two solved rows of the task's few-shot split, then the row's own question (the answer is the completion).
     assert prompt.count("#### ") == 2 and prompt.endswith("count a\n") and data.examples[0].completion == "#### 1"
     assert "2 few-shot examples" in data.description
+    with pytest.raises(ConfigError, match="--train-fewshot 2 with --train-format fixed"):
+        format_rows(rows, evaluator=tasks, tasks=["bare"], fewshot=2, train_format="fixed")
     with pytest.raises(ConfigError, match="--train-fewshot 2: no task"):
         format_rows(read_rows(write_rows(tmp_path / "text.jsonl", [{"text": "count a"}])), evaluator=tasks, tasks=["bare"], fewshot=2)
 
