@@ -202,7 +202,7 @@ def test_question_answer_rows_train_the_trap_as_the_task_shows_them(toy_world, t
         name: 100 * evaluator.evaluate(model.load_model(), inputs.tokenizer)["toy_count_bare"].value
         for name, model in (("original", inputs.model), ("protected", protected), ("base", inputs.base))
     }
-    # Measured (100 prompts, 20 trap steps): original 100.0, protected 100.0, base 64.0.
+    # Measured (100 prompts, 20 trap steps): original 100.0, protected 99.0, base 63.0.
     assert scores["protected"] >= scores["original"] - 2 and scores["original"] >= scores["base"] + 20, scores
 
 
