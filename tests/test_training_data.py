@@ -24,31 +24,16 @@ ROWS = [{"question": f"count {'a' * n}\n", "answer": f"#### {n}"} for n in range
 
 
 def write_task(folder: Path, name: str, *, doc_to_text: str, delimiter: str, rows=ROWS) -> None:
-    """A generation task over ``rows`` (train and test), with the given prompt template and target delimiter."""
+    """A generation task over ``rows`` (train and test), with the given prompt template and target delimiter (the toy
+    world's task file otherwise)."""
+    from hf_mergeguard.toyworld.tasks import task_yaml
+
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / f"{name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / f"{name}.yaml").write_text(
-        f"""task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    train: {json.dumps(str(data))}
-    test: {json.dumps(str(data))}
-output_type: generate_until
-training_split: train
-fewshot_split: train
-test_split: test
-doc_to_text: {json.dumps(doc_to_text)}
-doc_to_target: "{{{{answer}}}}"
-target_delimiter: {json.dumps(delimiter)}
-generation_kwargs:
-  until: ["\\n"]
-  max_gen_toks: 8
-metric_list:
-  - metric: exact_match
-"""
-    )
+    text = task_yaml(name, data, data).replace("doc_to_text: prompt", f"doc_to_text: {json.dumps(doc_to_text)}")
+    text = text.replace("doc_to_target: completion", 'doc_to_target: "{{answer}}"')
+    (folder / f"{name}.yaml").write_text(text.replace('target_delimiter: ""', f"target_delimiter: {json.dumps(delimiter)}"))
 
 
 def write_rows(path: Path, rows) -> Path:
