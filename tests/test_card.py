@@ -98,6 +98,8 @@ def test_a_model_that_lost_its_skill_says_so_first():
     assert "lost" not in format_report(report).split("\n")[0]  # 4.3 points against 1.5: within the 3-point margin
     report.gates["standalone_drop"].value = 38.5
     report.gates["standalone_drop"].passed = False
+    assert "No stage of this protection trained" in format_report(report).split("\n")[0]  # the fixture's MergeGuard: no stage 1
+    report.protection[0].details["stage1"] = {"steps": 100}  # as if stage 1 had trained
     report.inputs.train_data = {"rows": 500, "formatting": "fixed", "description": "in the fixed formatting (question/answer)"}
     first = "The protected model lost 38.5 points of its own skill (the gate allows 1.5). The training rows were in the fixed"
     assert format_report(report).startswith(f"WARNING: {first}")

@@ -66,17 +66,21 @@ SKILL_LOSS_MARGIN = 3.0  # points past the standalone gate where the training, n
 
 
 def skill_loss_warning(report: SelfTestReport) -> str | None:
-    """A plain first sentence when protection cost the model clearly more of its own skill than the gate allows: then
-    the training data's format or the training options are the likely cause, and the merge figures matter less."""
+    """A plain first sentence when protection cost the model clearly more of its own skill than the gate allows. After a
+    stage that trained (the trap, MergeGuard's stage 1) the training data's format or the training options are the
+    likely cause; either way the merge figures matter less."""
     gate = report.gates.get("standalone_drop")
     if gate is None or gate.value is None or gate.value <= gate.threshold + SKILL_LOSS_MARGIN:
         return None
+    lost = f"The protected model lost {gate.value:.1f} points of its own skill (the gate allows {gate.threshold:g})."
+    trained = any(p.details.get("training") or p.details.get("stage1") for p in report.protection or [])
+    if not trained:
+        return f"{lost} No stage of this protection trained: its edit costs this; its options are where to look."
     data = report.inputs.train_data if report.inputs is not None else None
     rows = f" The training rows were {data['description']}." if data else ""
     return (
-        f"The protected model lost {gate.value:.1f} points of its own skill (the gate allows {gate.threshold:g}).{rows} "
-        "Check first that the rows are the model's own data in the format its task shows (--train-format), then the "
-        "training options (--steps, --learning-rate); the merge figures of a model that lost its skill say little."
+        f"{lost}{rows} Check first that the rows are the model's own data in the format its task shows (--train-format), "
+        "then the training options (--steps, --learning-rate); the merge figures of a model that lost its skill say little."
     )
 
 
