@@ -15,9 +15,10 @@ from typing import Sequence
 
 import torch
 
-from .data import TrainingData
+from .data import TrainingData, load_train_examples
 from .errors import TrainDataError
-from .training import Example, collate, encode_examples, padding_id, token_loss_sum
+from .losses import mean_batch_loss
+from .training import encode_examples, loss_batches
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +90,6 @@ def check_examples(
         )
 
 
-def mean_loss(model, tokenizer, examples: Sequence[Example], *, max_length: int, batch_size: int = 8) -> float:
-    """Mean next-token loss (nats per answer token) of ``model`` on the answers of ``examples``."""
-    encoded = encode_examples(tokenizer, examples, max_length)
-    pad = padding_id(tokenizer)
-    device = next(model.parameters()).device
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            batch = {k: v.to(device) for k, v in collate(encoded[start : start + batch_size], pad).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            total += float(token_loss_sum(logits, batch["labels"]))
-            tokens += int((batch["labels"][:, 1:] != -100).sum())
-    return total / max(tokens, 1)
-
-
 def _load_weights(module, checkpoint) -> None:
     """``checkpoint``'s weights into ``module``, one tensor at a time (a model of the same architecture and shapes:
     ``check_compatible`` ran; a tied head is one parameter with the embeddings)."""
@@ -130,11 +116,13 @@ def check_model_knows_data(data: TrainingData, model, base, tokenizer, *, device
     sample = data.examples[:LOSS_SAMPLE]
     loaded = model.load_model(device=device)
     loaded.eval()
-    losses = {"model": mean_loss(loaded, tokenizer, sample, max_length=max_length)}
+    batches, _ = loss_batches(tokenizer, sample, max_length=max_length, batch_size=8, device=device)
+    losses = {"model": mean_batch_loss(loaded, batches)}
     if data.in_task_format:
-        losses["model_in_task_format"] = mean_loss(loaded, tokenizer, data.in_task_format[:LOSS_SAMPLE], max_length=max_length)
+        in_task, _ = loss_batches(tokenizer, data.in_task_format[:LOSS_SAMPLE], max_length=max_length, batch_size=8, device=device)
+        losses["model_in_task_format"] = mean_batch_loss(loaded, in_task)
     _load_weights(loaded, base)  # the base's weights into the same module: one model built, not two
-    losses["base"] = mean_loss(loaded, tokenizer, sample, max_length=max_length)
+    losses["base"] = mean_batch_loss(loaded, batches)
     del loaded
     figures = {key: round(value, 4) for key, value in losses.items()}
     log.info(
@@ -179,7 +167,6 @@ def training_max_length(config) -> int | None:
 def check_training_data(config, inputs, *, device: str) -> None:
     """Every pre-flight on the run's data, before any work: the defender's rows (and a defense's stand-in free-rider
     rows) against the tokenizer and the context, then the fine-tune's loss on its rows against the base's."""
-    from .data import load_train_examples
     from .protect.stack import parse_method
 
     context = inputs.model.config.get("max_position_embeddings")

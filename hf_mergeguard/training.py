@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import ConfigError, TrainingError
+from .losses import token_loss_sum
 
 
 @dataclass(frozen=True)
@@ -162,18 +163,12 @@ def padding_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def mean_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled positions of one batch."""
-    return token_loss_sum(logits, labels) / max(int((labels[:, 1:] != -100).sum()), 1)
-
-
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token cross-entropy over the labelled positions."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
+def loss_batches(tokenizer, examples: Sequence[Example], *, max_length: int, batch_size: int, device) -> tuple[list[dict], int]:
+    """``examples`` encoded and collated into batches on ``device`` (for :func:`mean_batch_loss`), and their token count."""
+    encoded = encode_examples(tokenizer, examples, max_length)
+    pad = padding_id(tokenizer)
+    batches = [{k: v.to(device) for k, v in collate(encoded[i : i + batch_size], pad).items()} for i in range(0, len(encoded), batch_size)]
+    return batches, sum(len(ids) for ids, _ in encoded)
 
 
 # An objective gets the (wrapped) model, a local micro-batch and the factor that turns a token-loss sum

@@ -26,9 +26,11 @@ import torch
 
 from ..io.hf_models import model_state_dict
 from ..io.sources import StateDictSource
+from ..losses import mean_token_loss
 from ..memory import finetune_memory
 from ..report.schema import AttackResult
-from ..training import collate, encode_examples, mean_token_loss, padding_id
+from ..report.table import percent
+from ..training import collate, encode_examples, padding_id
 from ..workload import Work
 from .base import AttackContext, AttackSpec, matrix_attack_result, register_attack
 from .finetuning import attack_learning_rate, shared_start
@@ -141,13 +143,9 @@ def _describe(result: AttackResult) -> str:
     return (
         f"fine-tuned this model for {d['steps']} steps on {d['freerider_rows']} rows of the free-rider's own task "
         f"({d['freerider_task']}), holding its outputs on {d['examples']} defender prompts (KL), then merged it with the "
-        f"free-rider's model by every method; alone (continued fine-tuning, not counted) it keeps {_share(d['alone']['defender_kept'])} "
-        f"of this model's gain and {_share(d['alone']['freerider_kept'])} of the free-rider's"
+        f"free-rider's model by every method; alone (continued fine-tuning, not counted) it keeps {percent(d['alone']['defender_kept'])} "
+        f"of this model's gain and {percent(d['alone']['freerider_kept'])} of the free-rider's"
     )
-
-
-def _share(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.0f}%"
 
 
 register_attack(

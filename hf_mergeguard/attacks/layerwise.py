@@ -20,9 +20,10 @@ import torch
 
 from ..architectures import split_layer_name
 from ..io.hf_models import model_from_state_dict
+from ..losses import mean_token_loss
 from ..memory import gradient_pass_memory
 from ..report.schema import AttackResult
-from ..training import collate, enable_checkpointing, encode_examples, mean_token_loss, padding_id
+from ..training import collate, enable_checkpointing, encode_examples, padding_id
 from .base import AttackContext, AttackSpec, register_attack
 from .finetuning import attacker_examples, fine_tuning_work
 

@@ -42,8 +42,9 @@ import torch
 
 from ..data import load_train_examples
 from ..errors import ConfigError, TrainDataError
+from ..losses import token_loss_sum
 from ..trained_change import BASE, TrainedModel, perturb_delta
-from ..training import Example, RunConfig, TrainingConfig, TrainingResult, make_accelerator, shards_weights, token_loss_sum, train_causal_lm
+from ..training import Example, RunConfig, TrainingConfig, TrainingResult, make_accelerator, shards_weights, train_causal_lm
 from ..workload import Work, training_work
 from .base import DefenseSpec, ProtectContext, ProtectionResult, register_defense
 from .steps import trained_checkpoint

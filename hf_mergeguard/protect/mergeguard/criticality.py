@@ -26,7 +26,8 @@ import torch
 
 from ...distributed import run_jobs
 from ...io.hf_models import model_from_state_dict
-from ...training import Example, collate, encode_examples, padding_id, token_loss_sum
+from ...losses import mean_batch_loss, mean_token_loss
+from ...training import Example, loss_batches
 from .negation import excluded_count
 
 
@@ -56,24 +57,6 @@ def _rank(scores: dict[str, float], count: int) -> list[str]:
     # Stable: ties keep the model's own order of units.
     order = sorted(scores, key=lambda unit: -scores[unit])
     return order[:count]
-
-
-@torch.no_grad()
-def calibration_loss(model, batches: list[dict]) -> float:
-    """Mean next-token loss of ``model`` over the calibration batches (labelled tokens only)."""
-    total, tokens = 0.0, 0
-    for batch in batches:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        total += float(token_loss_sum(logits, batch["labels"]))
-        tokens += int((batch["labels"][:, 1:] != -100).sum())
-    return total / max(1, tokens)
-
-
-def calibration_batches(tokenizer, examples: Sequence[Example], *, max_length: int, batch_size: int, device) -> tuple[list[dict], int]:
-    encoded = encode_examples(tokenizer, examples, max_length)
-    pad = padding_id(tokenizer)
-    batches = [{k: v.to(device) for k, v in collate(encoded[i : i + batch_size], pad).items()} for i in range(0, len(encoded), batch_size)]
-    return batches, sum(len(ids) for ids, _ in encoded)
 
 
 def _single_examples(batches: list[dict]):
@@ -106,7 +89,7 @@ def fast_criticality(
         check_factor: how many units get the exact check, as a multiple of the number to exclude.
     """
     start = time.perf_counter()
-    batches, sequence_tokens = calibration_batches(tokenizer, calibration, max_length=max_length, batch_size=batch_size, device=device)
+    batches, sequence_tokens = loss_batches(tokenizer, calibration, max_length=max_length, batch_size=batch_size, device=device)
     model = model_from_state_dict(config, {k: v.clone() for k, v in theta.items()}, device=device)
     params = dict(model.named_parameters())
     for p in params.values():
@@ -120,8 +103,7 @@ def fast_criticality(
     for single in _single_examples(batches):
         model.zero_grad(set_to_none=True)
         logits = model(input_ids=single["input_ids"], attention_mask=single["attention_mask"]).logits
-        tokens = max(1, int((single["labels"][:, 1:] != -100).sum()))
-        (token_loss_sum(logits, single["labels"]) / tokens).backward()
+        mean_token_loss(logits, single["labels"]).backward()
         examples += 1
         for unit, names in units.items():
             change = 0.0
@@ -139,12 +121,12 @@ def fast_criticality(
     n_exclude = excluded_count(len(units), exclude_share)
     n_check = min(len(units), max(n_exclude, int(round(check_factor * n_exclude))))
     candidates = _rank(screen, n_check)
-    baseline = calibration_loss(model, batches)
+    baseline = mean_batch_loss(model, batches)
     exact = {}
     for unit in candidates:
         for name in units[unit]:
             params[name].data.copy_(base[name].to(params[name].device, params[name].dtype))
-        exact[unit] = calibration_loss(model, batches) - baseline
+        exact[unit] = mean_batch_loss(model, batches) - baseline
         for name in units[unit]:
             params[name].data.copy_(theta[name].to(params[name].device, params[name].dtype))
     scores = {unit: exact.get(unit, 0.0) for unit in units}

@@ -22,7 +22,8 @@ from typing import Mapping, Sequence
 import torch
 
 from ...errors import ConfigError
-from ...training import Example, TrainingConfig, TrainingResult, make_accelerator, shards_weights, token_loss_sum, train_causal_lm
+from ...losses import token_loss_sum
+from ...training import Example, TrainingConfig, TrainingResult, make_accelerator, shards_weights, train_causal_lm
 
 READINGS = ("paper", "paper-mean", "base", "base-mean")
 
