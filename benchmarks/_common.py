@@ -84,14 +84,14 @@ def write_results(path: Path, text: str) -> None:
     print(text)
 
 
-def world_options(world, riders: tuple[str, ...]) -> dict:
-    """The configuration of a ``protect`` of the toy world's count fine-tune against the ``riders``' fine-tunes."""
+def world_options(world, riders: tuple[str, ...], defender: str = "count") -> dict:
+    """The configuration of a ``protect`` of the toy world's ``defender`` fine-tune against the ``riders``' fine-tunes."""
     return dict(
-        model=str(world.model("count")),
+        model=str(world.model(defender)),
         base=str(world.base),
-        tasks=["toy_count"],
+        tasks=[world.task_name(defender)],
         include_tasks=[str(world.tasks)],
-        train_data=str(world.data("count", "train")),
+        train_data=str(world.data(defender, "train")),
         merge_with=[str(world.model(r)) for r in riders],
         freerider_tasks=[f"toy_{r}" for r in riders],
     )
@@ -104,9 +104,11 @@ def run_settings(
     riders: tuple[str, ...] = ("rev", "sort"),
     selftest: dict | None = None,
     folders: list[str] | None = None,
+    world=None,
+    defender: str = "count",
 ) -> list[tuple[str, dict, float]]:
-    """``protect`` the toy world's count fine-tune once per setting (config overrides), against ``riders``, each into
-    ``out/<folder>`` (default ``setting-<index>``).
+    """``protect`` the toy world's ``defender`` fine-tune (default: the first world's count) once per setting (config
+    overrides), against ``riders``, each into ``out/<folder>`` (default ``setting-<index>``).
 
     Returns ``(name, report, seconds)`` per setting, the report as in ``selftest.json``; a failed gate still yields it.
     """
@@ -116,9 +118,11 @@ def run_settings(
     from hf_mergeguard.pipeline import protect
     from hf_mergeguard.toyworld import build_toy_world
 
-    world = build_toy_world()
+    world = world or build_toy_world()
     # The tables read every grid point: each is scored on every prompt (no race).
-    common = dict(world_options(world, riders), overwrite=True, selftest={"batch_size": 128, "race_rounds": 1, **(selftest or {})})
+    common = dict(
+        world_options(world, riders, defender), overwrite=True, selftest={"batch_size": 128, "race_rounds": 1, **(selftest or {})}
+    )
     rows = []
     for index, (name, overrides) in enumerate(settings.items()):
         folder = folders[index] if folders else f"setting-{index}"

@@ -51,10 +51,10 @@ def prompts_of(report: dict) -> int:
     return min(PROMPTS, report["config"].get("limit") or PROMPTS)
 
 
-def best_merged(report: dict, method: str) -> dict:
+def best_merged(report: dict, method: str, task: str = TASK) -> dict:
     """The attacker's best merge of ``method``: the highest defender score at any coefficient (what the goal bounds)."""
     merges = [m for m in report["merges"] if m["variant"] == "protected" and m["method"] == method]
-    return max(merges, key=lambda m: m["scores"][TASK])
+    return max(merges, key=lambda m: m["scores"][task])
 
 
 def attack_score(report: dict, attack: str) -> float:
@@ -62,13 +62,13 @@ def attack_score(report: dict, attack: str) -> float:
     return report["robustness"]["attacks"][attack]["best"]["defender_score"]
 
 
-def goal(report: dict) -> tuple[bool, float]:
+def goal(report: dict, task: str = TASK) -> tuple[bool, float]:
     """(goal met, the highest defender score any merge or attack reached)."""
-    base, original = report["standalone"]["base"][TASK], report["standalone"]["original"][TASK]
-    highest = max(best_merged(report, m)["scores"][TASK] for m in METHODS)
+    base, original = report["standalone"]["base"][task], report["standalone"]["original"][task]
+    highest = max(best_merged(report, m, task)["scores"][task] for m in METHODS)
     for attack in report.get("robustness", {}).get("attacks", {}):
         highest = max(highest, attack_score(report, attack))
-    kept = report["standalone"]["protected"][TASK] >= original - 0.01
+    kept = report["standalone"]["protected"][task] >= original - 0.01
     return kept and highest <= base + 0.05, highest
 
 
@@ -110,12 +110,13 @@ def kept_with_error(score: float, base: float, original: float, prompts: int) ->
     return kept, math.sqrt(variance) / abs(gain)
 
 
-def shares(report: dict, scores: dict) -> dict:
+def shares(report: dict, scores: dict, tasks: tuple[str, str] = (TASK, RIDER_TASK)) -> dict:
     """The defender's and the free-rider's kept shares of a merge's ``scores``, with errors, and the free ride."""
     standalone = report["standalone"]
     n = prompts_of(report)
-    defender = kept_with_error(scores[TASK], standalone["base"][TASK], standalone["original"][TASK], n)
-    rider = kept_with_error(scores[RIDER_TASK], standalone["base"][RIDER_TASK], standalone["freerider0"][RIDER_TASK], n)
+    task, rider_task = tasks
+    defender = kept_with_error(scores[task], standalone["base"][task], standalone["original"][task], n)
+    rider = kept_with_error(scores[rider_task], standalone["base"][rider_task], standalone["freerider0"][rider_task], n)
     return {"defender": defender, "freerider": rider, "free_ride": min(defender, rider, key=lambda pair: pair[0])}
 
 
@@ -123,15 +124,15 @@ def share_text(pair: tuple[float, float]) -> str:
     return f"{pair[0]:.2f} ± {pair[1]:.2f}"
 
 
-def method_cell(report: dict, method: str, variant: str = "protected") -> str:
+def method_cell(report: dict, method: str, variant: str = "protected", tasks: tuple[str, str] = (TASK, RIDER_TASK)) -> str:
     """The free ride at the method's best grid point for it / the defender's kept share at the attacker's best."""
     merges = [m for m in report["merges"] if m["variant"] == variant and m["method"] == method and m.get("prompts") is None]
-    free_riding = max((shares(report, m["scores"]) for m in merges), key=lambda s: s["free_ride"][0])
+    free_riding = max((shares(report, m["scores"], tasks) for m in merges), key=lambda s: s["free_ride"][0])
     best = report["best"][method][variant]
-    return f"{share_text(free_riding['free_ride'])} / {share_text(shares(report, best['scores'])['defender'])}"
+    return f"{share_text(free_riding['free_ride'])} / {share_text(shares(report, best['scores'], tasks)['defender'])}"
 
 
-def attack_cell(report: dict, name: str) -> str:
+def attack_cell(report: dict, name: str, tasks: tuple[str, str] = (TASK, RIDER_TASK)) -> str:
     """An attack's best result: free ride / defender's kept share (and what is credited when it is not that share)."""
     attack = report["robustness"]["attacks"].get(name)
     if attack is None:
@@ -139,9 +140,9 @@ def attack_cell(report: dict, name: str) -> str:
     if attack["details"].get("applies") is False:
         return "does not apply (the plain merges stand)"
     best = attack["best"]
-    if best.get("scores") is None or RIDER_TASK not in best["scores"]:
+    if best.get("scores") is None or tasks[1] not in best["scores"]:
         return "–"
-    measured = shares(report, best["scores"])
+    measured = shares(report, best["scores"], tasks)
     text = f"{share_text(measured['free_ride'])} / {share_text(measured['defender'])}"
     if attack["credited"] is None:
         return text + " (reference)"
@@ -150,28 +151,28 @@ def attack_cell(report: dict, name: str) -> str:
     return text + (" **defeats**" if attack["defeats"] else "")
 
 
-def free_ride_table(rows) -> str:
+def free_ride_table(rows, tasks: tuple[str, str] = (TASK, RIDER_TASK)) -> str:
     """Rows: the merge methods then the attacks; columns: unprotected, then each defense."""
+    task = tasks[0]
+    skill = task.removeprefix("toy_")
     header = ["method or attack", "unprotected", *(name for name, _, _ in rows)]
     lines = [_table_row(header), "|---" * len(header) + "|"]
     first = rows[0][1]
     lines.append(
         _table_row(
-            ["standalone score (count)", points(first["standalone"]["original"][TASK], prompts_of(first))]
-            + [points(report["standalone"]["protected"][TASK], prompts_of(report)) for _, report, _ in rows]
+            [f"standalone score ({skill})", points(first["standalone"]["original"][task], prompts_of(first))]
+            + [points(report["standalone"]["protected"][task], prompts_of(report)) for _, report, _ in rows]
         )
     )
     for method in METHODS:
-        lines.append(_table_row([method, method_cell(first, method, "original")] + [method_cell(r, method) for _, r, _ in rows]))
-    for name in attack_names():
-        lines.append(_table_row([f"`{name}`", "–"] + [attack_cell(r, name) for _, r, _ in rows]))
-    highest = [goal(r) for _, r, _ in rows]
-    lines.append(
-        _table_row(
-            ["highest count any merge or attack reached (base " + points(first["standalone"]["base"][TASK], prompts_of(first)) + ")", "–"]
-            + [f"{100 * h:.1f}" for _, h in highest]
+        lines.append(
+            _table_row([method, method_cell(first, method, "original", tasks)] + [method_cell(r, method, tasks=tasks) for _, r, _ in rows])
         )
-    )
+    for name in attack_names():
+        lines.append(_table_row([f"`{name}`", "–"] + [attack_cell(r, name, tasks) for _, r, _ in rows]))
+    highest = [goal(r, task) for _, r, _ in rows]
+    base = points(first["standalone"]["base"][task], prompts_of(first))
+    lines.append(_table_row([f"highest {skill} any merge or attack reached (base {base})", "–"] + [f"{100 * h:.1f}" for _, h in highest]))
     return "\n".join(lines)
 
 

@@ -26,12 +26,16 @@ from pathlib import Path
 
 from _common import measured_on, parse_args, peak_resident_mb, write_results
 
-# (name, weights dtype, lora rank, gradient checkpointing, layers, examples per micro-batch, tokens per example)
+# (name, weights dtype, lora rank, gradient checkpointing, layers, examples per micro-batch, tokens per example,
+#  perturbations: None for the trap's defaults)
+ISSUE_19 = ["dare", "ties", "rider"]  # the perturbations that form masks and random directions (issue 19's rows)
 MEASURED = [
-    ("LoRA 16 + checkpointing, fp32 weights", "float32", 16, True, None, 2, 128),
-    ("LoRA 16, no checkpointing, fp32 weights", "float32", 16, False, None, 2, 128),
-    ("LoRA 16 + checkpointing, bf16 weights", "bfloat16", 16, True, None, 1, 64),
-    ("every weight (fp32 + AdamW), 4 layers", "float32", 0, False, 4, 2, 128),
+    ("LoRA 16 + checkpointing, fp32 weights", "float32", 16, True, None, 2, 128, ISSUE_19),
+    ("LoRA 16, no checkpointing, fp32 weights", "float32", 16, False, None, 2, 128, ISSUE_19),
+    ("LoRA 16 + checkpointing, bf16 weights", "bfloat16", 16, True, None, 1, 64, ISSUE_19),
+    ("every weight (fp32 + AdamW), 4 layers", "float32", 0, False, 4, 2, 128, ISSUE_19),
+    # Issue 22: the default attack family (della, lowrank, layerwise, finetune with LoRA inner steps, ...).
+    ("attack-family defaults, LoRA 16 + checkpointing, fp32 weights", "float32", 16, True, None, 2, 128, None),
 ]
 
 
@@ -78,7 +82,8 @@ def child(spec: dict) -> dict:
         max_length=spec["tokens"],
         lora_rank=spec["lora"],
         gradient_checkpointing=spec["checkpointing"],
-        perturbations=["dare", "ties", "rider"],  # the perturbations that form masks and random directions
+        rider_data="random",  # no stand-in data here: random directions of several norms and ranks
+        **({"perturbations": spec["perturbations"]} if spec.get("perturbations") else {}),
     )
     baseline = peak_resident_mb()
     model = model_ckpt.load_model(dtype=dtype)
@@ -101,8 +106,11 @@ def child(spec: dict) -> dict:
 def modelled(row: dict) -> tuple[float, dict]:
     """``hf_mergeguard.memory``'s figure for a measured setting (its θ_pre anchor is the host copy of the base)."""
     from hf_mergeguard.memory import GB, Shape, trap_memory
+    from hf_mergeguard.protect.trap import TrapConfig
 
     shape = Shape.of(shape_config(row.get("layers")))  # from the recorded setting alone: --rows works anywhere
+    perturbations = row["perturbations"] if "perturbations" in row else ISSUE_19  # rows kept from before the column
+    config = TrapConfig(lora_rank=row["lora"], **({"perturbations": perturbations} if perturbations else {}))
     model = trap_memory(
         shape,
         stored_bytes=2,
@@ -111,6 +119,7 @@ def modelled(row: dict) -> tuple[float, dict]:
         tokens=row["batch"] * row["tokens"],
         checkpointing=row["checkpointing"],
         weight_bytes=4 if row["dtype"] == "float32" else 2,
+        inner_full="finetune" in config.perturbations and "full" in config.inner_modes(),
     )
     return model.total / GB, model.gigabytes()
 
@@ -125,7 +134,7 @@ def main() -> None:
     chosen = [int(i) for i in args.settings.split(",")] if args.settings else ([] if args.rows else range(len(MEASURED)))
     args.out.mkdir(parents=True, exist_ok=True)
     for index in chosen:
-        name, dtype, lora, checkpointing, layers, batch, tokens = MEASURED[index]
+        name, dtype, lora, checkpointing, layers, batch, tokens, perturbations = MEASURED[index]
         model, base = make_inputs(args.out, layers)
         spec = dict(
             name=name,
@@ -137,6 +146,7 @@ def main() -> None:
             checkpointing=checkpointing,
             batch=batch,
             tokens=tokens,
+            perturbations=perturbations,
         )
         print(f"-- {name}", flush=True)
         done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
@@ -168,8 +178,18 @@ def modelled_table() -> list[str]:
         lines.append(f"| {label} | " + " | ".join(f"{make(shape).total / GB:.1f} GB" for shape in shapes) + " |")
 
     def trap(lora, ckpt, accumulation=1, shards=1):
+        # The defaults: one stand-in free-rider vector (--trap-rider-data auto), the finetune term's inner steps on
+        # every weight unless the trap is a LoRA (or sharded: --fsdp runs without them).
         return lambda s: trap_memory(
-            s, stored_bytes=2, lora_rank=lora, samples=2, tokens=tokens // accumulation // shards, checkpointing=ckpt, shards=shards
+            s,
+            stored_bytes=2,
+            lora_rank=lora,
+            samples=2,
+            tokens=tokens // accumulation // shards,
+            checkpointing=ckpt,
+            shards=shards,
+            rider_vectors=1,
+            inner_full=not lora and shards == 1,
         )
 
     row("trap, every weight in fp32 (the default), batch 16 x 512", trap(0, False))
@@ -220,22 +240,25 @@ def report(rows: list[dict]) -> str:
         "",
         "Peak resident memory of the process while training (model, base and everything loaded), next to "
         "`hf_mergeguard.memory`'s model of the same setting (θ_pre is the host copy of the base). Perturbations: dare, ties, "
-        "rider (random directions); 2 samples per step.",
+        "rider (random directions) for issue 19's rows, the trap's defaults (every kind, the finetune term's inner steps as "
+        "a LoRA) for the attack-family row; 2 samples per step. The 400-step figure is the trap's default length at "
+        "that CPU speed.",
         "",
-        "| setting | micro-batch | measured peak | modelled | modelled / measured | s per step (CPU) |",
-        "|---|---|---|---|---|---|",
+        "| setting | micro-batch | measured peak | modelled | modelled / measured | s per step (CPU) | 400 steps (CPU) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         total, _ = modelled(row)
         if row.get("oom"):
             lines.append(
                 f"| {row['name']} | {row['batch']} x {row['tokens']} | killed by the OOM killer at {row.get('killed_at_gb', 0):.1f} GB "
-                f"(this machine: {row.get('ram_gb', 0):.0f} GB) | {total:.1f} GB | (does not fit: modelled above the RAM) | |"
+                f"(this machine: {row.get('ram_gb', 0):.0f} GB) | {total:.1f} GB | (does not fit: modelled above the RAM) | | |"
             )
             continue
         lines.append(
             f"| {row['name']} ({row['parameters'] / 1e9:.2f} B parameters) | {row['batch']} x {row['tokens']} | {row['peak_gb']:.1f} GB | "
-            f"{total:.1f} GB | {total / row['peak_gb']:.2f} | {row['seconds_per_step']:.0f} |"
+            f"{total:.1f} GB | {total / row['peak_gb']:.2f} | {row['seconds_per_step']:.0f} | "
+            f"{400 * row['seconds_per_step'] / 3600:.1f} h |"
         )
     lines += [
         "",

@@ -25,6 +25,10 @@ from _common import measured_on, parse_args, write_results
 CASES = [
     ("mergeguard (defaults)", ["--method", "mergeguard"]),
     ("trap, LoRA 16 + checkpointing", ["--method", "trap", "--trap-lora-rank", "16", "--gradient-checkpointing"]),
+    (
+        "trap, LoRA 16 + checkpointing, issue 19's terms only",
+        ["--method", "trap", "--trap-lora-rank", "16", "--gradient-checkpointing", "--trap-perturbations", "scale,dare,ties,rider"],
+    ),
 ]
 BUDGETS = (8, 4, 3, 2)
 HARDWARE = [("1 x H100", ["--plan-gpu-type", "h100"]), ("8 x H100", ["--plan-gpus", "8", "--plan-gpu-type", "h100"])]

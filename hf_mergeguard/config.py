@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .protect.base import DEFENSES
-from .protect.stack import stack, stack_order
+from .protect.stack import apply_presets, stack, stack_order
 from .selftest.config import SelfTestConfig
 from .training import RunConfig
 
@@ -123,6 +123,9 @@ class ProtectConfig(CheckConfig):
     work_dir: str | None = _option(None, "folder of resumable steps (default: the cache, keyed by the configuration)", "--work-dir")
     selftest: SelfTestConfig = field(default_factory=lambda: SelfTestConfig(adaptive=True))  # the attacks on by default
     defenses: dict[str, Any] = field(default_factory=_defense_sections, metadata={"sections": True})
+
+    def __post_init__(self):
+        apply_presets(self.method, self.defenses)
 
     def __getattr__(self, name: str):
         defenses = self.__dict__.get("defenses")

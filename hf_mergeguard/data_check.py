@@ -175,8 +175,8 @@ def check_training_data(config, inputs, *, device: str) -> None:
     if data is not None:
         check_examples(inputs.tokenizer, data, max_length=max_length, context=context)
     for name in parse_method(config.method) if getattr(config, "method", None) else []:
-        rider_data = getattr(config.defenses[name], "rider_data", None)
-        if rider_data:
+        sources = getattr(config.defenses[name], "rider_sources", list)()
+        for rider_data in sources:
             rider = load_train_examples(rider_data)
             stand_in = TrainingData(rider, [f"{rider_data} row {i + 1}" for i in range(len(rider))], "fixed", "in the fixed formatting")
             check_examples(inputs.tokenizer, stand_in, max_length=max_length, context=context, what="--trap-rider-data")

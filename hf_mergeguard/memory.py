@@ -107,7 +107,8 @@ def trap_memory(
     samples: int,
     tokens: int,
     checkpointing: bool,
-    rider_vector: bool = False,
+    rider_vectors: int = 0,
+    inner_full: bool = False,
     bf16_compute: bool = False,
     weight_bytes: int | None = None,
     shards: int = 1,
@@ -115,15 +116,17 @@ def trap_memory(
     """The merge trap, per process (``tokens``: examples x max length of one micro-batch on one process;
     ``weight_bytes``: the dtype the weights are loaded in, by default the stored one for a LoRA and float32 for full
     training, what ``protect`` does; ``shards``: the processes FSDP2 shards the weights, the trained parameters and
-    their AdamW state over; θ_pre, in its stored dtype, and the stand-in vector stay whole on each)."""
+    their AdamW state over; θ_pre and the stand-in vectors, in the stored dtype, stay whole on each)."""
     P = shape.parameters
     weight_bytes = weight_bytes or (stored_bytes if lora_rank else 4)
     compute = 2 if (bf16_compute or weight_bytes == 2) else 4
     parts = {"weights": P * weight_bytes / shards, "base (anchor)": P * stored_bytes}
     if shards > 1:
         parts["gathered layer"] = 2 * (P - shape.vocab * shape.hidden) / shape.layers * weight_bytes
-    if rider_vector:
-        parts["stand-in free-rider"] = P * weight_bytes
+    if rider_vectors:
+        parts["stand-in free-riders"] = rider_vectors * P * stored_bytes
+    if inner_full:  # the finetune perturbation's inner step on every weight: a float32 shift and its gradient
+        parts["inner fine-tuning shift + grad"] = P * 8
     trained = lora_rank * shape.lora_pairs if lora_rank else P
     parts["trained + grads + AdamW"] = trained * 16 / shards
     parts.update(_activations(shape, tokens, compute, 1 + samples, checkpointing))

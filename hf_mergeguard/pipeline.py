@@ -213,7 +213,7 @@ def self_test(
         score_cache=scores_dir(),
     )
     report.command, report.method = "protect", config.method
-    report.protection = [ProtectionRecord(r.method, r.public_parameters, r.details) for r in results]
+    report.protection = [ProtectionRecord(r.method, r.public_parameters, r.details, r.warnings) for r in results]
     report.inputs = Inputs(
         model=inputs.model.source,
         model_revision=inputs.model.revision,

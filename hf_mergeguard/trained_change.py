@@ -55,26 +55,126 @@ def _generator(device: torch.device, seed: int, index: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + index) % (2**63 - 1))
 
 
+def _uniform_per_tensor(device, seed: int, index: int, low: float, high: float) -> float:
+    """One number of U[low, high] for tensor ``index`` of a draw (the same on every process and in a recomputation)."""
+    return low + (high - low) * float(torch.rand((), generator=_generator(device, seed, index), device=device))
+
+
+def _random_direction(delta: torch.Tensor, draw: dict, index: int) -> torch.Tensor:
+    """A random direction for a tensor, of rank ``rider_rank`` when that is set (task vectors are close to low rank),
+    scaled to ``rider_norm`` × |Δ| of the tensor."""
+    generator = _generator(delta.device, draw["seed"], index)
+    rank = draw.get("rider_rank")
+    if rank and delta.dim() == 2:
+        rank = min(rank, *delta.shape)
+        left = torch.randn(delta.shape[0], rank, generator=generator, device=delta.device)
+        direction = left @ torch.randn(rank, delta.shape[1], generator=generator, device=delta.device)
+    else:
+        direction = torch.randn(delta.shape, generator=generator, device=delta.device)
+    norm = delta.detach().norm() * draw.get("rider_norm", 1.0)
+    return direction.to(delta.dtype) * (norm / direction.norm().clamp_min(1e-12))
+
+
+def _rider_part(delta: torch.Tensor, draw: dict, index: int, rider: torch.Tensor | None) -> torch.Tensor:
+    """The free-rider's part of a tensor: one of the stand-in vectors (``rider`` stacks them), else a random direction."""
+    if rider is None:
+        return _random_direction(delta, draw, index)
+    part = rider[draw.get("rider_index", 0) % rider.shape[0]] if rider.dim() == delta.dim() + 1 else rider
+    return part.to(delta.dtype)
+
+
+def _della_keep(delta: torch.Tensor, draw: dict, index: int) -> torch.Tensor:
+    """DELLA's magnitude-ranked drops (MAGPRUNE): drop probability ``drop`` ± ``epsilon``, lowest for the largest
+    entries, and the kept ones rescaled by 1 / (1 − their probability)."""
+    magnitude = delta.detach().abs().flatten()
+    ranks = torch.empty_like(magnitude)
+    ranks[magnitude.argsort()] = torch.linspace(0, 1, magnitude.numel(), device=delta.device)
+    drop = (draw["drop"] + draw["epsilon"] * (1 - 2 * ranks)).clamp(0, 0.99).view_as(delta)
+    keep = torch.rand(delta.shape, generator=_generator(delta.device, draw["seed"], index), device=delta.device) >= drop
+    return keep / (1 - drop)
+
+
+def _low_rank(delta: torch.Tensor, draw: dict, index: int) -> torch.Tensor:
+    """The task vector truncated to a share ``rank_share`` of its rank (an SVD projection, differentiable in Δ; the
+    subspace itself is not trained through). 1-D tensors are kept whole, as merge tools do."""
+    if delta.dim() != 2:
+        return delta
+    rank = max(1, round(draw["rank_share"] * min(delta.shape)))
+    with torch.no_grad():
+        if min(delta.shape) <= 512:  # exact, as mergekit-extract-lora
+            left = torch.linalg.svd(delta.detach().float(), full_matrices=False)[0][:, :rank]
+        else:  # a randomised SVD (close for the fast-decaying spectra of task vectors): an LLM's tensors in a pass
+            torch.manual_seed((draw["seed"] * 1_000_003 + index) % (2**63 - 1))
+            left = torch.svd_lowrank(delta.detach().float(), q=min(rank + 8, min(delta.shape)), niter=4)[0][:, :rank]
+    left = left.to(delta.dtype)
+    return left @ (left.T @ delta)
+
+
 def perturb_delta(delta: torch.Tensor, draw: dict, index: int, rider: torch.Tensor | None = None) -> torch.Tensor:
     """The draw's change of one tensor's task vector ``delta`` (differentiable in it); ``index`` tells tensors apart in
-    the random draws, ``rider`` is that tensor's part of a stand-in free-rider vector."""
+    the random draws, ``rider`` is that tensor's part of the stand-in free-rider vectors (stacked when several).
+
+    The draw's ``coefficient`` multiplies the result; a ``layerwise`` draw sets it to 1 and scales each tensor here.
+    A draw with ``inner`` (the fine-tuning term) adds that tensor's inner-step shift after the coefficient
+    (:meth:`TrainedChange.forward`)."""
     kind = draw["kind"]
     if kind == "dare":
         keep = torch.rand(delta.shape, generator=_generator(delta.device, draw["seed"], index), device=delta.device) >= draw["drop"]
         return delta * keep / (1 - draw["drop"])
+    if kind == "della":
+        return delta * _della_keep(delta, draw, index)
     if kind == "ties":
         magnitude = delta.detach().abs()
         flat = magnitude.flatten()
         k = max(1, int(round(draw["density"] * flat.numel())))
         cut = flat.kthvalue(flat.numel() - k + 1).values if k < flat.numel() else flat.min()
         return delta * (magnitude >= cut)
-    if kind == "rider" and rider is not None:
-        return delta + draw.get("rider_scale", 1.0) * rider.to(delta.dtype)
-    if kind == "rider":
-        direction = torch.randn(delta.shape, generator=_generator(delta.device, draw["seed"], index), device=delta.device)
-        norm = delta.detach().norm() * draw.get("rider_norm", 1.0)
-        return delta + direction.to(delta.dtype) * (norm / direction.norm().clamp_min(1e-12))
+    if kind == "lowrank":
+        return _low_rank(delta, draw, index)
+    if kind in ("rider", "finetune"):  # finetune: a rider merge, then the inner steps (the draw's "inner")
+        return delta + draw.get("rider_scale", 1.0) * _rider_part(delta, draw, index, rider)
+    if kind == "layerwise":
+        # Per-tensor coefficients for the defender's vector and the free-rider's (the layerwise attack's freedom).
+        own = _uniform_per_tensor(delta.device, draw["seed"], 2 * index, *draw["range"])
+        other = _uniform_per_tensor(delta.device, draw["seed"], 2 * index + 1, *draw["rider_range"])
+        return own * delta + other * _rider_part(delta, draw, index, rider)
     return delta  # scale: the coefficient does it
+
+
+class InnerShift:
+    """An attacker's inner fine-tuning of one tensor during a trap pass (the ``finetune`` perturbation): a shift added
+    to the perturbed weight, on every entry (``full``) or as a LoRA ``B·A`` (``lora``; 1-D tensors are not adapted).
+    Each :meth:`step` moves it by −lr·sign(gradient), Adam's first step."""
+
+    def __init__(self, anchor: torch.Tensor, index: int, mode: str, seed: int, rank: int):
+        self.factors = None
+        if mode == "lora":
+            rows, columns = anchor.shape
+            lora_a = torch.empty(rank, columns, device=anchor.device)
+            torch.nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5), generator=_generator(anchor.device, seed, index))
+            self.factors = [lora_a.requires_grad_(), torch.zeros(rows, rank, device=anchor.device, requires_grad=True)]
+            self.scaling = 2.0  # peft's default alpha = 2 x rank
+        else:
+            self.value = torch.zeros(anchor.shape, device=anchor.device, requires_grad=True)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return self.factors if self.factors is not None else [self.value]
+
+    def shift(self) -> torch.Tensor:
+        if self.factors is not None:
+            lora_a, lora_b = self.factors
+            return (lora_b @ lora_a) * self.scaling
+        return self.value
+
+    @torch.no_grad()
+    def step(self, gradients: list[torch.Tensor | None], lr: float) -> None:
+        for tensor, gradient in zip(self.parameters(), gradients):
+            if gradient is not None:
+                tensor -= lr * gradient.sign()
+
+    def freeze(self) -> None:
+        for tensor in self.parameters():
+            tensor.requires_grad_(False)
 
 
 class TrainedChange(torch.nn.Module):
@@ -115,8 +215,11 @@ class TrainedChange(torch.nn.Module):
         delta = weight.float() - self.anchor.float()
         if self.lora_A is not None:
             delta = delta + (self.lora_B @ self.lora_A) * self.scaling
-        changed = perturb_delta(delta, draw, self.index, self.rider)
-        return (self.anchor.float() + draw["coefficient"] * changed).to(weight.dtype)
+        changed = self.anchor.float() + draw["coefficient"] * perturb_delta(delta, draw, self.index, self.rider)
+        inner = draw.get("inner")
+        if inner is not None and self.index in inner:
+            changed = changed + inner[self.index].shift()
+        return changed.to(weight.dtype)
 
 
 def _lora_targets(model: torch.nn.Module) -> set[str]:
@@ -160,7 +263,7 @@ class TrainedModel:
                 continue
             owner, _, attribute = name.rpartition(".")
             anchor = base[name].to(param.device)  # in its own dtype (bf16 for an LLM base): the passes cast it
-            rider_part = rider[name].to(param.device, param.dtype) if rider is not None and name in rider else None
+            rider_part = rider[name].to(param.device) if rider is not None and name in rider else None  # its own dtype
             change = TrainedChange(
                 anchor,
                 index,
@@ -210,6 +313,14 @@ class TrainedModel:
             self.model.tie_weights()
         for param in self.model.parameters():
             param.requires_grad_(True)
+
+    def inner_shifts(self, mode: str, seed: int, rank: int) -> dict[int, InnerShift]:
+        """Fresh inner fine-tuning shifts for a ``finetune`` draw, by tensor index (LoRA: the 2-D weights only)."""
+        return {
+            change.index: InnerShift(change.anchor, change.index, mode, seed, rank)
+            for change in self.changes.values()
+            if mode == "full" or change.anchor.dim() == 2
+        }
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)

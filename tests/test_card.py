@@ -108,3 +108,21 @@ def test_a_model_that_lost_its_skill_says_so_first():
     assert error.message.split("\n")[1].startswith("The self-test gate(s) standalone_drop")
     card = str(render_card(report, model_name="a/b"))
     assert card.index(first) < card.index("## Protection applied")
+
+
+def test_a_weaker_protection_is_said_at_the_top_of_the_card():
+    """What a defense records as weaker than its strong setting (MergeGuard's reversible sign flip, a trap without
+    stand-in data) is a warning before the figures; a preset is named in the description."""
+    from hf_mergeguard.protect.mergeguard import sign_flip_warning
+    from hf_mergeguard.protect.mergeguard.config import MergeGuardConfig
+
+    report = _report()
+    assert "**Warning:**" not in str(render_card(report, model_name="a/b"))  # the golden card has none
+    assert sign_flip_warning(MergeGuardConfig(beta=1.0)) == []
+    report.protection[0].warnings = sign_flip_warning(MergeGuardConfig())  # the fixture's beta = 2
+    card = str(render_card(report, model_name="a/b"))
+    warning = card.index("> **Warning:** MergeGuard ran with beta = 2: the masked entries' signs are flipped")
+    assert warning < card.index("## Protection applied") and "signrestore attack undoes" in card
+    report.method = "mergeguard-paper"
+    assert "MergeGuard as the paper writes it (beta = 1" in str(render_card(report, model_name="a/b"))
+    assert SelfTestReport.from_dict(report.to_dict()).protection[0].warnings == report.protection[0].warnings

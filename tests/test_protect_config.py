@@ -5,7 +5,7 @@ import yaml
 
 from hf_mergeguard.cli.main import main
 from hf_mergeguard.config import ProtectConfig, build_protect_config, dump_yaml, from_dict
-from hf_mergeguard.errors import MergeGuardError
+from hf_mergeguard.errors import ConfigError, MergeGuardError
 
 
 def _write(path, data):
@@ -73,3 +73,24 @@ def test_cli_reports_config_errors_with_exit_2(tmp_path, capsys):
     broken.write_text("mergeguard: [beta: 2\n")
     assert main(["protect", "--config", str(broken)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_the_mergeguard_paper_preset_is_the_paper_and_cannot_be_half_overridden():
+    from hf_mergeguard.config import build_protect_config
+    from hf_mergeguard.protect.stack import parse_method
+    from hf_mergeguard.workdir import work_dir_for
+
+    def config(method, **sections):
+        return build_protect_config(None, {"model": "m", "base": "b", "output_dir": "o", "method": method, **sections})
+
+    paper = config("mergeguard-paper")
+    assert (paper.mergeguard.beta, paper.mergeguard.skip_stage1, paper.mergeguard.stage1.alpha) == (1.0, False, 0.01)
+    assert paper.mergeguard.stage1.reading == "paper" and parse_method(paper.method) == ["mergeguard"]
+    assert config("mergeguard").mergeguard.beta == 2.0  # the plain method keeps its own defaults
+    assert work_dir_for(paper) != work_dir_for(config("mergeguard"))
+    assert parse_method("mergelock+mergeguard-paper") == ["mergeguard", "mergelock"]
+    assert config("mergeguard-paper", mergeguard={"mask_share": 0.2}).mergeguard.mask_share == 0.2  # not a preset field
+    with pytest.raises(ConfigError, match="sets mergeguard.beta = 1.0, but the configuration gives 2.5"):
+        config("mergeguard-paper", mergeguard={"beta": 2.5})
+    with pytest.raises(ConfigError, match="twice"):
+        parse_method("mergeguard+mergeguard-paper")

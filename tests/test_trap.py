@@ -60,6 +60,87 @@ def test_each_perturbation_is_the_merge_change_it_names():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params.values())
 
 
+def test_the_attack_family_perturbations_are_the_changes_they_name():
+    """DELLA's ranked drops, low-rank truncation, per-tensor coefficients, several stand-ins of several ranks."""
+    params, base = _pair()
+    delta = {k: params[k].detach() - base[k] for k in base}
+
+    della = perturbed_parameters(params, base, {"kind": "della", "coefficient": 1.0, "drop": 0.6, "epsilon": 0.3, "seed": 5})
+    moved = della["a"].detach() - base["a"]
+    kept = moved.abs() > 0
+    ranked = delta["a"].abs().flatten().argsort()
+    small, large = kept.flatten()[ranked[:500]].float().mean(), kept.flatten()[ranked[-500:]].float().mean()
+    assert small < 0.25 and large > 0.55  # drop p ± ε by magnitude rank: about 0.1 and 0.7 kept at the two ends
+    assert kept.float().mean() == pytest.approx(0.4, abs=0.05)
+
+    low = perturbed_parameters(params, base, {"kind": "lowrank", "coefficient": 1.0, "rank_share": 0.1, "seed": 5})
+    moved = low["a"].detach() - base["a"]
+    assert torch.linalg.matrix_rank(moved) == 4  # a tenth of rank 40
+    exact = torch.linalg.svd(delta["a"], full_matrices=False)
+    best = exact.U[:, :4] @ torch.diag(exact.S[:4]) @ exact.Vh[:4]
+    assert torch.allclose(moved, best, atol=1e-4)  # the best rank-4 approximation (Eckart-Young)
+    assert torch.equal(low["b"].detach() - base["b"], delta["b"])  # vectors kept whole
+
+    layer = perturbed_parameters(
+        params,
+        base,
+        {"kind": "layerwise", "coefficient": 1.0, "seed": 5, "range": (0.3, 1.5), "rider_range": (0.5, 0.5), "rider_norm": 0.0},
+    )
+    ratios = [float((layer[k].detach() - base[k]).norm() / delta[k].norm()) for k in ("a", "b")]
+    assert all(0.3 <= r <= 1.5 for r in ratios) and abs(ratios[0] - ratios[1]) > 1e-3  # one coefficient per tensor
+
+    # Stacked stand-in vectors: a draw takes the one it names, scaled.
+    stand_ins = {k: torch.stack([torch.ones_like(v), 2 * torch.ones_like(v)]) for k, v in base.items()}
+    rider = perturbed_parameters(params, base, {"kind": "rider", "coefficient": 1.0, "rider_scale": 0.5, "rider_index": 1}, stand_ins)
+    assert torch.allclose(rider["b"].detach() - params["b"].detach(), torch.ones_like(base["b"]))
+    # A random direction of rank 2 and half the norm of the tensor's change.
+    random = perturbed_parameters(params, base, {"kind": "rider", "coefficient": 1.0, "seed": 3, "rider_norm": 0.5, "rider_rank": 2})
+    added = random["a"].detach() - params["a"].detach()
+    assert torch.linalg.matrix_rank(added) == 2 and added.norm() == pytest.approx(0.5 * float(delta["a"].norm()), rel=1e-4)
+
+    total = sum(p.sum() for d in (della, low, layer) for p in d.values())
+    total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params.values())
+
+
+def test_the_finetune_term_takes_inner_steps_on_the_merged_model(tmp_path):
+    """A finetune draw: the inner steps lower the merged model's loss (the attacker's move), then the trap's loss is
+    taken there; a few trap steps with every term run and keep the weights finite."""
+    from hf_mergeguard.losses import mean_token_loss
+    from hf_mergeguard.protect.trap import merge_trap_finetune
+    from hf_mergeguard.testing import base_and_finetune, token_batch
+    from hf_mergeguard.toyworld.skills import make_tokenizer
+    from hf_mergeguard.trained_change import TrainedModel
+
+    tuned, base = base_and_finetune(tmp_path, "llama")
+    model = tuned.load_model(dtype=torch.float32)
+    inputs = token_batch()
+    trained = TrainedModel(model, base.state_dict())
+    draw = {"kind": "rider", "coefficient": 0.8, "seed": 1, "rider_norm": 1.0, "inner_mode": "full", "inner_lr": 1e-3}
+    losses = []
+    for mode in ("full", "lora"):
+        draw["inner"] = trained.inner_shifts(mode, seed=1, rank=4)
+        tensors = [t for shift in draw["inner"].values() for t in shift.parameters()]
+        with trained.pass_with(draw):
+            before = mean_token_loss(model(input_ids=inputs).logits, inputs)
+        gradients = iter(torch.autograd.grad(before, tensors, allow_unused=True))
+        for shift in draw["inner"].values():
+            shift.step([next(gradients) for _ in shift.parameters()], 1e-3)
+        with torch.no_grad(), trained.pass_with(draw):
+            after = mean_token_loss(model(input_ids=inputs).logits, inputs)
+        losses.append((float(before.detach()), float(after)))
+    trained.release()
+    assert all(after < before for before, after in losses), losses
+
+    from hf_mergeguard.training import Example
+
+    examples = [Example("count abcab\n", "#### 2")] * 8
+    config = TrapConfig(steps=2, batch_size=4, perturbations=["finetune", "della", "lowrank", "layerwise"], samples=4)
+    model = tuned.load_model(dtype=torch.float32)
+    merge_trap_finetune(model, make_tokenizer(), examples, config, base_state=base.state_dict(), progress=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 @pytest.mark.parametrize(
     "options, problem",
     [
@@ -184,3 +265,32 @@ def test_options_of_unused_defenses_do_not_key_the_work_folder():
 
     assert folder("params") == folder("params", trap={"weight": 2.0})  # a run of params is not redone
     assert folder("trap") != folder("trap", trap={"weight": 2.0})
+
+
+def test_stand_in_free_riders_come_from_somewhere_sensible_without_flags(tmp_path):
+    """``--trap-rider-data auto``: a toy world's stand-in rows (written into the work folder, never into the world),
+    else the Hub default, else random directions with a warning for the log and the card."""
+    import dataclasses
+
+    from hf_mergeguard.protect.trap import RANDOM, resolve_rider_data
+    from hf_mergeguard.toyworld.build import SECOND_WORLD
+
+    world = tmp_path / "world"
+    (world / "models" / "base").mkdir(parents=True)
+    (world / "world.json").write_text(json.dumps({"config": dataclasses.asdict(SECOND_WORLD)}))
+    work = tmp_path / "work"
+    resolved, warning = resolve_rider_data(TrapConfig(), world / "models" / "base", work)
+    assert warning is None and resolved.rider_sources() == [str(work / "stand-in-alt.jsonl")]
+    first = json.loads((work / "stand-in-alt.jsonl").read_text().splitlines()[0])
+    assert first["prompt"].startswith("q: alt of ") and not (world / "data").exists()
+
+    resolved, warning = resolve_rider_data(TrapConfig(), tmp_path / "elsewhere", work)  # offline (conftest): no Hub default
+    assert resolved.rider_data == RANDOM and resolved.rider_sources() == []
+    assert "random directions only" in warning and "tatsu-lab/alpaca" in warning and "--trap-rider-data" in warning
+    assert resolve_rider_data(TrapConfig(perturbations=["scale", "dare"]), tmp_path, work) == (
+        TrapConfig(perturbations=["scale", "dare"], rider_data=RANDOM),
+        None,
+    )
+    given = TrapConfig(rider_data="a.jsonl, b.jsonl")
+    assert resolve_rider_data(given, tmp_path, work) == (given, None) and given.rider_sources() == ["a.jsonl", "b.jsonl"]
+    assert given.rider_count() == 2 and TrapConfig().rider_count() == 1 and TrapConfig(rider_data=RANDOM).rider_count() == 0

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..io.atomic import write_text_atomically
 from ..io.hub import looks_like_repo_id
 from ..protect.base import DEFENSES, function_preserving_methods
+from ..protect.stack import preset_text
 from ..report.schema import SELFTEST_FILE, SelfTestReport, load_report
 from ..report.table import attack_score, coefficient_label, free_ride_sentence, robustness_sentence, skill_loss_warning
 from .plot import PLOT_FILE, plot_scores
@@ -166,9 +167,12 @@ def card_variables(report: SelfTestReport, *, model_name: str, protect_config: d
         "forced": forced,
         "failed_gates": ", ".join(g["name"] for g in gates if g["verdict"] == "FAILED") or "none",
         "skill_loss_warning": skill_loss_warning(report),
+        "protection_warnings": [warning for p in protections for warning in p.warnings],
         "method": method,
         "public_parameters": public_parameters,
-        "method_description": " ".join(DEFENSES.get(p.method).card_text for p in protections if p.method in DEFENSES),
+        "method_description": " ".join(
+            [preset_text(method)] + [DEFENSES.get(p.method).card_text for p in protections if p.method in DEFENSES]
+        ).strip(),
         "metric_note": "; ".join(f"{t}: {report.metrics.get(t, 'score')}" for t in report.tasks),
         "standalone_rows": _standalone_rows(report),
         "freerider_floor": _share(report.config.get("freerider_floor", 0.5)),

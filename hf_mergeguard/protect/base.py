@@ -57,7 +57,8 @@ class ProtectionResult:
     """A protected checkpoint (in the work folder), what may be published about it, and what may not.
 
     ``public_parameters`` go into the card; ``details`` into ``selftest.json``; ``secret`` (a key that
-    undoes the protection) only ever into the owner's key file.
+    undoes the protection) only ever into the owner's key file; ``warnings``, where the defense ran weaker than asked
+    (or than its strong setting), into the log and at the top of the card.
     """
 
     checkpoint: Checkpoint
@@ -65,6 +66,7 @@ class ProtectionResult:
     public_parameters: dict
     details: dict = field(default_factory=dict)
     secret: dict | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,7 @@ class ProtectionRecord:
     method: str
     public_parameters: dict[str, Any]
     details: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # where it ran weaker than its strong setting (the card says so)
 
 
 @dataclass

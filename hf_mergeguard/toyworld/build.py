@@ -37,9 +37,6 @@ from .tasks import write_jsonl, write_task_yamls
 RECIPE_VERSION = 4
 
 
-STAND_IN_SKILL = "copy"
-
-
 @dataclass(frozen=True)
 class ToyWorldConfig:
     """Everything that determines the toy world (its digest keys the cache).
@@ -71,12 +68,24 @@ class ToyWorldConfig:
     finetune_warmup: int = 20
     finetune_replay: float = 0.3
     bf16: bool = False  # train in bf16 mixed precision (the GPU check's larger world)
+    prompt_style: str = "plain"  # how prompts read (toyworld.skills.PROMPT_STYLES)
+    stand_in: str = "copy"  # a skill no model of the world learns: the merge trap's stand-in free-rider data
 
     def digest(self) -> str:
         recipe = asdict(self)
-        if not self.bf16:
-            del recipe["bf16"]  # float32 worlds keep the digest they had before the option existed
+        # Options at their first value are left out: the first world keeps the digest (and cache) it had before them.
+        for option, first in (("bf16", False), ("prompt_style", "plain"), ("stand_in", "copy")):
+            if recipe[option] == first:
+                del recipe[option]
         return config_digest({**recipe, "recipe": RECIPE_VERSION})
+
+
+# The second world: other skills in another prompt format, with its own stand-in. The merge trap's defaults were not
+# tuned on it; benchmarks/second_world.py reports the figures measured on it apart from the first world's.
+# Its skills are harder for the tiny model than the first world's: a longer pretraining and fine-tunes.
+SECOND_WORLD = ToyWorldConfig(
+    skills=("sumd", "dup", "shift"), prompt_style="question", stand_in="alt", base_steps=800, finetune_steps=300, finetune_lr=3e-4
+)
 
 
 @dataclass
@@ -108,18 +117,38 @@ class ToyWorld:
     def task_name(self, skill: str) -> str:
         return f"toy_{skill}"
 
-    def stand_in_data(self) -> Path:
-        """Training rows of ``copy``, a skill no model of the world was trained on: what a defender who does not
-        know the free-riders' data can fine-tune a stand-in free-rider on (the merge trap's ``rider_data``)."""
-        path = self.data(STAND_IN_SKILL, "train")
+    def stand_in_data(self, folder: Path | None = None) -> Path:
+        """Training rows of the world's ``stand_in`` skill (``copy`` in the first world), one no model of the world was
+        trained on: what a defender who does not know the free-riders' data can fine-tune a stand-in free-rider on
+        (the merge trap's ``rider_data``). Written on first use into the world, or into ``folder`` when given and
+        the world does not have them (``protect`` never writes into its inputs)."""
+        path = self.data(self.config.stand_in, "train")
+        if path.is_file():
+            return path
+        if folder is not None:
+            path = Path(folder) / f"stand-in-{self.config.stand_in}.jsonl"
         if not path.is_file():
-            train, _ = make_split(STAND_IN_SKILL, self.config.train_size, 10, self.config.seed)
+            train, _ = make_split(self.config.stand_in, self.config.train_size, 10, self.config.seed, style=self.config.prompt_style)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in train))
         return path
 
     def rows(self, skill: str, split: str = "test") -> list[dict]:
         return [json.loads(line) for line in self.data(skill, split).read_text().splitlines() if line]
+
+
+def world_of(model_path: str | os.PathLike) -> ToyWorld | None:
+    """The toy world a model folder belongs to (``WORLD/models/NAME`` beside ``WORLD/world.json``), else None."""
+    path = Path(model_path)
+    record = path.parent.parent / "world.json"
+    if path.parent.name != "models" or not record.is_file():
+        return None
+    try:
+        options = json.loads(record.read_text())["config"]
+        config = ToyWorldConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in options.items()})
+    except (ValueError, KeyError, TypeError):
+        return None
+    return ToyWorld(path.parent.parent, config)
 
 
 def _llama_config(config: ToyWorldConfig, vocab_size: int) -> dict:
@@ -160,13 +189,14 @@ def _train_world(config: ToyWorldConfig, folder: Path, progress: bool) -> dict:
 
     torch.manual_seed(config.seed)
     tokenizer = make_tokenizer()
-    splits = {skill: make_split(skill, config.train_size, config.test_size, config.seed) for skill in config.skills}
+    style = config.prompt_style
+    splits = {skill: make_split(skill, config.train_size, config.test_size, config.seed, style=style) for skill in config.skills}
     for skill, (train, test) in splits.items():
         write_jsonl(folder / "data" / skill / "train.jsonl", train)
         write_jsonl(folder / "data" / skill / "test.jsonl", test)
     # The base sees every skill in its base form (plus skills only it learns).
     base_rows = {
-        skill: _examples(make_split(skill, config.train_size, config.test_size, config.seed, base_form=True)[0])
+        skill: _examples(make_split(skill, config.train_size, config.test_size, config.seed, base_form=True, style=style)[0])
         for skill in (*config.skills, *config.pretrain_skills)
     }
     mixture = [example for rows in base_rows.values() for example in rows]

@@ -1,7 +1,9 @@
 """Synthetic skills with exact-match answers, and the character tokenizer that reads them.
 
-Every example is a prompt ``"<skill> <input>\\n"`` and a completion ``"#### <output>"``: the GSM8K answer
-format, so the same regex scores the toy tasks and GSM8K.
+Every example is a prompt and a completion ``"#### <output>"``: the GSM8K answer format, so the same regex scores
+the toy tasks and GSM8K. The prompt is ``"<skill> <input>\\n"`` (style ``plain``, the first world) or
+``"q: <skill> of <input>\\na: "`` (style ``question``, the second world: other skills in another format, the
+validation the merge trap is not tuned on).
 """
 
 from __future__ import annotations
@@ -72,16 +74,45 @@ def _copy(rng: random.Random, base_form: bool) -> tuple[str, str]:
     return word, word
 
 
+def _sumd(rng: random.Random, base_form: bool) -> tuple[str, str]:
+    digits = _digits(rng, 2, 3 if base_form else 5)
+    return digits, str(sum(int(d) for d in digits))
+
+
+def _dup(rng: random.Random, base_form: bool) -> tuple[str, str]:
+    word = _letters(rng, 2, 3 if base_form else 4)  # few letters out: the tasks generate 16 tokens
+    return word, "".join(c + c for c in word)
+
+
+def _shift(rng: random.Random, base_form: bool) -> tuple[str, str]:
+    word = _letters(rng, 3, 5 if base_form else 8)
+    return word, "".join(chr((ord(c) - 97 + 1) % 26 + 97) for c in word)
+
+
+def _alt(rng: random.Random, base_form: bool) -> tuple[str, str]:
+    word = _letters(rng, 4, 8 if base_form else 12)
+    return word, word[::2]
+
+
 SKILLS: dict[str, Callable[[random.Random, bool], tuple[str, str]]] = {
     "add": _add,
     "sort": _sort,
     "rev": _rev,
     "count": _count,
     "copy": _copy,
+    # The second world's: a digit sum, doubled letters, a Caesar shift, every other letter.
+    "sumd": _sumd,
+    "dup": _dup,
+    "shift": _shift,
+    "alt": _alt,
 }
 
+PROMPT_STYLES = ("plain", "question")
 
-def prompt_of(skill: str, text: str) -> str:
+
+def prompt_of(skill: str, text: str, style: str = "plain") -> str:
+    if style == "question":
+        return f"q: {skill} of {text}\na: "
     return f"{skill} {text}\n"
 
 
@@ -89,7 +120,9 @@ def completion_of(answer: str) -> str:
     return f"#### {answer}"
 
 
-def make_split(skill: str, train_size: int, test_size: int, seed: int, *, base_form: bool = False) -> tuple[list[dict], list[dict]]:
+def make_split(
+    skill: str, train_size: int, test_size: int, seed: int, *, base_form: bool = False, style: str = "plain"
+) -> tuple[list[dict], list[dict]]:
     """Disjoint train and test examples of one skill, as ``{"prompt", "completion"}`` rows.
 
     The test set is always the full skill; ``base_form`` draws the training rows from the base's form.
@@ -107,5 +140,5 @@ def make_split(skill: str, train_size: int, test_size: int, seed: int, *, base_f
         attempts += 1
         text, answer = generate(train_rng, base_form)
         if text not in test:
-            train.append({"prompt": prompt_of(skill, text), "completion": completion_of(answer)})
-    return train, [{"prompt": prompt_of(skill, t), "completion": completion_of(a)} for t, a in test.items()]
+            train.append({"prompt": prompt_of(skill, text, style), "completion": completion_of(answer)})
+    return train, [{"prompt": prompt_of(skill, t, style), "completion": completion_of(a)} for t, a in test.items()]

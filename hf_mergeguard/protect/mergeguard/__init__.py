@@ -173,7 +173,20 @@ def run_mergeguard(ctx: ProtectContext, config: MergeGuardConfig) -> ProtectionR
         "criticality": {k: v for k, v in crit.items() if k != "details"} | {"checked": crit.get("details", {}).get("checked")},
         "negation": record,
     }
-    return ProtectionResult(Checkpoint(folder), "mergeguard", config.public_parameters(), details)
+    return ProtectionResult(Checkpoint(folder), "mergeguard", config.public_parameters(), details, warnings=sign_flip_warning(config))
+
+
+def sign_flip_warning(config: MergeGuardConfig) -> list[str]:
+    """beta > 1 flips the masked entries' signs: anyone holding the public base reads the flipped entries off (they
+    point away from the base where the rest of the task vector points toward it) and flips them back."""
+    if config.beta <= 1:
+        return []
+    return [
+        f"MergeGuard ran with beta = {config.beta:g}: the masked entries' signs are flipped, which the signrestore attack "
+        "undoes from the public base without any key. The part of this protection that comes from the flip is not "
+        "protection; the self-test's signrestore row measures what is left. --method mergeguard-paper (beta = 1) or "
+        "--method trap do not rely on it."
+    ]
 
 
 def check_runnable(config: MergeGuardConfig, run: RunConfig, has_train_data: bool) -> None:
