@@ -101,7 +101,9 @@ class ProtectConfig(CheckConfig):
     """
 
     method: str = _option(
-        "mergeguard",
+        # The merge trap: of every defense at its defaults, the one merges keep least of (docs/results.md, "The merge
+        # trap against the attack family"); MergeGuard's default flip is undone by signrestore.
+        "trap",
         "the defense, or a stack joined by + (e.g. trap+mergeguard), applied in the order listed",
         "--method",
         choices=stack_order,

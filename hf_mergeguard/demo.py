@@ -25,6 +25,7 @@ def run_demo(
     adaptive: bool = True,
     world: ToyWorldConfig | None = None,
     methods: list[str] | None = None,
+    method: str | None = None,
 ) -> ProtectOutcome:
     """Build the toy world into ``out``, protect the ``defender`` fine-tune with the default method, self-test it
     against the other fine-tunes with the nine most used merge methods, and write the release folder to ``out/protected``.
@@ -34,6 +35,7 @@ def run_demo(
     Args:
         world: the toy world's recipe (default: the standard world with ``seed``).
         methods: the merge methods of the self-test (default: :data:`DEMO_METHODS`).
+        method: the protection (default: ``protect``'s).
     """
     world = build_toy_world(out, world or ToyWorldConfig(seed=seed), overwrite=overwrite, progress=progress)
     skills = list(world.config.skills)
@@ -54,6 +56,7 @@ def run_demo(
             "overwrite": True,
             "run": {"seed": seed},
             "selftest": {"limit": DEMO_LIMIT, "batch_size": 128, "adaptive": adaptive, "methods": methods or DEMO_METHODS},
+            **({"method": method} if method else {}),
         },
     )
     return protect(config, progress=progress)

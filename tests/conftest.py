@@ -58,9 +58,11 @@ def _protect_argv(
     methods: str | None = "task_arithmetic,ties,dare_ties",
     batch_size: int = 128,
     work=None,
+    method: str = "mergeguard",
 ) -> list[str]:
     """A ``protect`` command on a toy world: the ``model`` fine-tune (a skill, or any folder) merged with ``rider``'s
-    fine-tune (or the folder ``merge_with``, scored on the rider's task), scored on ``tasks``; ``extra`` flags last."""
+    fine-tune (or the folder ``merge_with``, scored on the rider's task), scored on ``tasks``; ``extra`` flags last.
+    The protection is ``method`` (MergeGuard: cheap, no training) unless ``extra`` names one with ``--method``."""
     model_path = world.model(model) if model in world.config.skills else model
     argv = [
         "protect",
@@ -80,6 +82,8 @@ def _protect_argv(
         argv += ["--train-data", str(world.data("count", "train") if train_data is True else train_data)]
     if methods:
         argv += ["--methods", methods]
+    if "--method" not in extra:
+        argv += ["--method", method]
     argv += ["--batch-size", str(batch_size), "--output-dir", str(out)]
     if work is not None:
         argv += ["--work-dir", str(work)]

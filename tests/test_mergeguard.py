@@ -121,7 +121,8 @@ def test_protect_without_training_data_fails_before_any_work(toy_world, tmp_path
 
 
 def test_protect_end_to_end_on_the_toy_world(toy_world, tmp_path, capsys, hub, protect_argv):
-    """``protect`` with its defaults on a fine-tune trained in the toy world, self-tested with real merges.
+    """``protect --method mergeguard`` with MergeGuard's defaults on a fine-tune trained in the toy world, self-tested
+    with real merges.
 
     MergeGuard does not protect here (docs/results.md, "MergeGuard"); this test pins what it does: it costs the
     model some of its skill, DARE merges lose some of theirs, task-arithmetic merges keep theirs, every adaptive
@@ -215,7 +216,7 @@ def test_demo_runs_the_whole_flow(toy_world, tmp_path, capsys):
 
     assert len(DEMO_METHODS) == 9
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--no-adaptive", "--methods", "task_arithmetic,dare_ties"]) == 0
+    assert main(["demo", "--out", str(out), "--no-adaptive", "--methods", "task_arithmetic,dare_ties", "--method", "mergeguard"]) == 0
     printed = capsys.readouterr().out
     for name in ("models/base", "models/count", "data/count/train.jsonl", "tasks", "world.json"):
         assert (out / name).exists(), name

@@ -216,7 +216,7 @@ def test_a_fine_tune_with_added_tokens_is_protected_on_its_own_vocabulary(pico_w
     args = [
         "protect", str(extended), "--base", str(pico_world.base), "--tasks", "toy_count", "--include-tasks", str(pico_world.tasks),
         "--merge-with", str(pico_world.model("rev")), "--freerider-tasks", "toy_rev", "--train-data",
-        str(pico_world.data("count", "train")), "--methods", "model_stock", "--limit", "4", "--no-adaptive",
+        str(pico_world.data("count", "train")), "--methods", "model_stock", "--limit", "4", "--no-adaptive", "--method", "mergeguard",
         "--output-dir", str(released), "--work-dir", str(tmp_path / "work-tokens"),
     ]  # fmt: skip
     assert cli(args) in (0, 1), capsys.readouterr().err

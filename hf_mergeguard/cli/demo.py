@@ -21,6 +21,7 @@ def demo_command(
     methods: str = typer.Option(
         None, "--methods", help="Merge methods of the self-test, comma-separated (default: the nine most used; all: every one)."
     ),
+    method: str = typer.Option(None, "--method", help="The protection (default: protect's default, the merge trap)."),
 ) -> None:
     """The whole flow offline on a toy world: build it (a tiny Llama base and one fine-tune per synthetic skill,
     cached after the first build), protect one fine-tune with the default method, self-test it against the others
@@ -33,6 +34,6 @@ def demo_command(
     from ..report.table import format_report
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    outcome = run_demo(out, seed=seed, overwrite=overwrite, defender=defender, adaptive=adaptive, methods=chosen)
+    outcome = run_demo(out, seed=seed, overwrite=overwrite, defender=defender, adaptive=adaptive, methods=chosen, method=method)
     typer.echo(format_report(outcome.report))
     typer.echo(f"Toy world in {out.resolve()}; protected model and its card: {(out / 'protected' / 'README.md').resolve()}")

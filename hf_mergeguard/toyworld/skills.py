@@ -79,6 +79,11 @@ def _sumd(rng: random.Random, base_form: bool) -> tuple[str, str]:
     return digits, str(sum(int(d) for d in digits))
 
 
+def _maxd(rng: random.Random, base_form: bool) -> tuple[str, str]:
+    digits = _digits(rng, 3, 5 if base_form else 10)
+    return digits, max(digits)
+
+
 def _dup(rng: random.Random, base_form: bool) -> tuple[str, str]:
     word = _letters(rng, 2, 3 if base_form else 4)  # few letters out: the tasks generate 16 tokens
     return word, "".join(c + c for c in word)
@@ -100,8 +105,9 @@ SKILLS: dict[str, Callable[[random.Random, bool], tuple[str, str]]] = {
     "rev": _rev,
     "count": _count,
     "copy": _copy,
-    # The second world's: a digit sum, doubled letters, a Caesar shift, every other letter.
+    # The second world's: a digit sum, the largest digit, doubled letters, a Caesar shift, every other letter.
     "sumd": _sumd,
+    "maxd": _maxd,
     "dup": _dup,
     "shift": _shift,
     "alt": _alt,

@@ -272,8 +272,11 @@ register_defense(
         stack_rank=10,  # trains first: it can serve as MergeGuard's stage 1
         card_text=(
             "Merge trap (training-time, after Trap²): the model was trained further so that its own loss stays low at "
-            "its released weights but rises when its task vector is rescaled, randomly dropped (DARE), trimmed (TIES) "
-            "or added to another task vector, the changes a merge makes."
+            "its released weights but rises under the changes merges and free-riders make to its task vector (those "
+            "listed under perturbations: rescaled, randomly dropped as DARE or DELLA drop, trimmed as TIES trims, "
+            "truncated to low rank, added to stand-in free-riders' task vectors with per-layer coefficients, and "
+            "fine-tuned a step further). The self-test below measures what it holds against merges and attacks it "
+            "was not trained on."
         ),
         reference="Making Models Unmergeable via Scaling-Sensitive Loss Landscape (Trap², arXiv:2601.21898)",
         check=check_runnable,
