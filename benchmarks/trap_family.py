@@ -38,7 +38,7 @@ SETTINGS = {
 }
 # The attacks that fine-tune (credited beyond the examples alone and distillation); the others search merges.
 FINE_TUNING_ATTACKS = ("recover", "graderase", "ftmerge")
-WORLDS = {"first": ("count", "rev"), "second": ("sumd", "dup")}
+WORLDS = {"first": ("count", "rev"), "second": ("dup", "shift")}
 
 
 def goal_figures(report: dict, tasks: tuple[str, str]) -> dict:

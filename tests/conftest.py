@@ -58,11 +58,12 @@ def _protect_argv(
     methods: str | None = "task_arithmetic,ties,dare_ties",
     batch_size: int = 128,
     work=None,
-    method: str = "mergeguard",
+    method: str | None = "mergeguard",
 ) -> list[str]:
     """A ``protect`` command on a toy world: the ``model`` fine-tune (a skill, or any folder) merged with ``rider``'s
     fine-tune (or the folder ``merge_with``, scored on the rider's task), scored on ``tasks``; ``extra`` flags last.
-    The protection is ``method`` (MergeGuard: cheap, no training) unless ``extra`` names one with ``--method``."""
+    The protection is ``method`` (MergeGuard: cheap, no training) unless ``extra`` names one with ``--method``; None
+    leaves ``protect``'s default."""
     model_path = world.model(model) if model in world.config.skills else model
     argv = [
         "protect",
@@ -82,7 +83,7 @@ def _protect_argv(
         argv += ["--train-data", str(world.data("count", "train") if train_data is True else train_data)]
     if methods:
         argv += ["--methods", methods]
-    if "--method" not in extra:
+    if method and "--method" not in extra:
         argv += ["--method", method]
     argv += ["--batch-size", str(batch_size), "--output-dir", str(out)]
     if work is not None:

@@ -28,11 +28,25 @@ def protect(protect_argv):
 
     def run(world, out, method, *extra):
         argv = protect_argv(
-            world, out, "--method", method, "--no-adaptive", "--race-rounds", "1", *extra, work=out.parent / f"work-{method}"
+            world,
+            out,
+            "--method",
+            method,
+            "--no-adaptive",
+            "--race-rounds",
+            "1",
+            "--limit",
+            str(PROMPTS),
+            *extra,
+            work=out.parent / f"work-{method}",
         )
         return main(argv)
 
     return run
+
+
+# A seeded subset of the 300 test prompts (a third of the suite's time; the bounds below hold at ±5 points).
+PROMPTS = 100
 
 
 def _free_ride(report, variant):
@@ -40,7 +54,8 @@ def _free_ride(report, variant):
     return max(min(e["defender_kept"], e["freerider_kept"]) for e in report["merges"] if e["variant"] == variant)
 
 
-# Measured on the toy world (count fine-tune 99.7 points, base 66.0; free-rider rev; 300 prompts per task; keys
+# Measured on the toy world (count fine-tune 99.7 points, base 66.0; free-rider rev; 300 prompts per task, before the
+# test ran on a 100-prompt subset, where every bound below was checked to hold again on 2026-12-02; keys
 # from seeds 0, 1, ...). Unprotected: TA lambda=1 keeps 75% of the count gain and 98% of rev's; TIES 9%,
 # DARE-TIES 74%. Best free ride (both skills) protected: params -2.57, mergelock -0.30, mergebarrier -0.01,
 # mergeguard+mergelock -0.17 (unprotected 0.75). TA's best: params -1.70; mergelock 0.97, mergebarrier 0.93,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_mergeguard.errors import ConfigError
-from hf_mergeguard.protect.trap import PerturbationSampler, TrapConfig, perturbed_parameters
+from hf_mergeguard.protect.trap import PERTURBATIONS, PerturbationSampler, TrapConfig, perturbed_parameters
 
 
 def _pair(seed=0):
@@ -200,7 +200,8 @@ def test_trap_options_and_stack_order():
 
 
 def test_trap_on_the_toy_world(toy_world, tmp_path, capsys, protect_argv):
-    """`protect --method trap` on the toy world's count fine-tune: trained in the test, self-tested against rev."""
+    """`protect` at its defaults (the merge trap) on the toy world's count fine-tune: trained in the test, self-tested
+    against rev."""
     from hf_mergeguard.cli.main import main
 
     out = tmp_path / "protected"
@@ -208,14 +209,11 @@ def test_trap_on_the_toy_world(toy_world, tmp_path, capsys, protect_argv):
         protect_argv(
             toy_world,
             out,
-            "--method",
-            "trap",
-            "--trap-rider-data",
-            str(toy_world.stand_in_data()),
             "--no-adaptive",
             "--race-rounds",
             "1",  # every grid point on every prompt: the test reads the whole grid
             work=tmp_path / "work",
+            method=None,  # protect's default: the trap, its stand-in free-rider the world's copy rows (auto)
         )
     )
     capsys.readouterr()
@@ -230,12 +228,13 @@ def test_trap_on_the_toy_world(toy_world, tmp_path, capsys, protect_argv):
         method: max(100 * m["scores"]["toy_count"] for m in report["merges"] if m["variant"] == "original" and m["method"] == method)
         for method in best
     }
-    # Measured (defaults: weight 1.0, ceiling 1.5, 400 steps, cosine; 300 prompts, ±3 points), seed 0: base 66.0,
-    # original 99.7, protected 100.0. The attacker's best count score, protected (unprotected): TIES 19.0 (69.0); TA
-    # 58.3 at every lambda but 1 (87.7), and 92.7 at lambda = 1 (91.3); DARE-TIES 79.3 (91.0). The trap holds TIES
-    # and task arithmetic off lambda = 1, not lambda = 1 nor DARE-TIES: over training seeds 0, 1, 2 the best
-    # DARE-TIES merge keeps 79.3, 82.3, 75.7 (the code before the per-tensor passes: 67.7 and 79.0 on seeds 0 and 1,
-    # so its seed-0 figure was a lucky draw; docs/results.md, "The merge trap").
+    # Measured (the defaults since issue 22: every perturbation of the attack family, the stand-in copy's rows found
+    # by --trap-rider-data auto; weight 1.0, ceiling 1.5, 400 steps, cosine; 300 prompts, ±3 points), seed 0: base
+    # 66.0, original 99.7, protected 99.0. The attacker's best count score, protected (unprotected): TIES 32.7 (69.0);
+    # TA 59.7 at every lambda but 1 (87.7), and 91.3 at lambda = 1 (91.3); DARE-TIES 80.7 (91.0). The trap holds
+    # TIES and task arithmetic off lambda = 1, not lambda = 1 nor DARE-TIES (issue 19's defaults, scale, dare, ties
+    # and rider only: TIES 19.0, TA off 1 58.3, at 1 92.7, DARE-TIES 79.3 on seed 0 and 82.3, 75.7 on seeds 1, 2;
+    # docs/results.md, "The merge trap against the attack family").
     assert 60 <= base <= 75 and original >= base + 20
     assert protected >= original - 1.0
     assert all(unprotected[method] >= 80 for method in ("task_arithmetic", "dare_ties"))
@@ -250,10 +249,16 @@ def test_trap_on_the_toy_world(toy_world, tmp_path, capsys, protect_argv):
     # The free-rider's skill is not what breaks: TA at 0.8 keeps most of rev's gain while count is lost.
     ta = next(m for m in report["merges"] if m["variant"] == "protected" and m["method"] == "task_arithmetic" and m["value"] == 0.8)
     assert ta["scores"]["toy_rev"] >= 0.8 and ta["scores"]["toy_count"] <= 0.7
-    training = report["protection"][0]["details"]["training"]
-    assert training["seconds_per_step"] > 0 and len(training["losses"]) == report["protection"][0]["details"]["config"]["steps"]
+    protection = report["protection"][0]
+    assert report["method"] == "trap" and protection["warnings"] == []  # the default, in its strong setting
+    # The world's stand-in rows: its own file when the world has one, else written into the work folder.
+    assert protection["details"]["config"]["rider_data"].endswith(("data/copy/train.jsonl", "stand-in-copy.jsonl"))
+    assert protection["public_parameters"]["stand-in free-riders"].endswith(".jsonl (fine-tuned from the base)")
+    assert protection["details"]["config"]["perturbations"] == list(PERTURBATIONS)
+    training = protection["details"]["training"]
+    assert training["seconds_per_step"] > 0 and len(training["losses"]) == protection["details"]["config"]["steps"]
     card = (out / "README.md").read_text()
-    assert "Merge trap" in card
+    assert "Merge trap" in card and "**Warning:**" not in card
 
 
 def test_options_of_unused_defenses_do_not_key_the_work_folder():

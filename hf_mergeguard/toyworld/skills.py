@@ -74,11 +74,6 @@ def _copy(rng: random.Random, base_form: bool) -> tuple[str, str]:
     return word, word
 
 
-def _sumd(rng: random.Random, base_form: bool) -> tuple[str, str]:
-    digits = _digits(rng, 2, 3 if base_form else 5)
-    return digits, str(sum(int(d) for d in digits))
-
-
 def _maxd(rng: random.Random, base_form: bool) -> tuple[str, str]:
     digits = _digits(rng, 3, 5 if base_form else 10)
     return digits, max(digits)
@@ -105,8 +100,7 @@ SKILLS: dict[str, Callable[[random.Random, bool], tuple[str, str]]] = {
     "rev": _rev,
     "count": _count,
     "copy": _copy,
-    # The second world's: a digit sum, the largest digit, doubled letters, a Caesar shift, every other letter.
-    "sumd": _sumd,
+    # The second world's: the largest digit, doubled letters, a Caesar shift, every other letter.
     "maxd": _maxd,
     "dup": _dup,
     "shift": _shift,
