@@ -37,8 +37,9 @@ def protect_command(
     and protect.log into --output-dir. Exit code 0 when every gate passed, 1 when one failed (the folder is still
     written), 2 on errors. Under `accelerate launch` it uses every GPU; on a laptop it runs on CPU.
 
-    Example: hf-mergeguard protect my-finetune --base meta-llama/Llama-3.2-1B --method mergeguard --train-data
-    train.jsonl --tasks gsm8k --merge-with other/finetune --output-dir protected/
+    Example (the default method, the merge trap, in its strong setting): hf-mergeguard protect my-finetune --base
+    meta-llama/Llama-3.2-1B --train-data train.jsonl --trap-rider-data other-task.jsonl --tasks gsm8k --merge-with
+    other/finetune --output-dir protected/
     """
     from ..pipeline import protect
     from ..report.table import format_report
