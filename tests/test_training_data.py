@@ -163,13 +163,16 @@ def test_question_answer_rows_train_the_trap_as_the_task_shows_them(toy_world, t
     from hf_mergeguard.pipeline import apply_defenses, open_inputs
     from hf_mergeguard.training import make_accelerator
 
+    # What this test measures is the formatting: a short trap with issue 19's terms and random stand-ins (the setting
+    # it was measured with), not the default attack family (tests/test_trap.py).
+    TRAP = {"steps": 20, "perturbations": "scale,dare,ties,rider", "rider_data": "random"}
     folder = bare_count_world(toy_world, tmp_path / "bare")
     qa_rows = [r.fields for r in read_rows(folder / "train_qa.jsonl")]
     in_task_format = write_rows(tmp_path / "train_pc.jsonl", [{"prompt": r["question"], "completion": r["answer"]} for r in qa_rows])
 
     def inputs_for(rows: Path):
         options = {"model": str(toy_world.model("count")), "base": str(toy_world.base), "tasks": ["toy_count_bare"]}
-        options.update(include_tasks=[str(folder)], train_data=str(rows), method="trap", trap={"steps": 20}, selftest={"limit": 100})
+        options.update(include_tasks=[str(folder)], train_data=str(rows), method="trap", trap=TRAP, selftest={"limit": 100})
         config = build_protect_config(None, {**options, "output_dir": str(tmp_path / "out")})
         return config, open_inputs(config)
 
