@@ -60,7 +60,7 @@ from ...data import load_train_examples
 from ...errors import TrainDataError
 from ...losses import token_loss_sum
 from ...trained_change import BASE, TrainedModel
-from ...training import Example, RunConfig, TrainingConfig, TrainingResult, make_accelerator, shards_weights, train_causal_lm
+from ...training import Example, RunConfig, TrainingResult, make_accelerator, shards_weights, train_causal_lm
 from ...workload import Work, training_work
 from ..base import DefenseSpec, ProtectContext, ProtectionResult, register_defense
 from ..steps import trained_checkpoint
@@ -255,9 +255,7 @@ def trap_work(config: TrapConfig, shape, geometry) -> list[Work]:
     ``samples`` perturbed ones (forward-backward) and the base's forward."""
     work = []
     if config.trains_riders:
-        options = {f: getattr(config, f) for f in TrainingConfig.__dataclass_fields__}
-        options.update(steps=config.rider_steps, learning_rate=config.rider_learning_rate)
-        work += [training_work(f"stand-in free-rider {n + 1}", TrainingConfig(**options)) for n in range(config.rider_count())]
+        work += [training_work(f"stand-in free-rider {n + 1}", config.rider_training()) for n in range(config.rider_count())]
     # A finetune draw (one kind in len(perturbations)) adds finetune_steps forward-backward passes.
     inner = config.samples * config.finetune_steps / len(config.perturbations) if "finetune" in config.perturbations else 0
     passes = 1 + config.samples + inner + 1 / 3

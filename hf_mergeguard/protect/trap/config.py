@@ -115,6 +115,11 @@ class TrapConfig(TrainingConfig):
             "perturbations": ", ".join(self.perturbations) + f" ({self.samples} per batch)",
         }
 
+    def rider_training(self) -> TrainingConfig:
+        """The stand-in free-riders' fine-tune: these training options at ``rider_steps`` and ``rider_learning_rate``."""
+        options = {f: getattr(self, f) for f in TrainingConfig.__dataclass_fields__}
+        return TrainingConfig(**{**options, "steps": self.rider_steps, "learning_rate": self.rider_learning_rate})
+
     def inner_modes(self) -> list[str]:
         """How the ``finetune`` perturbation's inner steps train: ``finetune_modes``, or its default."""
         return list(self.finetune_modes) or (["lora"] if self.lora_rank else ["lora", "full"])

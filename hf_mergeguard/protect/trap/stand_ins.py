@@ -11,7 +11,7 @@ import torch
 
 from ...data import load_train_examples, read_rows
 from ...errors import OfflineError, TrainDataError
-from ...training import TrainingConfig, shards_weights, train_causal_lm
+from ...training import shards_weights, train_causal_lm
 from .config import AUTO, DEFAULT_RIDER_DATASET, DEFAULT_RIDER_ROWS, RANDOM, TrapConfig
 
 
@@ -23,8 +23,6 @@ def stand_in_task_vectors(
     trains, the vectors themselves whole on every process (each pass reads them)."""
     import copy
 
-    options = {f: getattr(config, f) for f in TrainingConfig.__dataclass_fields__}
-    options.update(steps=config.rider_steps, learning_rate=config.rider_learning_rate)
     vectors: dict[str, list[torch.Tensor]] = {}
     sources = config.rider_sources()
     for number, source in enumerate(sources, start=1):
@@ -37,7 +35,7 @@ def stand_in_task_vectors(
             stand_in,
             tokenizer,
             load_train_examples(source, limit=DEFAULT_RIDER_ROWS if source == DEFAULT_RIDER_DATASET else None),
-            TrainingConfig(**options),
+            config.rider_training(),
             accelerator=accelerator,
             desc=f"stand-in free-rider {number}/{len(sources)}",
             progress=progress,
