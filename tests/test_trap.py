@@ -68,9 +68,12 @@ def test_the_attack_family_perturbations_are_the_changes_they_name():
     della = perturbed_parameters(params, base, {"kind": "della", "coefficient": 1.0, "drop": 0.6, "epsilon": 0.3, "seed": 5})
     moved = della["a"].detach() - base["a"]
     kept = moved.abs() > 0
-    ranked = delta["a"].abs().flatten().argsort()
-    small, large = kept.flatten()[ranked[:500]].float().mean(), kept.flatten()[ranked[-500:]].float().mean()
-    assert small < 0.25 and large > 0.55  # drop p ± ε by magnitude rank: about 0.1 and 0.7 kept at the two ends
+    # Ranked within each row, as mergekit's della_magprune: kept with 1 - p - ε + 2ε·rank, then divided by that.
+    rank = delta["a"].abs().argsort(dim=1).argsort(dim=1).float() / (delta["a"].shape[1] - 1)
+    keep_probability = 1 - 0.6 - 0.3 + 2 * 0.3 * rank
+    assert torch.allclose(moved[kept], (delta["a"] / keep_probability)[kept], rtol=1e-4)
+    small, large = kept[rank < 0.1].float().mean(), kept[rank > 0.9].float().mean()
+    assert small < 0.25 and large > 0.55  # about 0.13 and 0.67 kept at the two ends
     assert kept.float().mean() == pytest.approx(0.4, abs=0.05)
 
     low = perturbed_parameters(params, base, {"kind": "lowrank", "coefficient": 1.0, "rank_share": 0.1, "seed": 5})
