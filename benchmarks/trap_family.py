@@ -8,10 +8,11 @@ finished row):
 
 First world: defender ``count``, free-rider ``rev``, the trap's stand-in ``copy``: the world the trap's settings were
 tuned on. Second world (``toyworld.build.SECOND_WORLD``): other skills in another prompt format (``q: SKILL of
-INPUT\\na: ``), defender ``sumd`` (digit sum), free-rider ``dup`` (doubled letters), stand-in ``alt``; no setting was
-tuned on it. In both the free-rider and every attack are held out of the trap's training (it trains against the
-stand-in's task vector and random directions, never the free-rider's, and against merge-shaped changes, not the
-attacks' own code). The trap's stand-in data is found by ``--trap-rider-data auto`` (the world's stand-in rows).
+INPUT\\na: ``), defender ``dup`` (doubled letters), free-rider ``maxd`` (the largest digit), stand-in ``alt``
+(every other letter); no setting was tuned on it. In both the free-rider and every attack are held out of the trap's
+training (it trains against the stand-in's task vector and random directions, never the free-rider's, and against
+merge-shaped changes, not the attacks' own code). The trap's stand-in data is found by ``--trap-rider-data auto``
+(the world's stand-in rows).
 
 Cells as in ``all_defenses.py``: free ride / defender's kept share at the attacker's best (± standard error), the
 fine-tuning attacks credited beyond the better of the examples alone and distillation.
@@ -38,7 +39,9 @@ SETTINGS = {
 }
 # The attacks that fine-tune (credited beyond the examples alone and distillation); the others search merges.
 FINE_TUNING_ATTACKS = ("recover", "graderase", "ftmerge")
-WORLDS = {"first": ("count", "rev"), "second": ("dup", "shift")}
+# Defender and free-rider per world. In the second, shift is not used: an unprotected task-arithmetic merge of dup and
+# shift keeps neither skill (both rewrite letters), while dup with maxd keeps 0.97 and 1.00 of the gains (see docs/results.md).
+WORLDS = {"first": ("count", "rev"), "second": ("dup", "maxd")}
 
 
 def goal_figures(report: dict, tasks: tuple[str, str]) -> dict:
