@@ -107,6 +107,7 @@ def modelled(row: dict) -> tuple[float, dict]:
     """``hf_mergeguard.memory``'s figure for a measured setting (its θ_pre anchor is the host copy of the base)."""
     from hf_mergeguard.memory import GB, Shape, trap_memory
     from hf_mergeguard.protect.trap import TrapConfig
+    from hf_mergeguard.protect.trap.config import LOWRANK_SHARES
 
     shape = Shape.of(shape_config(row.get("layers")))  # from the recorded setting alone: --rows works anywhere
     perturbations = row["perturbations"] if "perturbations" in row else ISSUE_19  # rows kept from before the column
@@ -120,6 +121,7 @@ def modelled(row: dict) -> tuple[float, dict]:
         checkpointing=row["checkpointing"],
         weight_bytes=4 if row["dtype"] == "float32" else 2,
         inner_full="finetune" in config.perturbations and "full" in config.inner_modes(),
+        lowrank_share=LOWRANK_SHARES[1] if "lowrank" in config.perturbations else 0.0,
     )
     return model.total / GB, model.gigabytes()
 
@@ -165,6 +167,7 @@ def modelled_table() -> list[str]:
     """Every stage at the real 1B and 8B shapes, from the model alone."""
     from hf_mergeguard.architectures import geometry_from_config
     from hf_mergeguard.memory import GB, Shape, evaluation_memory, finetune_memory, lora_finetune_memory, merge_memory, trap_memory
+    from hf_mergeguard.protect.trap.config import LOWRANK_SHARES
     from hf_mergeguard.testing import LLAMA_3_1_8B, LLAMA_3_2_1B, llama_config
 
     lines = [
@@ -190,6 +193,7 @@ def modelled_table() -> list[str]:
             shards=shards,
             rider_vectors=1,
             inner_full=not lora and shards == 1,
+            lowrank_share=LOWRANK_SHARES[1],  # the default family's lowrank draw
         )
 
     row("trap, every weight in fp32 (the default), batch 16 x 512", trap(0, False))
@@ -262,8 +266,9 @@ def report(rows: list[dict]) -> str:
         )
     lines += [
         "",
-        "The seconds per step are the CPU's (float32, 2 cores, 256 tokens per step) and were measured while other "
-        "benchmarks shared the cores: an upper bound, not a GPU estimate. The trap's defaults take 400 steps.",
+        "The seconds per step are the CPU's (float32, 2 cores, 256 tokens per step), not a GPU estimate; issue 19's rows "
+        "were measured while other benchmarks shared the cores, the attack-family row (2026-12-02) alone, so the two "
+        "are not a clean ratio. The trap's defaults take 400 steps.",
         "",
         "## Modelled: every stage at the real shapes (`hf_mergeguard.memory`; not measured)",
         "",

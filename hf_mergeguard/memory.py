@@ -109,6 +109,7 @@ def trap_memory(
     checkpointing: bool,
     rider_vectors: int = 0,
     inner_full: bool = False,
+    lowrank_share: float = 0.0,
     bf16_compute: bool = False,
     weight_bytes: int | None = None,
     shards: int = 1,
@@ -135,6 +136,10 @@ def trap_memory(
     else:  # the LM head runs outside the checkpointed layers: its formed weight and mask stay, per perturbed pass
         parts["perturbed weights kept"] = samples * shape.vocab * shape.hidden * (compute + 1)
     parts["largest tensor work"] = 4 * shape.largest_tensor * 4
+    if lowrank_share:
+        # The lowrank draw's randomised SVD of the largest matrix (the embedding, vocab x hidden) keeps about four
+        # float32 blocks of (rows + columns) x q, q = share x rank + 8 (measured 1.3 GB at 1B beside the tensor work).
+        parts["low-rank truncation work"] = 4 * (shape.vocab + shape.hidden) * (lowrank_share * shape.hidden + 8) * 4
     parts["runtime"] = RUNTIME_BYTES
     return StageMemory("merge trap", parts)
 

@@ -38,9 +38,10 @@ def test_an_8b_trap_plan_prices_gsm8k_at_its_upper_bound(shape_8b, capsys):
     totals = one["totals"]
     assert totals["generated_tokens_upper_bound"] == pytest.approx(totals["scorings"] * 1319 * 256, abs=1)  # arc_easy: none
     stages = {stage["stage"]: stage for stage in one["stages"]}
-    # 79.1 GB before issue 22, plus the default stand-in free-rider's vector in bf16 (--trap-rider-data auto): 94.0, so
-    # one 80 GB GPU needs --gradient-accumulation-steps 4 (the README's recipe).
-    assert stages["merge trap"]["training_steps"] == 400 and stages["merge trap"]["peak_memory_gb"] == pytest.approx(94.0, abs=0.1)
+    # 79.1 GB before issue 22, plus the default stand-in free-rider's vector in bf16 (--trap-rider-data auto) and the
+    # lowrank draw's SVD work on the embedding (2.6 GB): 96.5, so one 80 GB GPU needs --gradient-accumulation-steps 4
+    # (the README's recipe).
+    assert stages["merge trap"]["training_steps"] == 400 and stages["merge trap"]["peak_memory_gb"] == pytest.approx(96.5, abs=0.1)
     assert stages["stand-in free-rider 1"]["training_steps"] == 100
     assert stages["self-test matrix"]["merges"] > 0 and stages["self-test matrix"]["peak_memory_gb"] < 80
     assert one["hardware"]["devices"] == 1 and one["model"]["parameters"] == pytest.approx(8.03e9, rel=2e-3)

@@ -68,6 +68,7 @@ from .config import (
     AUTO,
     DEFAULT_RIDER_DATASET,
     INNER_LORA_RANK,
+    LOWRANK_SHARES,
     PERTURBATIONS,
     RANDOM,
     PerturbationSampler,
@@ -245,6 +246,7 @@ def trap_stage_memory(config: TrapConfig, shape, stored_bytes: int, processes: i
         checkpointing=config.gradient_checkpointing,
         rider_vectors=config.rider_count(),
         inner_full="finetune" in config.perturbations and "full" in config.inner_modes() and not run.fsdp,
+        lowrank_share=LOWRANK_SHARES[1] if "lowrank" in config.perturbations else 0.0,
         bf16_compute=run.bf16,
         shards=processes if run.fsdp else 1,
     )

@@ -19,6 +19,8 @@ AUTO, RANDOM = "auto", "random"
 DEFAULT_RIDER_DATASET = "tatsu-lab/alpaca"
 DEFAULT_RIDER_ROWS = 2000
 INNER_LORA_RANK = 8
+# The share of a matrix's rank the lowrank draw keeps (the memory model prices the top of the range).
+LOWRANK_SHARES = (0.02, 0.3)
 
 
 @dataclass
@@ -188,7 +190,7 @@ class PerturbationSampler:
         elif kind == "ties":
             draw["density"] = self._uniform(0.1, 0.5)
         elif kind == "lowrank":
-            draw["rank_share"] = self._uniform(0.02, 0.3)
+            draw["rank_share"] = self._uniform(*LOWRANK_SHARES)
         elif kind == "layerwise":
             draw["coefficient"], draw["range"], draw["rider_range"] = 1.0, (0.3, 1.5), (0.5, 1.5)
         elif kind == "finetune":
