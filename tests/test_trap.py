@@ -231,18 +231,19 @@ def test_trap_on_the_toy_world(toy_world, tmp_path, capsys, protect_argv):
         method: max(100 * m["scores"]["toy_count"] for m in report["merges"] if m["variant"] == "original" and m["method"] == method)
         for method in best
     }
-    # Measured (the defaults since issue 22: every perturbation of the attack family, the stand-in copy's rows found
-    # by --trap-rider-data auto; weight 1.0, ceiling 1.5, 400 steps, cosine; 300 prompts, ±3 points), seed 0: base
-    # 66.0, original 99.7, protected 99.0. The attacker's best count score, protected (unprotected): TIES 32.7 (69.0);
-    # TA 59.7 at every lambda but 1 (87.7), and 91.3 at lambda = 1 (91.3); DARE-TIES 80.7 (91.0). The trap holds
-    # TIES and task arithmetic off lambda = 1, not lambda = 1 nor DARE-TIES (issue 19's defaults, scale, dare, ties
-    # and rider only: TIES 19.0, TA off 1 58.3, at 1 92.7, DARE-TIES 79.3 on seed 0 and 82.3, 75.7 on seeds 1, 2;
-    # docs/results.md, "The merge trap against the attack family").
+    # Measured (the defaults since issue 22: every perturbation of the attack family, della ranked per row as mergekit
+    # ranks it, the stand-in copy's rows found by --trap-rider-data auto; weight 1.0, ceiling 1.5, 400 steps, cosine;
+    # 300 prompts, ±3 points), seed 0: base 66.0, original 99.7, protected 99.0. The attacker's best count score,
+    # protected (unprotected): TIES 29.0 (69.0); TA 61.3 at every lambda but 1 (87.7), and 83.7 at lambda = 1 (91.3);
+    # DARE-TIES 71.0 (91.0), at the goal's bound, base + 5. The trap holds TIES, task arithmetic off lambda = 1 and
+    # DARE-TIES at the bound, not lambda = 1. (With della ranked over the whole tensor: TIES 32.7, TA at 1 91.3,
+    # DARE-TIES 80.7. Issue 19's defaults, scale, dare, ties and rider only: TIES 19.0, TA off 1 58.3, at 1 92.7,
+    # DARE-TIES 79.3 on seed 0 and 82.3, 75.7 on seeds 1, 2; docs/results.md, "The merge trap against the attack family".)
     assert 60 <= base <= 75 and original >= base + 20
     assert protected >= original - 1.0
     assert all(unprotected[method] >= 80 for method in ("task_arithmetic", "dare_ties"))
     assert best["ties"] <= base + 5, best
-    assert base + 5 < best["dare_ties"] <= 90, best  # not held (pinned so that a change that holds it shows up)
+    assert best["dare_ties"] <= base + 8, best  # at the bound (pinned so that a change that loses it shows up)
     ta_off_one = max(
         100 * m["scores"]["toy_count"]
         for m in report["merges"]
