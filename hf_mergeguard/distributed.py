@@ -20,16 +20,16 @@ def run_jobs(
 ) -> list[Any]:
     """Run ``worker`` on every job, shared by the accelerator's processes when there are several (a dynamic queue);
     the results come back in job order on every process."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     jobs = list(jobs)
     if accelerator is None or accelerator.num_processes == 1:
-        return [worker(job) for job in tqdm(jobs, desc=desc, disable=not progress, leave=False)]
+        return [worker(job) for job in progress_bar(jobs, desc=desc, disable=not progress, leave=False)]
     from accelerate.utils import gather_object
 
     claim = _claimer(next(_queues))
     done: dict[int, Any] = {}
-    bar = tqdm(total=len(jobs), desc=f"{desc} [rank {accelerator.process_index}]", disable=not progress, leave=False)
+    bar = progress_bar(total=len(jobs), desc=f"{desc} [rank {accelerator.process_index}]", disable=not progress, leave=False)
     while (index := claim()) < len(jobs):
         done[index] = worker(jobs[index])
         bar.update()

@@ -272,7 +272,7 @@ def train_causal_lm(
             stage 1 under ``--fsdp``; the model stays sharded: read it with :func:`full_state_dict`). Every other
             fine-tune is replicated (DDP).
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     accelerator = accelerator or make_accelerator()
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -312,7 +312,7 @@ def train_causal_lm(
     losses: list[float] = []
     logs: list[dict] = []
     start = time.perf_counter()
-    bar = tqdm(range(config.steps), desc=desc, disable=not (progress and accelerator.is_main_process), leave=False)
+    bar = progress_bar(range(config.steps), desc=desc, disable=not (progress and accelerator.is_main_process), leave=False)
     for step in bar:
         # One global batch for this step, identical on every process.
         while len(order) < config.batch_size:

@@ -38,7 +38,7 @@ def unprotect(
     Raises:
         KeyFileError: the key is missing, readable by others, malformed, or belongs to another checkpoint.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     checkpoint = Checkpoint.open(protected, token=token)
     geometry = checkpoint.geometry
@@ -48,7 +48,7 @@ def unprotect(
 
     def restored():
         names = checkpoint.tensor_names
-        tensors = tqdm(checkpoint.iter_tensors(), total=len(names), desc="unprotect", disable=not progress)
+        tensors = progress_bar(checkpoint.iter_tensors(), total=len(names), desc="unprotect", disable=not progress)
         for name, tensor in tensors:
             digest.update(name, tensor)
             yield from transform_tensors([(name, tensor)], inverse, geometry)

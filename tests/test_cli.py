@@ -8,11 +8,25 @@ from hf_mergeguard import __version__
 from hf_mergeguard.cli.main import main
 
 
-def test_help_lists_the_commands(capsys):
+def test_help_lists_the_commands_with_an_example_each(capsys):
+    """`hf-mergeguard --help` names every command and shows one example of each, made of options the command has
+    (the arguments are parsed by the command itself, up to the point where it would read the files)."""
+    import shlex
+
+    import typer
+
+    from hf_mergeguard.cli.app import EXAMPLES, app
+
     assert main(["--help"]) == 0
-    out = capsys.readouterr().out
-    for command in ("env", "demo", "merge", "evaluate", "check", "protect", "attack", "unprotect", "push", "card"):
-        assert command in out
+    out = " ".join(capsys.readouterr().out.split())  # the help wraps long lines
+    group = typer.main.get_command(app)
+    commands = {"env", "demo", "merge", "evaluate", "check", "protect", "attack", "unprotect", "push", "card"}
+    assert set(EXAMPLES) == set(group.commands) == commands
+    for command, example in EXAMPLES.items():
+        assert f"{command}: {example}" in out, command
+        words = shlex.split(example)[2:]
+        context = group.commands[command].make_context(command, words, resilient_parsing=False)
+        assert not context.args, (command, context.args)  # every word was an argument or option of the command
 
 
 def test_version(capsys):

@@ -167,6 +167,12 @@ def test_three_processes_in_bf16_run_every_stage_with_one_accelerator(pico_world
     completed = torchrun("-m", "hf_mergeguard.cli.main", *argv, timeout=600, processes=3)
     assert completed.returncode == 1, completed.stderr[-3000:]  # exit 1: the pico model is no better than its base
     assert completed.stdout.count("NOT safe to release") == 1
+    last = completed.stdout.strip().splitlines()[-1]  # the verdict and where the card is, last
+    assert last.startswith("Verdict: FAILED (merged_retention") and last.endswith(f"Model card: {out / 'README.md'}"), last
+    # Off a terminal (captured, as in CI or `> log`), every stage writes whole lines: no tqdm frames (`text=True` would
+    # turn their carriage returns into line ends, so look for their rate field), a `done` line per stage instead.
+    assert "it/s]" not in completed.stderr and "s/it]" not in completed.stderr, completed.stderr[-2000:]
+    assert "done (" in completed.stderr, completed.stderr[-2000:]
     attacks = json.loads((out / "selftest.json").read_text())["robustness"]["attacks"]
     assert list(attacks) == ["unmask", "recover"] and len(attacks["unmask"]["details"]["tried"]) == 3
     kept = sorted(p.name.split("-")[0] for p in (work / "attacks" / "each").iterdir())

@@ -9,9 +9,26 @@ import typer
 
 from .. import __version__
 
+# One example per command, listed under `hf-mergeguard --help` (tests/test_cli.py checks that every command has one).
+EXAMPLES = {
+    "demo": "hf-mergeguard demo --out mergeguard-demo",
+    "check": "hf-mergeguard check ./my-finetune --base meta-llama/Llama-3.2-1B --tasks gsm8k --format sarif",
+    "protect": "hf-mergeguard protect my-org/my-finetune --base meta-llama/Llama-3.2-1B --train-data rows.jsonl "
+    "--tasks gsm8k --output-dir protected",
+    "attack": "hf-mergeguard attack someone/protected --base meta-llama/Llama-3.2-1B --kind realign --tasks gsm8k",
+    "unprotect": "hf-mergeguard unprotect protected --key protected.key.safetensors --output-dir restored",
+    "card": "hf-mergeguard card protected",
+    "push": "hf-mergeguard push protected my-org/my-finetune-protected",
+    "merge": "hf-mergeguard merge ties.yml merged",
+    "evaluate": "hf-mergeguard evaluate ./my-finetune --tasks gsm8k --limit 100",
+    "env": "hf-mergeguard env",
+}
+
 app = typer.Typer(
     name="hf-mergeguard",
     help="Protect fine-tuned models against unauthorized merging, and prove it before release.",
+    epilog="Examples, one per command (hf-mergeguard COMMAND --help for every option):\n\n"
+    + "\n\n".join(f"{command}:  {example}" for command, example in EXAMPLES.items()),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

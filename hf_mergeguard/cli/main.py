@@ -14,6 +14,7 @@ import traceback
 import typer
 
 from ..errors import DiskFullError, MergeGuardError
+from ..progress import quiet_library_bars
 from . import commands  # noqa: F401 - each command module registers its command on the app
 from .app import app
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    quiet_library_bars()  # off a terminal, no library writes carriage-return frames into the log
     command = typer.main.get_command(app)
     try:
         return _run(command, argv, debug)

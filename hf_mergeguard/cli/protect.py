@@ -62,5 +62,7 @@ def protect_command(
         )
     if outcome.url:
         typer.echo(f"Pushed to {outcome.url}" + (" (gates FAILED, pushed with --force)" if outcome.report.release.forced else ""))
+    failed = ", ".join(outcome.report.failed_gates())
+    typer.echo(f"Verdict: {'passed' if outcome.passed else f'FAILED ({failed})'}. Model card: {outcome.output_dir / 'README.md'}")
     if not outcome.passed and not config.force:
         raise outcome.gate_error(config.push_to)

@@ -233,9 +233,9 @@ class Checkpoint:
         hours of training). Remembered: a checkpoint is scanned once however often it is checked."""
         if self._checked_finite:
             return
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        bar = tqdm(
+        bar = progress_bar(
             total=self.total_bytes,
             unit="B",
             unit_scale=True,

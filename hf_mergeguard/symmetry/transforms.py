@@ -121,9 +121,9 @@ class LazyTransform(Mapping):
         self.maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-mergeguard-blocks")
         self.bar = None
         if desc is not None:
-            from tqdm.auto import tqdm
+            from ..progress import progress_bar
 
-            self.bar = tqdm(total=num_layers, desc=desc)
+            self.bar = progress_bar(total=num_layers, desc=desc)
 
     def _make(self, layer: int) -> BlockTransform:
         block = self.make_block(layer)
