@@ -36,6 +36,7 @@ _API = {
     "SelfTestConfig": "selftest.config",
     "SelfTestReport": "report.schema",
     "load_report": "report.schema",
+    "report_to_sarif": "report.sarif",
     "Checkpoint": "io.checkpoint",
     "Evaluator": "evaluation",
     "push_output": "release.push",

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_sarif import sarif_validator
 
 from hf_mergeguard.cli.main import main
 from hf_mergeguard.selftest.config import SelfTestConfig
@@ -96,16 +97,21 @@ def test_check_unprotected_finetune_exits_1(toy_world, capsys, tmp_path):
             "150",
             "--output",
             str(tmp_path / "selftest.json"),
-            "--json",
+            "--format",
+            "sarif",  # what a code-scanning upload reads: stdout is the SARIF log alone
         ]
     )
-    assert code == 1
-    report = json.loads(capsys.readouterr().out)
-    assert report == json.loads((tmp_path / "selftest.json").read_text())
+    assert code == 1  # a finding (0: none; 2: an error)
+    sarif = json.loads(capsys.readouterr().out)
+    report = json.loads((tmp_path / "selftest.json").read_text())
     kept = {m: b["protected"]["defender_kept"] for m, b in report["best"].items()}
     assert kept["task_arithmetic"] >= 0.7 and kept["dare_ties"] >= 0.7
     assert report["gates"]["merged_retention"]["passed"] is False
     assert not report["passed"]
+    sarif_validator().validate(sarif)
+    results = sarif["runs"][0]["results"]
+    assert {r["ruleId"] for r in results} == {"MG001"} and len(results) == sum(k > 0.25 for k in kept.values())
+    assert results[0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == f"{toy_world.model('count').as_posix()}/config.json"
 
 
 def test_two_processes_give_the_same_scores(toy_world, tmp_path, torchrun):

@@ -12,7 +12,7 @@ from ..config import CheckConfig, build_config
 from ..errors import ConfigError
 from .app import app
 from .config_flags import with_config_flags
-from .options import JsonOpt, PlanGpusOpt, PlanGpuTypeOpt, PlanOpt, TokenOpt, echo_plan
+from .options import FormatOpt, JsonOpt, PlanGpusOpt, PlanGpuTypeOpt, PlanOpt, TokenOpt, echo_plan
 
 
 def checked_config(model: str, overrides: dict) -> CheckConfig:
@@ -109,6 +109,7 @@ def check_command(
     output: Optional[Path] = typer.Option(None, "--output", help="Also write the report to this selftest.json path."),
     token: TokenOpt = None,
     as_json: JsonOpt = False,
+    output_format: FormatOpt = "text",
     plan: PlanOpt = False,
     plan_gpus: PlanGpusOpt = None,
     plan_gpu_type: PlanGpuTypeOpt = None,
@@ -124,17 +125,20 @@ def check_command(
     task for that skill.
 
     Exit code 0: every attacker's-best merge keeps at most --max-merged-retention of the gain (safe to
-    release); 1: some merge keeps more; 2: error.
+    release); 1: some merge keeps more (a finding); 2: error. --format sarif prints the findings as SARIF 2.1.0
+    for code-scanning UIs (--json is --format json).
 
     Example: hf-mergeguard check demo/models/count --base demo/models/base --merge-with demo/models/sort
     --freerider-tasks toy_sort --tasks toy_count --include-tasks demo/tasks
     """
     from ..io.atomic import write_text_atomically
-    from ..report.table import format_report
 
+    output_format = "json" if as_json else output_format
+    if output_format not in OUTPUT_FORMATS:
+        raise ConfigError(f"Unknown --format {output_format!r}.", f"Use one of: {', '.join(OUTPUT_FORMATS)}.")
     config = checked_config(model, overrides)
     if plan:
-        echo_plan(plan_check(config, "check", token=token, gpus=plan_gpus, gpu_type=plan_gpu_type), as_json)
+        echo_plan(plan_check(config, "check", token=token, gpus=plan_gpus, gpu_type=plan_gpu_type), output_format == "json")
         raise typer.Exit(0)
     report = run_check(config, token=token)
     if not is_main_process():
@@ -142,5 +146,20 @@ def check_command(
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(output, report.to_json())
-    typer.echo(report.to_json().rstrip() if as_json else format_report(report))
+    typer.echo(format_check(report, output_format, model=model))
     raise typer.Exit(0 if report.passed else 1)
+
+
+OUTPUT_FORMATS = ("text", "json", "sarif")
+
+
+def format_check(report, output_format: str, *, model: str) -> str:
+    """The report as ``check --format`` prints it: a table, the report's JSON, or a SARIF log."""
+    import json
+
+    from ..report.sarif import report_to_sarif
+    from ..report.table import format_report
+
+    if output_format == "sarif":
+        return json.dumps(report_to_sarif(report, model=model), indent=2)
+    return report.to_json().rstrip() if output_format == "json" else format_report(report)

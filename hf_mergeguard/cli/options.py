@@ -14,6 +14,13 @@ TokenOpt = Annotated[
     Optional[str], typer.Option("--token", help="Hub token (default: HF_TOKEN or your login). Never printed.", show_default=False)
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full figures as JSON instead of a table.")]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="What to print: text (a table), json (the full report) or sarif (SARIF 2.1.0, for code-scanning UIs).",
+    ),
+]
 ConfigFileOpt = Annotated[Optional[Path], typer.Option("--config", help="A YAML file holding any of these options (flags override it).")]
 PlanOpt = Annotated[
     bool,
