@@ -33,9 +33,21 @@ def test_card_metadata_is_what_the_hub_reads():
     meta = yaml.safe_load(str(card).split("---")[1])
     assert meta["base_model"] == "toy-world/base" and meta["base_model_relation"] == "finetune"
     assert meta["license"] == "apache-2.0"
-    assert {"mergeguard", "hf-mergeguard"} <= set(meta["tags"])
+    assert {"merge-protected", "mergeguard", "hf-mergeguard"} <= set(meta["tags"])
     result = meta["model-index"][0]["results"][0]
     assert result["dataset"]["name"] == "toy_count" and result["metrics"][0]["value"] == 95.33
+
+    # Read back with huggingface_hub's own metadata classes, as the Hub reads it: the standalone score and, beside it,
+    # the attacker's best merge (TA at lambda 1.2 keeps 93.0 of count), both parsed as evaluation results.
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCard(str(card)).data
+    assert isinstance(data, ModelCardData) and data.base_model == "toy-world/base" and data.license == "apache-2.0"
+    standalone, merged = data.eval_results
+    assert (standalone.dataset_name, standalone.metric_value, standalone.metric_config) == ("toy_count", 95.33, None)
+    assert (merged.dataset_name, merged.metric_value, merged.metric_config) == ("toy_count", 93.0, "merged")
+    assert "attacker's best merge (task_arithmetic, lambda=1.2)" in merged.metric_name
+    assert ModelCardData(**data.to_dict()).to_dict() == data.to_dict()  # what it writes, it reads back unchanged
     body = str(card)
     assert "| task_arithmetic | lambda=1.2 | 91.3 | 75% | 93.0 | 80% | 80% |" in body
     assert "Free ride (the most of both skills one merge keeps): 80% (task_arithmetic, lambda=1.2)" in body

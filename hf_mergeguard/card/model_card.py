@@ -211,18 +211,30 @@ def card_data(report: SelfTestReport, *, model_name: str, license: str | None = 
 
     method = report.method or "none"
     base = report.inputs.base if report.inputs else report.sources.base
-    results = [
-        EvalResult(
-            task_type="text-generation",
-            dataset_type=task,
-            dataset_name=task,
-            metric_type=report.metrics.get(task, "score").split(",")[0],
-            metric_name=report.metrics.get(task, "score"),
-            metric_value=round(100 * report.standalone["protected"][task], 2),
-        )
-        for task in report.tasks
-    ]
-    tags = ["mergeguard", "hf-mergeguard"] + [m for m in method.split("+") if m]
+    results = []
+    for task in report.tasks:
+        metric = report.metrics.get(task, "score")
+
+        def result(value: float, name: str, config: str | None = None, task=task, metric=metric):
+            return EvalResult(
+                task_type="text-generation",
+                dataset_type=task,
+                dataset_name=task,
+                metric_type=metric.split(",")[0],
+                metric_name=name,
+                metric_config=config,
+                metric_value=round(100 * value, 2),
+            )
+
+        results.append(result(report.standalone["protected"][task], metric))
+        # The merged result beside it: the attacker's best merge (the highest score on this task among the methods'
+        # attacker's-best merges), so that the Hub's evaluation widget shows what a merge keeps.
+        merges = [(method_name, b["protected"]) for method_name, b in report.best.items() if task in b["protected"].scores]
+        if merges:
+            name, best = max(merges, key=lambda item: item[1].scores[task])
+            label = coefficient_label(name, best.value, best.extra)
+            results.append(result(best.scores[task], f"{metric} of the attacker's best merge ({name}, {label})", "merged"))
+    tags = ["merge-protected", "mergeguard", "hf-mergeguard"] + [m for m in method.split("+") if m]
     return ModelCardData(
         model_name=model_name,
         # The Hub accepts repo ids only: a base given as a local folder is named in the body instead.
