@@ -253,3 +253,24 @@ def _fixed(rows: Sequence[Row], tokenizer, chat: bool, *, in_task_format=None, t
     if task:
         description += f"; task {task} reads them too (--train-format auto formats them as it does)"
     return TrainingData(examples, [row.where for row in rows], FIXED, description, in_task_format=in_task_format)
+
+
+# lm-eval's dataset_path values that read local files, not a Hub dataset.
+LOCAL_DATASET_BUILDERS = frozenset({"json", "csv", "parquet", "text", "arrow"})
+
+
+def hub_datasets(train_data: str | None, tasks, evaluator) -> list[str]:
+    """The Hub datasets a run read, for the card's ``datasets``: ``train_data`` when it names a Hub dataset (``name`` or
+    ``name:config``), then each task's ``dataset_path`` (a code task, loaded only in its sandboxed child, and a task on
+    local files give none)."""
+    from .io.hub import looks_like_repo_id
+
+    found = []
+    if train_data and not Path(train_data).exists() and Path(train_data).suffix not in (".jsonl", ".json"):
+        found.append(str(train_data).split(":")[0])
+    for task in tasks:
+        loaded = evaluator.task_object(task)
+        path = getattr(getattr(loaded, "config", None), "dataset_path", None)
+        if isinstance(path, str) and path not in LOCAL_DATASET_BUILDERS and looks_like_repo_id(path) and not Path(path).exists():
+            found.append(path)
+    return list(dict.fromkeys(found))

@@ -21,7 +21,7 @@ from . import __version__
 from .budget import fit_to_budget
 from .card.model_card import source_license
 from .config import ProtectConfig, dump_yaml
-from .data import TrainingData, load_training_data
+from .data import TrainingData, hub_datasets, load_training_data
 from .data_check import check_training_data
 from .environment import package_versions
 from .errors import GateFailedError, OutputExistsError
@@ -221,6 +221,7 @@ def self_test(
         base_revision=inputs.base.revision,
         license=source_license(inputs.model.path),
         train_data=inputs.train_data.record() if inputs.train_data else None,
+        datasets=hub_datasets(config.train_data, config.tasks, inputs.evaluator),
     )
     report.versions, report.protect_seconds = package_versions(), protect_seconds
     warning = skill_loss_warning(report)

@@ -138,3 +138,26 @@ def test_a_weaker_protection_is_said_at_the_top_of_the_card():
     report.method = "mergeguard-paper"
     assert "MergeGuard as the paper writes it (beta = 1" in str(render_card(report, model_name="a/b"))
     assert SelfTestReport.from_dict(report.to_dict()).protection[0].warnings == report.protection[0].warnings
+
+
+def test_card_lists_the_hub_datasets_the_run_read():
+    """`datasets` in the card's YAML: the training data when it is a Hub dataset and the tasks' Hub datasets (lm-eval's
+    dataset_path), not local files or code tasks (loaded only in their child)."""
+    from types import SimpleNamespace
+
+    from hf_mergeguard.data import hub_datasets
+
+    report = _report()
+    report.inputs.datasets = ["my-org/rows", "openai/gsm8k"]
+    meta = yaml.safe_load(str(render_card(report, model_name="a/b")).split("---")[1])
+    assert meta["datasets"] == ["my-org/rows", "openai/gsm8k"]
+    assert "datasets" not in yaml.safe_load(str(render_card(_report(), model_name="a/b")).split("---")[1])
+
+    paths = {"gsm8k": "openai/gsm8k", "toy_count": "json", "humaneval": None}
+
+    class Evaluator:  # the one method hub_datasets reads, answering as lm-eval's loaded tasks would
+        def task_object(self, task):
+            return None if paths[task] is None else SimpleNamespace(config=SimpleNamespace(dataset_path=paths[task]))
+
+    assert hub_datasets("my-org/rows:main", list(paths), Evaluator()) == ["my-org/rows", "openai/gsm8k"]
+    assert hub_datasets(str(DATA / "selftest_count.json"), ["toy_count"], Evaluator()) == []

@@ -242,6 +242,7 @@ def card_data(report: SelfTestReport, *, model_name: str, license: str | None = 
         base_model_relation="finetune",
         license=license,
         tags=tags,
+        datasets=(report.inputs.datasets if report.inputs else None) or None,
         eval_results=results,
         library_name="transformers",
         pipeline_tag="text-generation",

@@ -137,6 +137,9 @@ class Inputs:
     license: str | None
     # the defender's data: rows, how they were formatted, and the pre-flight's losses (fine-tune vs base)
     train_data: dict | None = _optional()
+    # The Hub datasets the run read: the training data when it is one, and the defender's tasks' datasets (the card's
+    # `datasets`); local files are left out.
+    datasets: list[str] | None = _optional()
 
 
 @dataclass
