@@ -8,6 +8,7 @@ lm-eval task for that skill so the self-test can see whether a merge keeps the f
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +25,8 @@ from ..io.vocabulary import align_vocabulary
 from ..toyworld.skills import make_split
 from ..toyworld.tasks import task_yaml, write_jsonl
 from ..training import Example, TrainingConfig, train_causal_lm
+
+log = logging.getLogger(__name__)
 
 SYNTHETIC_SKILL = "sort"
 
@@ -121,6 +124,14 @@ def synthetic_freerider(
     count = sum(p.numel() for p in model.parameters())
     training = training or default_freerider_training(count)
     training.seed = seed
+    log.info(
+        "No --merge-with: the free-rider is synthetic, the base fine-tuned on digit sorting (%d rows, %d steps at lr %g) "
+        "and scored on its own task %s. Pass --merge-with MODEL --freerider-tasks TASK to merge with a real fine-tune.",
+        len(train),
+        training.steps,
+        training.learning_rate,
+        task,
+    )
     result = train_causal_lm(
         model,
         tokenizer,
