@@ -80,7 +80,7 @@ def read_rows(spec: str | Path, *, split: str = "train", limit: int | None = Non
         OfflineError: a Hub dataset cannot be reached and is not cached.
     """
     path = Path(spec)
-    if path.suffix in (".jsonl", ".json") or path.exists():
+    if is_local_file(spec):
         if not path.is_file():
             raise TrainDataError(f"--train-data {path} does not exist.", "Pass a JSONL file or a Hub dataset name.")
         rows = []
@@ -102,6 +102,12 @@ def read_rows(spec: str | Path, *, split: str = "train", limit: int | None = Non
             raise TrainDataError(f"--train-data {path} is empty.", "Give at least one training example.")
         return rows
     return _read_hub_dataset(str(spec), split, limit)
+
+
+def is_local_file(spec: str | Path) -> bool:
+    """Whether a ``--train-data`` value names a local file (a JSONL path, or anything that exists), not a Hub dataset."""
+    path = Path(spec)
+    return path.suffix in (".jsonl", ".json") or path.exists()
 
 
 def _read_hub_dataset(name: str, split: str, limit: int | None) -> list[Row]:
@@ -266,8 +272,8 @@ def hub_datasets(train_data: str | None, tasks, evaluator) -> list[str]:
     from .io.hub import looks_like_repo_id
 
     found = []
-    if train_data and not Path(train_data).exists() and Path(train_data).suffix not in (".jsonl", ".json"):
-        found.append(str(train_data).split(":")[0])
+    if train_data and not is_local_file(train_data):
+        found.append(str(train_data).partition(":")[0])  # name:config, as _read_hub_dataset reads it
     for task in tasks:
         loaded = evaluator.task_object(task)
         path = getattr(getattr(loaded, "config", None), "dataset_path", None)

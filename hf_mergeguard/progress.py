@@ -18,9 +18,13 @@ LOG_INTERVAL = 10.0
 _TRUE = {"1", "true", "yes", "on"}
 
 
+def _switched_on(variable: str) -> bool:
+    return os.environ.get(variable, "").strip().lower() in _TRUE
+
+
 def bars_wanted(stream=None) -> bool:
     """Whether animated bars suit ``stream`` (default stderr, where bars go): a terminal, and not switched off."""
-    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().lower() in _TRUE:
+    if _switched_on("HF_HUB_DISABLE_PROGRESS_BARS"):
         return False
     stream = stream if stream is not None else sys.stderr
     isatty = getattr(stream, "isatty", None)
@@ -35,7 +39,7 @@ def quiet_library_bars() -> None:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"].strip().lower() not in _TRUE:
+    if not _switched_on("HF_HUB_DISABLE_PROGRESS_BARS"):
         return
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars
@@ -45,7 +49,7 @@ def quiet_library_bars() -> None:
         from transformers.utils import logging
 
         logging.disable_progress_bar()
-    if "datasets" in sys.modules and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"].strip().lower() in _TRUE:
+    if "datasets" in sys.modules and _switched_on("HF_DATASETS_DISABLE_PROGRESS_BARS"):
         import datasets
 
         datasets.disable_progress_bars()

@@ -205,35 +205,39 @@ def _hub_url(source: str) -> str:
     return f"https://huggingface.co/{source}" if _is_hub_repo(source) else source
 
 
+def _eval_result(task: str, metric: str, value: float, name: str, config: str | None = None):
+    """One ``model-index`` entry: ``value`` (a share) of lm-eval's ``metric`` on ``task``, in points."""
+    from huggingface_hub import EvalResult
+
+    return EvalResult(
+        task_type="text-generation",
+        dataset_type=task,
+        dataset_name=task,
+        metric_type=metric.split(",")[0],
+        metric_name=name,
+        metric_config=config,
+        metric_value=round(100 * value, 2),
+    )
+
+
 def card_data(report: SelfTestReport, *, model_name: str, license: str | None = None):
     """The card's YAML header: what the Hub reads (base model, license, tags, evaluation results)."""
-    from huggingface_hub import EvalResult, ModelCardData
+    from huggingface_hub import ModelCardData
 
     method = report.method or "none"
     base = report.inputs.base if report.inputs else report.sources.base
     results = []
     for task in report.tasks:
         metric = report.metrics.get(task, "score")
-
-        def result(value: float, name: str, config: str | None = None, task=task, metric=metric):
-            return EvalResult(
-                task_type="text-generation",
-                dataset_type=task,
-                dataset_name=task,
-                metric_type=metric.split(",")[0],
-                metric_name=name,
-                metric_config=config,
-                metric_value=round(100 * value, 2),
-            )
-
-        results.append(result(report.standalone["protected"][task], metric))
+        results.append(_eval_result(task, metric, report.standalone["protected"][task], metric))
         # The merged result beside it: the attacker's best merge (the highest score on this task among the methods'
         # attacker's-best merges), so that the Hub's evaluation widget shows what a merge keeps.
         merges = [(method_name, b["protected"]) for method_name, b in report.best.items() if task in b["protected"].scores]
         if merges:
             name, best = max(merges, key=lambda item: item[1].scores[task])
             label = coefficient_label(name, best.value, best.extra)
-            results.append(result(best.scores[task], f"{metric} of the attacker's best merge ({name}, {label})", "merged"))
+            merged_name = f"{metric} of the attacker's best merge ({name}, {label})"
+            results.append(_eval_result(task, metric, best.scores[task], merged_name, "merged"))
     tags = ["merge-protected", "mergeguard", "hf-mergeguard"] + [m for m in method.split("+") if m]
     return ModelCardData(
         model_name=model_name,
