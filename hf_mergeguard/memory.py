@@ -138,7 +138,7 @@ def trap_memory(
     parts["largest tensor work"] = 4 * shape.largest_tensor * 4
     if lowrank_share:
         # The lowrank draw's randomised SVD of the largest matrix (the embedding, vocab x hidden) keeps about four
-        # float32 blocks of (rows + columns) x q, q = share x rank + 8 (measured 1.3 GB at 1B beside the tensor work).
+        # float32 blocks of (rows + columns) x q, q = share x rank + 8 (1.33 GB at 1B: benchmarks/perturbation_work.py).
         parts["low-rank truncation work"] = 4 * (shape.vocab + shape.hidden) * (lowrank_share * shape.hidden + 8) * 4
     parts["runtime"] = RUNTIME_BYTES
     return StageMemory("merge trap", parts)

@@ -83,8 +83,8 @@ class ToyWorldConfig:
 # The second world: other skills in another prompt format, with its own stand-in. The merge trap's defaults were not
 # tuned on it; benchmarks/trap_family.py --world second reports the figures measured on it apart from the first
 # world's (defender dup, free-rider maxd: their unprotected task-arithmetic merge keeps 0.97 and 1.00 of the two gains
-# on 100 prompts; shift keeps at most 0.35 of its own gain in a merge with either). Its skills are harder for the tiny
-# model than the first world's: a longer pretraining and fine-tunes.
+# on 100 prompts, while dup with shift keeps neither at lambda 1; benchmarks/world_pairs.py). Its skills are harder for
+# the tiny model than the first world's: a longer pretraining and fine-tunes.
 SECOND_WORLD = ToyWorldConfig(
     skills=("maxd", "dup", "shift"), prompt_style="question", stand_in="alt", base_steps=800, finetune_steps=300, finetune_lr=3e-4
 )
