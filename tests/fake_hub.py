@@ -2,7 +2,9 @@
 
 whoami, auth-check, repo creation, preupload (every file answered "regular", so no LFS/Xet transfer) and the
 ndjson commit endpoint; for downloads, only what a refusal needs (repo info and file metadata of a missing or a
-gated repo: ``hub.gated.add("org/name")``). Every request is recorded, so tests assert on exactly what would have been uploaded.
+gated repo: ``hub.gated.add("org/name")``); and trusted publishing (GitHub's id-token endpoint and the Hub's
+``/oauth/token`` exchange, whose token may write to the one repo it was scoped to). Every request is recorded, so
+tests assert on exactly what would have been uploaded.
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 GOOD_TOKEN = "hf_fake_write_token_for_tests"
+# Trusted publishing (OIDC): GitHub's runtime answers ACTIONS_ID_TOKEN_REQUEST_URL (served here too) with an id token for
+# ACTIONS_ID_TOKEN_REQUEST_TOKEN; the Hub's /oauth/token exchanges it for a short-lived token scoped to one repo.
+GITHUB_REQUEST_TOKEN = "github-runtime-request-token"
+GITHUB_ID_TOKEN = "github-oidc-id-token-jwt"
+OIDC_TOKEN = "hf_jwt_fake_short_lived_oidc_token"
+GITHUB_OIDC_PATH = "/_github/id-token"
 
 
 class FakeHub:
@@ -24,6 +32,7 @@ class FakeHub:
         self.commits: list[dict] = []
         self.validated: list[dict] = []
         self.gated: set[str] = set()
+        self.oidc_resources: list[str] = []  # the repos short-lived OIDC tokens were scoped to
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,9 +53,17 @@ class FakeHub:
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                authorized = self.headers.get("Authorization") == f"Bearer {GOOD_TOKEN}"
-                hub.requests.append({"method": method, "path": url.path, "query": parse_qs(url.query), "authorized": authorized})
-                status, answer, headers = hub.route(method, url.path, parse_qs(url.query), body, authorized)
+                bearer = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                authorized = bearer == GOOD_TOKEN or (bearer == OIDC_TOKEN and bool(hub.oidc_resources))
+                request = {"method": method, "path": url.path, "query": parse_qs(url.query), "authorized": authorized}
+                hub.requests.append({**request, "oidc": bearer == OIDC_TOKEN})
+                if url.path in (GITHUB_OIDC_PATH, "/oauth/token"):
+                    status, answer, headers = hub.trusted_publishing(url.path, parse_qs(url.query), body, bearer)
+                else:
+                    status, answer, headers = hub.route(method, url.path, parse_qs(url.query), body, authorized)
+                    repo = next((r for r in hub.repos_named(url.path)), None)
+                    if bearer == OIDC_TOKEN and repo and repo not in hub.oidc_resources and status < 400:
+                        status, answer, headers = 403, {"error": f"this OIDC token is scoped to {hub.oidc_resources}"}, {}
                 self._send(status, answer, headers)
 
             def do_GET(self):
@@ -69,6 +86,23 @@ class FakeHub:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+    def trusted_publishing(self, path, query, body, bearer):
+        if path == GITHUB_OIDC_PATH:  # GitHub's runtime: an id token for the Hub's audience
+            if bearer != GITHUB_REQUEST_TOKEN or query.get("audience") != [self.endpoint]:
+                return 401, {"error": "bad GitHub request token or audience"}, {}
+            return 200, {"value": GITHUB_ID_TOKEN}, {}
+        exchange = json.loads(body or b"{}")  # the Hub's RFC 8693 token exchange
+        if exchange.get("subject_token") != GITHUB_ID_TOKEN or not exchange.get("grant_type", "").endswith("token-exchange"):
+            return 401, {"error": "invalid subject token"}, {}
+        self.oidc_resources.append(exchange["resource"])
+        return 200, {"access_token": OIDC_TOKEN, "token_type": "bearer", "expires_in": 3600}, {}
+
+    @staticmethod
+    def repos_named(path: str) -> list[str]:
+        """The repo a model-repo API path acts on (``/api/models/ORG/NAME/...``), if any."""
+        parts = path.split("/")
+        return ["/".join(parts[3:5])] if path.startswith("/api/models/") and len(parts) >= 5 else []
 
     def _may_write(self, repo_id: str) -> bool:
         return repo_id.split("/")[0] in (self.user, *self.orgs)

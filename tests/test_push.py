@@ -9,7 +9,7 @@ from hf_mergeguard.card import write_card
 from hf_mergeguard.errors import PushPermissionError
 from hf_mergeguard.release.push import preflight_push, push_release
 
-from fake_hub import GOOD_TOKEN
+from fake_hub import GITHUB_OIDC_PATH, GITHUB_REQUEST_TOKEN, GOOD_TOKEN, OIDC_TOKEN
 
 DATA = Path(__file__).parent / "data"
 
@@ -76,3 +76,36 @@ def test_push_command_refuses_a_failed_run_unless_forced(hub, tmp_path, capsys):
     assert "# acme/count" in card and "although a self-test gate failed" in card
     assert GOOD_TOKEN not in capsys.readouterr().out
     assert main(["push", str(tmp_path), "acme/count", "--token", GOOD_TOKEN]) == 2
+
+
+def test_push_by_trusted_publishing_needs_no_stored_token(hub, tmp_path, monkeypatch, capsys):
+    """The GitHub Action's path (action.yml, `permissions: id-token: write`, HF_OIDC_RESOURCE set to the --push-to repo,
+    no HF_TOKEN): huggingface_hub asks the runner for an id token and exchanges it at the Hub's /oauth/token for a
+    short-lived token scoped to that repo, and every request of the push carries it. GitHub's runtime and the Hub are
+    the fake's; everything on this side is the real code."""
+    import huggingface_hub.utils._auth as hub_auth
+
+    from hf_mergeguard.cli.main import main
+
+    monkeypatch.setattr(hub_auth, "_OIDC_TOKEN_CACHE", None)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", hub.endpoint + GITHUB_OIDC_PATH)
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", GITHUB_REQUEST_TOKEN)
+    monkeypatch.setenv("HF_OIDC_RESOURCE", "acme/count")
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    hub.repos["acme/count"] = {"private": False, "files": {}}  # trusted publishing is set up on an existing repo
+    folder = _release(tmp_path)
+    assert main(["push", str(folder), "acme/count", "--force"]) == 0
+    assert hub.oidc_resources == ["acme/count"]  # one exchange, scoped to the pushed repo
+    (commit,) = hub.commits
+    hub_calls = [r for r in hub.requests if r["path"] not in (GITHUB_OIDC_PATH, "/oauth/token")]
+    assert hub_calls and all(r["oidc"] and r["authorized"] for r in hub_calls)
+    printed = capsys.readouterr()
+    assert OIDC_TOKEN not in printed.out + printed.err and not any(OIDC_TOKEN.encode() in c for c in commit["files"].values())
+    # Trusted publishing on a runner without the id-token permission: a clear error, nothing pushed.
+    monkeypatch.setattr(hub_auth, "_OIDC_TOKEN_CACHE", None)
+    monkeypatch.delenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+    assert main(["push", str(folder), "acme/count", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "Error: Trusted publishing (HF_OIDC_RESOURCE) could not get a Hub token" in err and "Hint:" in err
+    assert "id-token: write" in err and len(hub.commits) == 1

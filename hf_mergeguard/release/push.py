@@ -37,6 +37,12 @@ def preflight_push(repo_id: str, *, token: str | bool | None = None) -> str:
             f"--push-to {repo_id} needs a Hub token and none was found.",
             "Log in (hf auth login), set HF_TOKEN, or use GitHub OIDC in CI (HF_OIDC_RESOURCE).",
         ) from None
+    except hf_errors.OIDCError as exc:  # HF_OIDC_RESOURCE is set: huggingface_hub does not fall back to a stored token
+        raise PushPermissionError(
+            f"Trusted publishing (HF_OIDC_RESOURCE) could not get a Hub token for --push-to {repo_id}: {str(exc).split(' See ')[0]}",
+            "In GitHub Actions give the job `permissions: id-token: write` and add the workflow as the repo's trusted publisher "
+            "on the Hub; elsewhere unset HF_OIDC_RESOURCE and log in or set HF_TOKEN.",
+        ) from None
     except hf_errors.HfHubHTTPError as exc:
         if exc.response is not None and exc.response.status_code == 401:
             raise PushPermissionError(
