@@ -46,6 +46,13 @@ class ModelInputs:
     include_tasks: list[str] = _option(
         [], "folder of extra lm-eval task YAMLs (lm-eval's include_path); repeatable", "--include-tasks", repeatable=True
     )
+    task_data: list[str] = _option(
+        [],
+        "TASK=PATH: score a built-in task (e.g. gsm8k, humaneval) on local rows in the dataset's own format: a "
+        ".jsonl/.parquet file of its test split, or a folder of split files as the Hub lays them out; repeatable",
+        "--task-data",
+        repeatable=True,
+    )
     merge_with: list[str] = _option(
         [], "a free-rider model (folder or repo id) merged with MODEL; repeatable", "--merge-with", repeatable=True
     )

@@ -27,12 +27,15 @@ from .environment import package_versions
 from .errors import GateFailedError, OutputExistsError
 from .evaluation import Evaluator, load_tokenizer
 from .evaluation.chat import use_chat_template
-from .evaluation.harness import load_generation_config
+from .evaluation.local_data import parse_task_data, task_data_record
+from .evaluation.model_files import load_generation_config
 from .io.checkpoint import Checkpoint
 from .io.checks import check_compatible, check_finite
 from .io.vocabulary import align_vocabulary
 from .paths import scores_dir
+from .plan import plan_summary
 from .preflight import check_memory
+from .progress import RunLogFile
 from .protect.base import DEFENSES, ProtectContext, ProtectionResult
 from .protect.stack import parse_method
 from .protect.steps import finished, mark_finished
@@ -119,7 +122,9 @@ def open_inputs(config: ProtectConfig, *, token=None) -> RunInputs:
     check_finite(model, base, *(rider.model for rider in riders))
     tokenizer = load_tokenizer(model.path)
     chat = use_chat_template(config.selftest.chat_template, tokenizer)  # an instruct model: scored and trained as one
-    evaluator = selftest_evaluator(config.tasks, config.include_tasks, riders, config.selftest, chat_template=chat)
+    evaluator = selftest_evaluator(
+        config.tasks, config.include_tasks, riders, config.selftest, chat_template=chat, task_data=config.task_data
+    )
     evaluator.generation_config = load_generation_config(model.path)  # every scored model decodes as the release will
     data = load_training_data(config, evaluator, tokenizer) if config.train_data else None
     return RunInputs(model, base, riders, tokenizer, evaluator, data)
@@ -158,6 +163,8 @@ def _run_config(config: ProtectConfig) -> dict:
         "include_tasks": list(config.include_tasks),
         "seed": config.run.seed,
         **dataclasses.asdict(config.selftest),
+        # Absent when unused, so runs recorded before --task-data existed still match.
+        **({"task_data": task_data_record(parse_task_data(config.task_data))} if config.task_data else {}),
     }
     return json.loads(json.dumps(run))
 
@@ -286,28 +293,6 @@ def push(config: ProtectConfig, report: SelfTestReport, target: Path, *, token) 
     return url
 
 
-class _FileLog:
-    """Copies this package's log records into the work folder's protect.log while a run lasts."""
-
-    def __init__(self, path: Path):
-        self.handler = logging.FileHandler(path, encoding="utf-8")
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self.logger = logging.getLogger("hf_mergeguard")
-
-    def __enter__(self):
-        self.previous = self.logger.level
-        self.logger.addHandler(self.handler)
-        if self.logger.getEffectiveLevel() > logging.INFO:
-            self.logger.setLevel(logging.INFO)
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self.handler)
-        self.logger.setLevel(self.previous)
-        self.handler.close()
-        return False
-
-
 def plan_protect(config: ProtectConfig, *, token: str | None = None, gpus: int | None = None, gpu_type: str | None = None):
     """What :func:`protect` would do and cost (``--plan``; see :mod:`hf_mergeguard.plan`): nothing is run or written.
     With ``--budget-hours``, the plan of the run cut to fit (:mod:`hf_mergeguard.budget`; ``config`` is left as it is)."""
@@ -335,6 +320,16 @@ def _plan_protect(config: ProtectConfig, token, gpus, gpu_type):
     )
 
 
+def _plan_or_none(config: ProtectConfig, token) -> object | None:
+    """The run's plan for the summary ``protect`` logs before it starts; a plan that cannot be made (a model shape or
+    task the cost model does not know) is no reason not to protect."""
+    try:
+        return _plan_protect(config, token, None, None)
+    except Exception as exc:  # noqa: BLE001 - the summary is advice; the run's own checks report real problems
+        log.debug("No plan summary: %s", exc)
+        return None
+
+
 def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None, progress: bool = True) -> ProtectOutcome:
     """Run the whole protection and return its outcome (the report is also written to ``output_dir``, with the card).
 
@@ -344,7 +339,8 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     """
     config.validate()
     # --budget-hours: cut the self-test to fit before the work folder records the options (the cut is recorded too).
-    fit_to_budget(config, lambda c: _plan_protect(c, token, None, None))
+    plan = fit_to_budget(config, lambda c: _plan_protect(c, token, None, None))
+    plan = plan or _plan_or_none(config, token)
     methods = parse_method(config.method)
     work = work_dir_for(config)
     key_path = _check_outputs(config, methods, work, token)
@@ -356,7 +352,7 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
     claim_work_dir(config, work, write=accelerator.is_main_process)  # every process reads the same options
     accelerator.wait_for_everyone()
     work.mkdir(parents=True, exist_ok=True)
-    with _FileLog(work / LOG_FILE):
+    with RunLogFile(work / LOG_FILE):
         log.info(
             "hf-mergeguard %s protect %s (base %s), method %s, work folder %s",
             __version__,
@@ -365,6 +361,8 @@ def protect(config: ProtectConfig, *, token: str | None = None, accelerator=None
             config.method,
             work,
         )
+        if plan is not None and accelerator.is_main_process:  # what the run will cost, before it starts: once
+            log.info("%s", plan_summary(plan))
         started = time.perf_counter()
         protected, results = apply_defenses(config, inputs, work, accelerator=accelerator, device=device, progress=progress)
         report = self_test(

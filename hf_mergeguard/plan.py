@@ -99,14 +99,18 @@ def stored_bytes(config: dict) -> int:
     return 2 if dtype in ("bfloat16", "float16", "torch.bfloat16", "torch.float16") else 4
 
 
-def task_costs(tasks: Sequence[str], include_tasks: Sequence[str], limit: int | None) -> list[TaskCost]:
-    """Each task's prompts and generation cap, from its YAML (and its local data, when it has some)."""
+def task_costs(tasks: Sequence[str], include_tasks: Sequence[str], limit: int | None, task_data: Sequence[str] = ()) -> list[TaskCost]:
+    """Each task's prompts and generation cap, from its YAML (and its local data, when it has some: its own files
+    or ``--task-data``'s)."""
+    from .evaluation.local_data import parse_task_data
     from .evaluation.tasks import TaskCatalog
 
-    catalog = TaskCatalog(list(tasks), [Path(p) for p in include_tasks])  # unknown names: "did you mean"; a cheap index
+    # Unknown names: "did you mean"; a cheap index. Bad --task-data is refused here too, before any work.
+    catalog = TaskCatalog(list(tasks), [Path(p) for p in include_tasks], parse_task_data(task_data))
+    local = catalog.local_overrides()
     costs = []
     for name in tasks:
-        cfg = catalog.config_of(name)
+        cfg = {**catalog.config_of(name), **local.get(name, {})}
         prompts, source, context = _local_prompts(cfg)
         if prompts is None and name in KNOWN_TASK_SIZES:
             prompts, source = KNOWN_TASK_SIZES[name], "the dataset card's test split"
@@ -130,14 +134,17 @@ def task_costs(tasks: Sequence[str], include_tasks: Sequence[str], limit: int | 
 
 
 def _local_prompts(cfg: dict) -> tuple[int | None, str | None, int | None]:
-    """Rows of a task's local JSONL test split, and their mean length in tokens (characters / 4)."""
+    """Rows of a task's local test split (JSON lines or parquet), and their mean length in tokens (characters / 4)."""
+    from .evaluation.local_data import rows_and_characters
+
     files = (cfg.get("dataset_kwargs") or {}).get("data_files") or {}
-    test = files.get(cfg.get("test_split", "test")) if isinstance(files, dict) else None
-    if not test or not Path(test).is_file():
+    test = files.get(cfg.get("test_split") or cfg.get("validation_split") or "test") if isinstance(files, dict) else None
+    paths = [Path(p) for p in ([test] if isinstance(test, str) else test or [])]
+    if not paths or not all(p.is_file() for p in paths):
         return None, None, None
-    lines = [line for line in Path(test).read_text().splitlines() if line.strip()]
-    characters = sum(len(line) for line in lines) / max(1, len(lines))
-    return len(lines), f"{test} ({len(lines)} rows)", max(1, int(characters / 4))
+    rows, characters = rows_and_characters(paths)
+    where = str(paths[0]) if len(paths) == 1 else f"{len(paths)} files in {paths[0].parent}"
+    return rows, f"{where} ({rows} rows)", max(1, int(characters / max(1, rows) / 4))
 
 
 def build_plan(
@@ -177,7 +184,7 @@ def build_plan(
     selftest = config.selftest
     rider_tasks = sorted(set(config.freerider_tasks or []) - set(config.tasks))
     include = list(config.include_tasks or [])
-    tasks = task_costs(list(config.tasks) + rider_tasks, include, selftest.limit)
+    tasks = task_costs(list(config.tasks) + rider_tasks, include, selftest.limit, getattr(config, "task_data", ()))
     if synthetic_freerider:  # its task is written when it is made: 200 short prompts, 16 new tokens (freeriders.py)
         tasks.append(TaskCost("synthetic free-rider's task", "generate_until", 200, 0, 16, 16, prompts_from="made with it"))
     defender_tasks = [t for t in tasks if t.name in config.tasks]
@@ -295,12 +302,28 @@ def build_plan(
     )
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def plan_summary(plan: Plan) -> str:
+    """The plan in two lines, as ``protect`` logs it before it starts (``--plan`` prints the whole table)."""
+    hw, totals = plan.hardware, plan.totals
+    peak = max((s.peak_memory_gb for s in plan.stages if s.peak_memory_gb is not None), default=None)
+    too_big = [s.stage for s in plan.stages if s.peak_memory_gb is not None and s.peak_memory_gb > hw["memory_gb"]]
+    return (
+        f"Plan: {totals['merges']} merges, {totals['scorings']:g} scorings of {totals['prompts']:,} prompts, "
+        f"{totals['training_steps']} training steps on {hw['devices']} x {hw['name']} ({hw['found']}); about "
+        f"{_duration(totals['estimated_seconds'])} (an estimate, every generation to its cap)"
+        + (f", peak {peak:.1f} GB per device" if peak is not None else "")
+        + (f"; modelled NOT to fit: {', '.join(too_big)}" if too_big else "")
+        + ".\n  `--plan` shows each stage and its assumptions without running anything."
+    )
+
+
 def format_plan(plan: Plan) -> str:
     """The plan as the CLI prints it."""
-
-    def duration(seconds: float) -> str:
-        return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
-
+    duration = _duration
     hw, totals = plan.hardware, plan.totals
     lines = [
         f"Plan of `{plan.command}` for {plan.model['source']} ({plan.model['parameters'] / 1e9:.3g} B parameters) "

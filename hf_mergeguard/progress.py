@@ -3,11 +3,12 @@
 On a terminal, tqdm's bars. Off one (CI, ``| tee``, ``> log``) or with ``HF_HUB_DISABLE_PROGRESS_BARS`` set
 (huggingface_hub's switch, honoured for every bar of the tool), no carriage-return frames: a line with the stage's
 percentage every :data:`LOG_INTERVAL` seconds while it runs, and one line when it ends. Every long loop of the tool
-takes its bar from :func:`progress_bar`.
+takes its bar from :func:`progress_bar`. A run's own log file, whatever the console shows: :class:`RunLogFile`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -150,3 +151,25 @@ def progress_bar(iterable: Iterable | None = None, **options):
 
         return tqdm(iterable, **options)
     return LineProgress(iterable, **options)
+
+
+class RunLogFile:
+    """Copies this package's log records (INFO and up) into a file while a run lasts: ``protect``'s protect.log."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.handler = logging.FileHandler(path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.logger = logging.getLogger("hf_mergeguard")
+
+    def __enter__(self):
+        self.previous = self.logger.level
+        self.logger.addHandler(self.handler)
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.previous)
+        self.handler.close()
+        return False

@@ -68,7 +68,7 @@ def test_the_models_generation_config_is_used_for_every_scored_model(pico_world,
     end-of-turn ids) is given to every model the evaluator scores; a broken one is a clear error."""
     import shutil
 
-    from hf_mergeguard.evaluation.harness import load_generation_config
+    from hf_mergeguard.evaluation.model_files import load_generation_config
 
     folder = tmp_path / "model"
     shutil.copytree(pico_world.model("count"), folder)

@@ -40,6 +40,7 @@ def run_check(config: CheckConfig, *, token: str | None, attack_examples=None, k
         config.selftest,
         tasks=config.tasks,
         include_tasks=config.include_tasks,
+        task_data=config.task_data,
         merge_with=config.merge_with,
         freerider_tasks=config.freerider_tasks,
         seed=config.run.seed,

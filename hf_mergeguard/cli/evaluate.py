@@ -20,6 +20,7 @@ def evaluate_command(
     model: str = typer.Argument(..., help="Model folder or Hub repo id."),
     tasks: str = option_of(ModelInputs, "tasks", required=True),
     include_tasks: Optional[List[str]] = option_of(ModelInputs, "include_tasks"),
+    task_data: Optional[List[str]] = option_of(ModelInputs, "task_data"),
     limit: Optional[int] = option_of(SelfTestConfig, "limit"),
     batch_size: int = option_of(SelfTestConfig, "batch_size", default=SelfTestConfig.batch_size),
     allow_code_eval: bool = option_of(SelfTestConfig, "allow_code_eval", default=False),
@@ -32,6 +33,9 @@ def evaluate_command(
     """Score MODEL on lm-eval tasks (in-process; code tasks in a child process).
 
     Example: hf-mergeguard evaluate demo/models/count --tasks toy_count --include-tasks demo/tasks
+
+    Offline GSM8K and HumanEval on local rows: hf-mergeguard evaluate ./my-finetune --tasks gsm8k,humaneval
+    --task-data gsm8k=data/gsm8k --task-data humaneval=data/humaneval.jsonl --allow-code-eval
     """
     from ..evaluation import evaluate_model
 
@@ -41,6 +45,7 @@ def evaluate_command(
         revision=revision,
         device=device,
         include_tasks=include_tasks or [],
+        task_data=task_data or [],
         limit=limit,
         batch_size=batch_size,
         allow_code_eval=allow_code_eval,

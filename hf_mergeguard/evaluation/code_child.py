@@ -75,19 +75,21 @@ def main(spec_path: str) -> int:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from hf_mergeguard.evaluation.local_data import task_specs
     from hf_mergeguard.evaluation.sampling import subsamples
 
     manager = TaskManager(include_path=spec["index_paths"] or None, include_defaults=spec["include_defaults"])
+    tasks = task_specs(manager, spec["tasks"], spec.get("local_data") or {})  # tasks on local files: their full configs
     # --limit scores the same seeded subset as the in-process tasks (harness.subsample).
     samples = spec.get("samples")
     if samples is None and spec["limit"]:
-        samples = subsamples(manager.load(spec["tasks"])["tasks"], spec["limit"])
+        samples = subsamples(manager.load(tasks)["tasks"], spec["limit"])
     recording = spec["mode"] == "requests"
     model = _model_class()(None if recording else spec["completions"], spec.get("tokenizer"))
     try:
         results = lm_eval.simple_evaluate(
             model=model,
-            tasks=spec["tasks"],
+            tasks=tasks,
             samples=samples,
             bootstrap_iters=spec["bootstrap_iters"],
             task_manager=manager,

@@ -15,14 +15,15 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..errors import ConfigError, MergeGuardError, OfflineError
 from ..io.hub import looks_offline
 from .backends import check_backend, vllm_model
+from .local_data import parse_task_data
 from .quiet import datasets_quiet, quiet_hflm_class, quiet_lm_eval
 from .sampling import DEGENERATE_PROBE, is_degenerate, only_tasks, subsample, subsamples, summed
-from .sandbox import run_with_time_limit, scrubbed_environment
+from .sandbox import copy_code_eval_metric, run_with_time_limit, scrubbed_environment
 from .tasks import TaskCatalog, parse_tasks
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class Evaluator:
     Args:
         tasks: task names (``"gsm8k,humaneval"`` or a list).
         include_tasks: folders of extra task YAMLs (e.g. the toy world's ``tasks/``).
+        task_data: ``{task: file or folder}``, or ``["task=PATH", ...]``: tasks (e.g. ``gsm8k``, ``humaneval``) whose rows
+            are read from local files in the dataset's own format, with lm-eval's task definition (:mod:`.local_data`).
         limit: examples per task, a seeded random subset (:func:`subsample`; ``None``: all).
         batch_size: fixed generation batch size (greedy scores can shift with padding: keep it fixed).
         allow_code_eval: allow tasks that execute model-written code (HumanEval, MBPP).
@@ -96,6 +99,7 @@ class Evaluator:
         tasks: str | Sequence[str],
         *,
         include_tasks: Sequence[str | os.PathLike] = (),
+        task_data: Mapping[str, str | os.PathLike] | Sequence[str] | None = None,
         limit: int | None = None,
         batch_size: int = 32,
         allow_code_eval: bool = False,
@@ -106,7 +110,7 @@ class Evaluator:
         eval_backend: str = "hf",
     ):
         check_backend(eval_backend)
-        self.catalog = TaskCatalog(parse_tasks(tasks), [Path(p) for p in include_tasks])
+        self.catalog = TaskCatalog(parse_tasks(tasks), [Path(p) for p in include_tasks], parse_task_data(task_data))
         self.include_tasks = [str(p) for p in include_tasks]  # as given (the report records them)
         self.catalog.require_code_permission(allow_code_eval)
         self.limit = limit
@@ -126,18 +130,25 @@ class Evaluator:
     def tasks(self) -> list[str]:
         return list(self.catalog.names)
 
+    def task_data_identity(self) -> dict[str, list]:
+        """The local data files of each task with their sizes and modification times (what keys cached scores)."""
+        return {
+            task: [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in data.files()]
+            for task, data in sorted(self.catalog.local.items())
+        }
+
     def _load_tasks(self):
         if self._task_dict is None:
             try:
                 with datasets_quiet():
-                    self._task_dict = self.catalog.manager.load(self.plain_tasks)
+                    self._task_dict = self.catalog.manager.load(self.catalog.specs(self.plain_tasks))
             except Exception as exc:  # noqa: BLE001 - dataset download failures come in many types
                 text = f"{type(exc).__name__}: {exc}"
                 if looks_offline(text):
                     raise OfflineError(
                         f"The data of task(s) {', '.join(self.plain_tasks)} could not be loaded: {text[:300]}",
-                        "Run once with network access so the datasets land in the HF cache, or point "
-                        "--include-tasks at local copies of the tasks (dataset_path: json).",
+                        "Run once with network access so the datasets land in the HF cache, or give local copies of "
+                        "the rows with --task-data TASK=PATH (e.g. gsm8k=data/gsm8k).",
                     ) from exc
                 raise
         return self._task_dict
@@ -306,6 +317,7 @@ class Evaluator:
                 "mode": mode,
                 "tasks": self.code_tasks,
                 "index_paths": self.catalog.index_paths,
+                "local_data": {t: o for t, o in self.catalog.local_overrides().items() if t in self.code_tasks},
                 "include_defaults": self.catalog.include_defaults,
                 "limit": self.limit,
                 "samples": chosen,
@@ -318,6 +330,7 @@ class Evaluator:
                 tokenizer.save_pretrained(Path(tmp) / "tokenizer")
                 spec["tokenizer"] = str(Path(tmp) / "tokenizer")
             (Path(tmp) / "spec.json").write_text(json.dumps(spec))
+            copy_code_eval_metric(tmp)
             env = scrubbed_environment({"HF_ALLOW_CODE_EVAL": "1", "TOKENIZERS_PARALLELISM": "false"})
             what = f"Code evaluation of {', '.join(self.code_tasks)}"
             completed = run_with_time_limit(
@@ -365,33 +378,9 @@ def evaluate_model(
     """Score a model folder or Hub repo id (``hf-mergeguard evaluate``)."""
     from ..environment import default_device
     from ..io.checkpoint import Checkpoint
+    from .model_files import load_tokenizer
 
     checkpoint = Checkpoint.open(model, revision=revision)
     evaluator = Evaluator(tasks, **kwargs)
     loaded = checkpoint.load_model(dtype=dtype, device=device or default_device())
     return evaluator.evaluate(loaded, load_tokenizer(checkpoint.path))
-
-
-def load_generation_config(path: str | os.PathLike):
-    """The ``generation_config.json`` stored with a checkpoint, or None. Merged and re-built models are made from
-    ``config.json`` alone, so without it an instruct model would not stop at its end-of-turn token."""
-    from transformers import GenerationConfig
-
-    if not (Path(path) / "generation_config.json").is_file():
-        return None
-    try:
-        return GenerationConfig.from_pretrained(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise ConfigError(
-            f"{Path(path) / 'generation_config.json'} cannot be read: {exc}", "Fix or remove the file (greedy decoding needs none)."
-        ) from None
-
-
-def load_tokenizer(path: str | os.PathLike):
-    """The tokenizer stored with a checkpoint (no remote code)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"No usable tokenizer in {path}: {exc}", "Copy the tokenizer files next to the weights.") from None

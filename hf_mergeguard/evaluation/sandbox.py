@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 from ..errors import MergeGuardError
 
@@ -23,6 +25,13 @@ def scrubbed_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
     env.update(extra or {})
     return env
+
+
+def copy_code_eval_metric(folder: str | os.PathLike) -> None:
+    """Put ``evaluate``'s ``code_eval`` metric (vendored: ``vendor/NOTICE.md``) in ``folder``, the child's working
+    directory: ``evaluate.load("code_eval")``, as lm-eval's HumanEval and MBPP call it, then loads this copy instead of
+    fetching the metric from the Hub."""
+    shutil.copytree(Path(__file__).parent / "vendor" / "code_eval", Path(folder) / "code_eval", dirs_exist_ok=True)
 
 
 def run_with_time_limit(command: list[str], *, env: dict, cwd: str, timeout: float, what: str) -> subprocess.CompletedProcess:

@@ -7,11 +7,12 @@ variants) or lives in an ``--include-tasks`` folder, only those folders are inde
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..errors import CodeEvalNotAllowedError, ConfigError, UnknownTaskError
+from .local_data import LocalTaskData, local_task_data, task_specs
 
 # Task name -> folder under lm_eval/tasks (the cheap index). Anything else triggers the full scan.
 KNOWN_TASK_FOLDERS = {
@@ -45,10 +46,12 @@ class TaskCatalog:
     Args:
         names: the task names asked for.
         include_paths: folders of extra task YAMLs (lm-eval's ``include_path``).
+        task_data: {task: file or folder} of tasks whose rows are read from local files (:mod:`.local_data`).
     """
 
     names: list[str]
     include_paths: list[Path]
+    task_data: Mapping[str, Path] = field(default_factory=dict)
 
     def __post_init__(self):
         self.include_paths = [Path(p).resolve() for p in self.include_paths]
@@ -75,6 +78,20 @@ class TaskCatalog:
                 self.manager.all_tasks,
                 hint="Check the spelling (lm-eval --tasks list shows every task), or add the folder that defines it with --include-tasks.",
             )
+        strangers = [t for t in self.task_data if t not in self.names]
+        if strangers:
+            raise ConfigError(
+                f"--task-data gives rows for {strangers[0]}, which is not among the tasks ({', '.join(self.names)}).",
+                "Add it to --tasks or drop its --task-data.",
+            )
+        self.local: dict[str, LocalTaskData] = {t: local_task_data(t, Path(p), self.config_of(t)) for t, p in self.task_data.items()}
+
+    def specs(self, names: Sequence[str]) -> list:
+        """What lm-eval loads for ``names``: a name, or a task on local files as its full configuration."""
+        return task_specs(self.manager, names, self.local_overrides())
+
+    def local_overrides(self) -> dict[str, dict]:
+        return {task: data.overrides() for task, data in self.local.items()}
 
     def config_of(self, name: str) -> dict:
         entry = self.manager.task_index.get(name)

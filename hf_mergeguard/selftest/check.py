@@ -10,7 +10,7 @@ from ..data import Row, format_rows
 from ..data_check import check_examples
 from ..evaluation import load_tokenizer
 from ..evaluation.chat import as_chat, use_chat_template
-from ..evaluation.harness import load_generation_config
+from ..evaluation.model_files import load_generation_config
 from ..io.checkpoint import Checkpoint
 from ..io.checks import check_compatible, check_finite
 from ..io.sources import TensorSource
@@ -29,6 +29,7 @@ def check_model(
     *,
     tasks: Sequence[str],
     include_tasks: Sequence[str] = (),
+    task_data: Sequence[str] = (),
     merge_with: Sequence[str] = (),
     freerider_tasks: Sequence[str] = (),
     seed: int = 0,
@@ -51,6 +52,7 @@ def check_model(
             objects, formatted here as the task shows them (``train_format``, ``train_fewshot``: see
             :mod:`hf_mergeguard.data`), or :class:`~hf_mergeguard.training.Example` objects, used as they are).
         tasks, include_tasks: the lm-eval tasks of the model's skill, and folders of extra task YAMLs.
+        task_data: ``TASK=PATH`` entries: tasks scored on local rows (:mod:`hf_mergeguard.evaluation.local_data`).
         merge_with, freerider_tasks: the free-riders and their own tasks; without them a synthetic free-rider is
             fine-tuned from ``base`` (see :mod:`.freeriders`).
         keep_models: keep the models the attacks produce (the re-aligned model) in the report's results.
@@ -73,7 +75,7 @@ def check_model(
             riders = [FreeRider(synthetic.model, [synthetic.task])]
             include_tasks.append(str(synthetic.task_folder))
         chat = use_chat_template(config.chat_template, tokenizer)
-        evaluator = selftest_evaluator(tasks, include_tasks, riders, config, chat_template=chat)
+        evaluator = selftest_evaluator(tasks, include_tasks, riders, config, chat_template=chat, task_data=task_data)
         if isinstance(checkpoint, Checkpoint):
             evaluator.generation_config = load_generation_config(checkpoint.path)
         context = base_checkpoint.config.get("max_position_embeddings")

@@ -64,14 +64,21 @@ def open_freeriders(base: Checkpoint, merge_with: Sequence[str], freerider_tasks
 
 
 def selftest_evaluator(
-    tasks: Sequence[str], include_tasks: Sequence[str], freeriders: Sequence[FreeRider], config, *, chat_template: bool = False
+    tasks: Sequence[str],
+    include_tasks: Sequence[str],
+    freeriders: Sequence[FreeRider],
+    config,
+    *,
+    chat_template: bool = False,
+    task_data: Sequence[str] = (),
 ) -> Evaluator:
     """One evaluator for the whole self-test: the defender's tasks, then the free-riders' own (``chat_template``: the
-    resolved ``--chat-template``)."""
+    resolved ``--chat-template``; ``task_data``: ``--task-data``'s ``TASK=PATH`` entries)."""
     rider_tasks = sorted({t for fr in freeriders for t in fr.tasks} - set(tasks))
     return Evaluator(
         list(tasks) + rider_tasks,
         include_tasks=include_tasks,
+        task_data=task_data,
         limit=config.limit,
         batch_size=config.batch_size,
         allow_code_eval=config.allow_code_eval,
