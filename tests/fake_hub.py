@@ -61,7 +61,7 @@ class FakeHub:
                     status, answer, headers = hub.trusted_publishing(url.path, parse_qs(url.query), body, bearer)
                 else:
                     status, answer, headers = hub.route(method, url.path, parse_qs(url.query), body, authorized)
-                    repo = next((r for r in hub.repos_named(url.path)), None)
+                    repo = hub.repo_named(url.path)
                     if bearer == OIDC_TOKEN and repo and repo not in hub.oidc_resources and status < 400:
                         status, answer, headers = 403, {"error": f"this OIDC token is scoped to {hub.oidc_resources}"}, {}
                 self._send(status, answer, headers)
@@ -99,10 +99,10 @@ class FakeHub:
         return 200, {"access_token": OIDC_TOKEN, "token_type": "bearer", "expires_in": 3600}, {}
 
     @staticmethod
-    def repos_named(path: str) -> list[str]:
+    def repo_named(path: str) -> str | None:
         """The repo a model-repo API path acts on (``/api/models/ORG/NAME/...``), if any."""
         parts = path.split("/")
-        return ["/".join(parts[3:5])] if path.startswith("/api/models/") and len(parts) >= 5 else []
+        return "/".join(parts[3:5]) if path.startswith("/api/models/") and len(parts) >= 5 else None
 
     def _may_write(self, repo_id: str) -> bool:
         return repo_id.split("/")[0] in (self.user, *self.orgs)

@@ -174,10 +174,9 @@ def test_three_processes_in_bf16_run_every_stage_with_one_accelerator(pico_world
     assert "it/s]" not in completed.stderr and "s/it]" not in completed.stderr, completed.stderr[-2000:]
     assert "done (" in completed.stderr, completed.stderr[-2000:]
     # The plan's summary once, before the first stage's work, and in the run's log.
-    assert completed.stderr.count("Plan: ") == 1 and completed.stderr.index("Plan: ") < completed.stderr.index("done ("), completed.stderr[
-        :3000
-    ]
-    assert "training steps on 3 x CPU" in completed.stderr and "Plan: " in (out / "protect.log").read_text()
+    stderr = completed.stderr
+    assert stderr.count("Plan: ") == 1 and stderr.index("Plan: ") < stderr.index("done ("), stderr[:3000]
+    assert "training steps on 3 x CPU" in stderr and "Plan: " in (out / "protect.log").read_text()
     attacks = json.loads((out / "selftest.json").read_text())["robustness"]["attacks"]
     assert list(attacks) == ["unmask", "recover"] and len(attacks["unmask"]["details"]["tried"]) == 3
     kept = sorted(p.name.split("-")[0] for p in (work / "attacks" / "each").iterdir())
