@@ -55,7 +55,7 @@ def test_gsm8k_offline_without_cache_is_a_clear_error(toy_world, monkeypatch, tm
     evaluator = Evaluator("gsm8k", limit=2)
     with pytest.raises(OfflineError) as info:
         evaluator.evaluate(Checkpoint(toy_world.base).load_model(), load_tokenizer(toy_world.base))
-    assert "--include-tasks" in info.value.hint
+    assert "--task-data TASK=PATH" in info.value.hint  # the local rows, in the dataset's own format
 
 
 def test_few_shot_examples_are_seeded_like_simple_evaluate(pico_world, tmp_path):
