@@ -12,7 +12,7 @@ import pytest
 from hf_mergeguard.data import hub_datasets
 from hf_mergeguard.errors import ConfigError
 from hf_mergeguard.evaluation import Evaluator, load_tokenizer
-from hf_mergeguard.evaluation.local_data import parse_task_data
+from hf_mergeguard.evaluation.local_data import parse_task_data, task_data_record
 from hf_mergeguard.evaluation.tasks import TaskCatalog
 from hf_mergeguard.io.checkpoint import Checkpoint
 
@@ -204,3 +204,21 @@ def test_the_command_line_refuses_bad_task_data_with_exit_2_before_any_work(pico
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "Error: --task-data gsm8k=" in err and "from the 'train' split, which is not there" in err and "Hint: Give a folder" in err
+
+
+def test_a_finished_self_test_is_reused_only_with_the_same_local_rows(tmp_path, monkeypatch):
+    """What ``protect`` compares a finished self-test's record with names the same files as what the self-test
+    records (the resolved path of each task's rows), and a run without --task-data records nothing new."""
+    from hf_mergeguard.config import build_protect_config
+    from hf_mergeguard.pipeline import _run_config
+    from hf_mergeguard.selftest.config import SelfTestConfig
+    from hf_mergeguard.selftest.freeriders import selftest_evaluator
+
+    write_jsonl(tmp_path / "humaneval.jsonl", HUMANEVAL)
+    monkeypatch.chdir(tmp_path)  # a relative path, as typed
+    config = build_protect_config(None, {"model": "m", "base": "b", "tasks": ["humaneval"], "task_data": ["humaneval=humaneval.jsonl"]})
+    evaluator = selftest_evaluator(["humaneval"], [], [], SelfTestConfig(allow_code_eval=True), task_data=config.task_data)
+    recorded_by_the_self_test = task_data_record(evaluator.catalog.task_data)  # what selftest.matrix writes
+    assert _run_config(config)["task_data"] == recorded_by_the_self_test == {"humaneval": str(tmp_path / "humaneval.jsonl")}
+    config.task_data = []
+    assert "task_data" not in _run_config(config)
