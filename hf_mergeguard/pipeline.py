@@ -27,7 +27,7 @@ from .environment import package_versions
 from .errors import GateFailedError, OutputExistsError
 from .evaluation import Evaluator, load_tokenizer
 from .evaluation.chat import use_chat_template
-from .evaluation.local_data import parse_task_data, task_data_record
+from .evaluation.local_data import parse_task_data, task_data_identity
 from .evaluation.model_files import load_generation_config
 from .io.checkpoint import Checkpoint
 from .io.checks import check_compatible, check_finite
@@ -164,7 +164,7 @@ def _run_config(config: ProtectConfig) -> dict:
         "seed": config.run.seed,
         **dataclasses.asdict(config.selftest),
         # Absent when unused, so runs recorded before --task-data existed still match.
-        **({"task_data": task_data_record(parse_task_data(config.task_data))} if config.task_data else {}),
+        **({"task_data": task_data_identity(parse_task_data(config.task_data))} if config.task_data else {}),
     }
     return json.loads(json.dumps(run))
 

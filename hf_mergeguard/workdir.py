@@ -10,6 +10,7 @@ from . import __version__
 from .config import RELEASE_ONLY_OPTIONS, ProtectConfig
 from .digests import config_digest
 from .errors import ConfigError
+from .evaluation.local_data import parse_task_data, task_data_identity
 from .io.atomic import write_text_atomically
 from .paths import runs_dir
 from .protect.base import DEFENSES
@@ -26,6 +27,12 @@ def _keyed_options(config: ProtectConfig) -> dict:
         if key not in RELEASE_ONLY_OPTIONS and not (key in DEFENSES and key not in applied)
     }
     keyed["run"] = {key: value for key, value in keyed["run"].items() if key != "device"}
+    # The rows' files, not the paths as typed (edited rows change the result); absent when unused, so the work folders
+    # of runs made before --task-data existed are still found.
+    if keyed.get("task_data"):
+        keyed["task_data"] = task_data_identity(parse_task_data(keyed["task_data"]))
+    else:
+        keyed.pop("task_data", None)
     return {"tool": __version__, **keyed}
 
 

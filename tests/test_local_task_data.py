@@ -12,7 +12,7 @@ import pytest
 from hf_mergeguard.data import hub_datasets
 from hf_mergeguard.errors import ConfigError
 from hf_mergeguard.evaluation import Evaluator, load_tokenizer
-from hf_mergeguard.evaluation.local_data import parse_task_data, task_data_record
+from hf_mergeguard.evaluation.local_data import parse_task_data, task_data_identity
 from hf_mergeguard.evaluation.tasks import TaskCatalog
 from hf_mergeguard.io.checkpoint import Checkpoint
 
@@ -206,19 +206,46 @@ def test_the_command_line_refuses_bad_task_data_with_exit_2_before_any_work(pico
     assert "Error: --task-data gsm8k=" in err and "from the 'train' split, which is not there" in err and "Hint: Give a folder" in err
 
 
-def test_a_finished_self_test_is_reused_only_with_the_same_local_rows(tmp_path, monkeypatch):
-    """What ``protect`` compares a finished self-test's record with names the same files as what the self-test
-    records (the resolved path of each task's rows), and a run without --task-data records nothing new."""
+def test_runs_on_local_rows_are_keyed_by_the_files_and_runs_without_them_as_before(tmp_path, monkeypatch):
+    """Work folders, finished self-tests and cached scores are keyed by the rows' files (path, size, modification time):
+    protect's record and the self-test's are the same, rows edited in place give another key, and a run without
+    --task-data has the key it had before the option existed."""
+    import os
+
     from hf_mergeguard.config import build_protect_config
     from hf_mergeguard.pipeline import _run_config
     from hf_mergeguard.selftest.config import SelfTestConfig
     from hf_mergeguard.selftest.freeriders import selftest_evaluator
+    from hf_mergeguard.workdir import _keyed_options, work_dir_for
 
-    write_jsonl(tmp_path / "humaneval.jsonl", HUMANEVAL)
+    rows = write_jsonl(tmp_path / "humaneval.jsonl", HUMANEVAL)
     monkeypatch.chdir(tmp_path)  # a relative path, as typed
-    config = build_protect_config(None, {"model": "m", "base": "b", "tasks": ["humaneval"], "task_data": ["humaneval=humaneval.jsonl"]})
+    options = {"model": "m", "base": "b", "tasks": ["humaneval"], "method": "params"}
+    config = build_protect_config(None, {**options, "task_data": ["humaneval=humaneval.jsonl"]})
     evaluator = selftest_evaluator(["humaneval"], [], [], SelfTestConfig(allow_code_eval=True), task_data=config.task_data)
-    recorded_by_the_self_test = task_data_record(evaluator.catalog.task_data)  # what selftest.matrix writes
-    assert _run_config(config)["task_data"] == recorded_by_the_self_test == {"humaneval": str(tmp_path / "humaneval.jsonl")}
-    config.task_data = []
-    assert "task_data" not in _run_config(config)
+    recorded_by_the_self_test = task_data_identity(evaluator.catalog.task_data)  # what selftest.matrix writes
+    stat = rows.stat()
+    assert _run_config(config)["task_data"] == recorded_by_the_self_test == {"humaneval": [[str(rows), stat.st_size, stat.st_mtime_ns]]}
+    folder = work_dir_for(config)
+    os.utime(rows, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the rows edited in place
+    assert work_dir_for(config) != folder and _run_config(config)["task_data"] != recorded_by_the_self_test
+    without = build_protect_config(None, options)
+    assert "task_data" not in _run_config(without) and "task_data" not in _keyed_options(without)
+
+
+def test_a_tag_or_a_task_without_its_training_file_is_said(tmp_path, caplog):
+    """--task-data names one YAML task: a tag standing for several is refused; a split the task names but the folder
+    lacks (here its training split) is dropped with a warning, not silently."""
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "qa.yaml").write_text(
+        "task: qa_local\ntag: my_tag\ndataset_path: some/dataset\noutput_type: generate_until\ntraining_split: train\n"
+        "test_split: test\ndoc_to_text: 'Question: {{question}}'\ndoc_to_target: '{{answer}}'\n"
+        "metric_list:\n  - metric: exact_match\n"
+    )
+    rows = write_jsonl(tmp_path / "rows" / "test.jsonl", gsm8k_rows(GSM8K_TEST))
+    with pytest.raises(ConfigError, match="my_tag is a tag of tasks, not one task"):
+        TaskCatalog(["my_tag"], [folder], parse_task_data([f"my_tag={rows}"]))
+    catalog = TaskCatalog(["qa_local"], [folder], parse_task_data([f"qa_local={rows.parent}"]))
+    assert catalog.local["qa_local"].dropped_splits == ("training_split",)
+    assert "no local file of training_split 'train'" in caplog.text

@@ -130,13 +130,6 @@ class Evaluator:
     def tasks(self) -> list[str]:
         return list(self.catalog.names)
 
-    def task_data_identity(self) -> dict[str, list]:
-        """The local data files of each task with their sizes and modification times (what keys cached scores)."""
-        return {
-            task: [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in data.files()]
-            for task, data in sorted(self.catalog.local.items())
-        }
-
     def _load_tasks(self):
         if self._task_dict is None:
             try:

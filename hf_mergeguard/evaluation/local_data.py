@@ -20,6 +20,7 @@ before any work, naming the column.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,19 @@ from typing import Mapping, Sequence
 
 from ..errors import ConfigError
 
+log = logging.getLogger(__name__)
 # File suffix -> the ``datasets`` builder that reads it.
 SUFFIX_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SPLIT_KEYS = ("test_split", "validation_split", "training_split", "fewshot_split")
-HOW_TO_GET = "e.g. hf download openai/gsm8k --repo-type dataset --local-dir gsm8k, where the Hub can be reached"
+HOW_TO_GET = "e.g. hf download DATASET --repo-type dataset --local-dir DIR, where the Hub can be reached"
+
+
+def how_to_get(config: Mapping) -> str:
+    """Where the task's rows come from, as a download command (its ``dataset_path`` on the Hub)."""
+    dataset = config.get("dataset_path")
+    if not isinstance(dataset, str) or "/" not in dataset:
+        return HOW_TO_GET
+    return f"e.g. hf download {dataset} --repo-type dataset --local-dir {dataset.split('/')[-1]}, where the Hub can be reached"
 
 
 def parse_task_data(entries: Sequence[str] | Mapping[str, str] | None) -> dict[str, Path]:
@@ -51,9 +61,24 @@ def parse_task_data(entries: Sequence[str] | Mapping[str, str] | None) -> dict[s
     return found
 
 
-def task_data_record(task_data: Mapping[str, Path]) -> dict[str, str]:
-    """``--task-data`` as a run records it (a finished self-test is reused only with the same record)."""
-    return {task: str(path) for task, path in sorted(task_data.items())}
+def task_data_identity(task_data: Mapping[str, Path]) -> dict[str, list]:
+    """``--task-data`` as a run records it: each task's data files (the file, or those under the folder) with their sizes
+    and modification times, so that rows edited in place are scored again (work folders, finished self-tests and cached
+    scores are keyed by it)."""
+    identity = {}
+    for task, path in sorted(task_data.items()):
+        files = [path] if path.is_file() else _data_files_under(path)
+        identity[task] = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return identity
+
+
+def _data_files_under(folder: Path) -> list[Path]:
+    """The row files under ``folder``, hidden folders skipped (``hf download --local-dir`` keeps its records in .cache/)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in SUFFIX_BUILDERS and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def _split_entry(entry: str) -> tuple[str, str]:
@@ -79,12 +104,11 @@ class LocalTaskData:
         unset = {key: None for key in self.dropped_splits}
         return {"dataset_path": self.builder, "dataset_name": None, "dataset_kwargs": {"data_files": self.data_files}, **unset}
 
-    def files(self) -> list[str]:
-        return sorted({f for paths in self.data_files.values() for f in paths})
-
 
 def local_task_data(task: str, location: Path, config: Mapping) -> LocalTaskData:
     """Check that ``location`` holds the splits ``task`` (its raw lm-eval ``config``) needs, in its format."""
+    if config.get("custom_dataset"):
+        raise ConfigError(f"lm-eval task {task} builds its dataset in Python (custom_dataset): --task-data cannot give it files.")
     eval_split = config.get("test_split") or config.get("validation_split")
     if not eval_split:
         raise ConfigError(f"lm-eval task {task} names no test or validation split, so --task-data cannot say which rows it scores.")
@@ -105,7 +129,7 @@ def local_task_data(task: str, location: Path, config: Mapping) -> LocalTaskData
         raise ConfigError(
             f"--task-data {task}={location}: {task} draws its {config.get('num_fewshot')} few-shot examples from the "
             f"{fewshot!r} split, which is not there.",
-            f"Give a folder holding {fewshot} and {eval_split} files ({HOW_TO_GET}).",
+            f"Give a folder holding {fewshot} and {eval_split} files ({how_to_get(config)}).",
         )
     builders = {_builder_of(Path(f), task) for paths in files.values() for f in paths}
     if len(builders) > 1:
@@ -113,6 +137,8 @@ def local_task_data(task: str, location: Path, config: Mapping) -> LocalTaskData
     for split, paths in files.items():
         _check_columns(task, Path(paths[0]), config, split == eval_split)
     dropped = tuple(key for key, split in named.items() if split not in files)
+    if dropped:  # e.g. the training split: --train-format auto and the ftmerge attack read rows from it
+        log.warning("--task-data %s: no local file of %s; %s runs without it.", task, ", ".join(f"{k} {named[k]!r}" for k in dropped), task)
     return LocalTaskData(task, builders.pop(), files, dropped)
 
 
@@ -134,15 +160,12 @@ def _builder_of(path: Path, task: str) -> str:
 def _split_files(folder: Path, splits: Sequence[str], dataset_name: str | None, task: str) -> dict[str, list[str]]:
     """Each split's files under ``folder`` (or its ``dataset_name`` subfolder, as the Hub lays out GSM8K's ``main``)."""
     root = folder / dataset_name if dataset_name and (folder / dataset_name).is_dir() else folder
+    candidates = _data_files_under(root)
     found: dict[str, list[str]] = {}
     for split in splits:
-        pattern = re.compile(rf"{re.escape(split)}([-.][^/]*)?\.(jsonl|json|parquet)$", re.IGNORECASE)
-        # Hidden folders skipped: `hf download --local-dir` keeps its own records under .cache/.
-        matches = sorted(
-            p
-            for p in root.rglob("*")
-            if p.is_file() and pattern.fullmatch(p.name) and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        )
+        # SPLIT.jsonl, or the Hub's shards SPLIT-00000-of-00002.parquet: not test-old.jsonl beside them.
+        pattern = re.compile(rf"{re.escape(split)}(-\d+-of-\d+)?\.(jsonl|json|parquet)", re.IGNORECASE)
+        matches = [p for p in candidates if pattern.fullmatch(p.name)]
         folders = sorted({str(p.parent) for p in matches})
         if len(folders) > 1:
             raise ConfigError(
@@ -206,6 +229,8 @@ def _check_columns(task: str, path: Path, config: Mapping, scored: bool) -> None
         row = _first_row(path)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"--task-data {task}: {path} cannot be read: {exc}", "Give JSON lines or a parquet file.") from None
+    if config.get("process_docs"):
+        return  # the templates read the rows as process_docs makes them, not as stored: lm-eval checks those
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined)
     for key in ("doc_to_text", "doc_to_target") if scored else ("doc_to_text",):
         template = config.get(key)
@@ -217,7 +242,7 @@ def _check_columns(task: str, path: Path, config: Mapping, scored: bool) -> None
             raise ConfigError(
                 f"--task-data {task}: the rows of {path.name} lack a column {task}'s {key} reads ({exc.message}); they have: "
                 f"{', '.join(sorted(row))}.",
-                f"Write the rows in the dataset's own format ({HOW_TO_GET}).",
+                f"Write the rows in the dataset's own format ({how_to_get(config)}).",
             ) from None
         except Exception:  # noqa: BLE001 - a template using lm-eval's own filters: leave it to lm-eval
             continue

@@ -84,6 +84,11 @@ class TaskCatalog:
                 f"--task-data gives rows for {strangers[0]}, which is not among the tasks ({', '.join(self.names)}).",
                 "Add it to --tasks or drop its --task-data.",
             )
+        for task in self.task_data:
+            kind = self.manager.task_index[task].kind.name
+            if kind != "TASK":  # a group or tag stands for several tasks; a Python task has no YAML to point at files
+                what = "defined in Python" if kind == "PY_TASK" else f"a {kind.lower()} of tasks, not one task"
+                raise ConfigError(f"--task-data {task}: {task} is {what}.", "Give --task-data for each YAML task it stands for.")
         self.local: dict[str, LocalTaskData] = {t: local_task_data(t, Path(p), self.config_of(t)) for t, p in self.task_data.items()}
 
     def specs(self, names: Sequence[str]) -> list:

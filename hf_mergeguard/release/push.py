@@ -37,7 +37,9 @@ def preflight_push(repo_id: str, *, token: str | bool | None = None) -> str:
             f"--push-to {repo_id} needs a Hub token and none was found.",
             "Log in (hf auth login), set HF_TOKEN, or use GitHub OIDC in CI (HF_OIDC_RESOURCE).",
         ) from None
-    except hf_errors.OIDCError as exc:  # HF_OIDC_RESOURCE is set: huggingface_hub does not fall back to a stored token
+    # HF_OIDC_RESOURCE is set and no token came of it: huggingface_hub does not fall back to a stored one. (OIDCError
+    # exists from huggingface_hub 1.19 on; before it, nothing to catch.)
+    except getattr(hf_errors, "OIDCError", ()) as exc:
         raise PushPermissionError(
             f"Trusted publishing (HF_OIDC_RESOURCE) could not get a Hub token for --push-to {repo_id}: {str(exc).split(' See ')[0]}",
             "In GitHub Actions give the job `permissions: id-token: write` and add the workflow as the repo's trusted publisher "

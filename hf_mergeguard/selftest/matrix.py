@@ -27,7 +27,7 @@ from ..attacks.merges import merge_state_dict
 from ..digests import config_digest, source_fingerprint
 from ..distributed import run_jobs
 from ..errors import ConfigError
-from ..evaluation.local_data import task_data_record
+from ..evaluation.local_data import task_data_identity
 from ..io.atomic import write_text_atomically
 from ..io.hf_models import model_from_state_dict
 from ..io.sources import TensorSource, materialize
@@ -204,7 +204,7 @@ def run_selftest(
             "scoring": SCORING_VERSION,
             "degenerate_probe": evaluator.degenerate_probe,
             # Tasks on local files: the files' identity (absent when there are none, so older caches still match).
-            **({"task_data": evaluator.task_data_identity()} if evaluator.catalog.local else {}),
+            **({"task_data": task_data_identity(evaluator.catalog.task_data)} if evaluator.catalog.local else {}),
         },
     )
     jobs = plan_jobs(config, len(freeriders), original is not None)
@@ -216,7 +216,7 @@ def run_selftest(
         results = run_jobs(jobs, lambda job: cache.score(job, score), accelerator=accelerator, progress=progress)
     run_config = {"tasks": list(tasks), "include_tasks": list(evaluator.include_tasks), "seed": seed, **asdict(config)}
     if evaluator.catalog.local:
-        run_config["task_data"] = task_data_record(evaluator.catalog.task_data)
+        run_config["task_data"] = task_data_identity(evaluator.catalog.task_data)
     sources = Sources(
         base=base.source,
         protected=protected.source,
