@@ -323,7 +323,6 @@ def plan_summary(plan: Plan) -> str:
 
 def format_plan(plan: Plan) -> str:
     """The plan as the CLI prints it."""
-    duration = _duration
     hw, totals = plan.hardware, plan.totals
     lines = [
         f"Plan of `{plan.command}` for {plan.model['source']} ({plan.model['parameters'] / 1e9:.3g} B parameters) "
@@ -334,7 +333,7 @@ def format_plan(plan: Plan) -> str:
     for s in plan.stages:
         scorings = f"{s.scorings:g}" + (f"+{s.defender_scorings}d" if s.defender_scorings else "")
         memory = "-" if s.peak_memory_gb is None else f"{s.peak_memory_gb:.1f}" + ("!" if s.peak_memory_gb > hw["memory_gb"] else "")
-        lines.append(f"{s.stage:<48} {s.merges:>7} {scorings:>9} {s.training_steps:>7} {memory:>8} {duration(s.seconds):>9}")
+        lines.append(f"{s.stage:<48} {s.merges:>7} {scorings:>9} {s.training_steps:>7} {memory:>8} {_duration(s.seconds):>9}")
     lines += ["", "Per scoring:"]
     for t in plan.tasks:
         prompts = "?" if t.prompts is None else f"{t.prompts}"
@@ -349,7 +348,7 @@ def format_plan(plan: Plan) -> str:
         + f", {totals['prompts']:,} prompts, at most {totals['generated_tokens_upper_bound']:,} generated tokens, "
         f"{totals['training_steps']} training steps.",
         f"Memory: evaluation {totals['evaluation_memory_gb']} GB per device, a merge {totals['merge_host_memory_gb']} GB of host RAM.",
-        f"Estimated wall-clock: {duration(totals['estimated_seconds'])} (an estimate).",
+        f"Estimated wall-clock: {_duration(totals['estimated_seconds'])} (an estimate).",
     ]
     if plan.budget:
         cut = "; ".join(plan.budget["dropped"]) or "nothing"

@@ -47,9 +47,9 @@ def quiet_library_bars() -> None:
 
         disable_progress_bars()
     if "transformers" in sys.modules:
-        from transformers.utils import logging
+        from transformers.utils import logging as transformers_logging
 
-        logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     if "datasets" in sys.modules and _switched_on("HF_DATASETS_DISABLE_PROGRESS_BARS"):
         import datasets
 
@@ -59,11 +59,12 @@ def quiet_library_bars() -> None:
 def _amount(value: float, unit: str) -> str:
     if unit != "B":
         return f"{value:g}"
-    for prefix in ("", "k", "M", "G", "T"):
-        if value < 1000 or prefix == "T":
-            return f"{value:.1f} {prefix}B" if prefix else f"{value:.0f} B"
-        value /= 1000
-    raise AssertionError("unreachable")
+    prefix = ""
+    for larger in ("k", "M", "G", "T"):
+        if value < 1000:
+            break
+        value, prefix = value / 1000, larger
+    return f"{value:.1f} {prefix}B" if prefix else f"{value:.0f} B"
 
 
 class LineProgress:
